@@ -1,0 +1,42 @@
+"""Bring up the omni_ros graph: omni_flow_clock + omni_node with config/omni.yaml.
+
+    ros2 launch omni_ros omni.launch.py model_path:=/path/to/MiniCPM-o-4_5 \
+        camera_topic:=/camera/color/image_raw mic_topic:=/audio/audio_stamped
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory("omni_ros")
+    arguments = {
+        "model_path": ("", "checkpoint folder (released MiniCPM-o 4.5 or a tiny one)"),
+        "backend": ("torch", "execution backend plugin"),
+        "params_file": (os.path.join(share, "config", "omni.yaml"), "parameter file"),
+        "namespace": ("", "namespace for both nodes"),
+        "camera_topic": ("camera/image_raw", "sensor_msgs/Image input"),
+        "mic_topic": ("mic/audio_stamped", "audio_common_msgs/AudioDataStamped input"),
+        "mic_info_topic": ("mic/audio_info", "audio_common_msgs/AudioInfo input"),
+        "speech_topic": ("speech/audio", "audio_common_msgs/AudioData output (audio_play)"),
+        "use_sim_time": ("false", "follow /clock"),
+    }
+    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
+                for name, (default, text) in arguments.items()]
+    config = {name: LaunchConfiguration(name) for name in arguments}
+    common = [config["params_file"], {"use_sim_time": config["use_sim_time"]}]
+    clock = Node(package="omni_ros", executable="omni_flow_clock", name="omni_flow_clock",
+                 namespace=config["namespace"], parameters=common, output="screen")
+    model = Node(package="omni_ros", executable="omni_node", name="omni_node",
+                 namespace=config["namespace"], output="screen",
+                 parameters=[*common, {"model_path": config["model_path"],
+                                       "backend": config["backend"]}],
+                 remappings=[("camera/image_raw", config["camera_topic"]),
+                             ("mic/audio_stamped", config["mic_topic"]),
+                             ("mic/audio_info", config["mic_info_topic"]),
+                             ("speech/audio", config["speech_topic"])])
+    return LaunchDescription([*declared, clock, model])

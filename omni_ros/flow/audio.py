@@ -1,0 +1,180 @@
+"""Streaming microphone input conversion (raw PCM bytes -> float32 mono 16 kHz) and speech output.
+
+One `AudioInputStream` per microphone stream keeps the resampler state between chunks and a
+continuous output timeline, restarted when the stamps show a gap or jump.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .types import INPUT_SAMPLE_RATE
+
+NS_PER_S = 1_000_000_000
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+SUPPORTED_CHANNELS = (1, 2)
+# Sample format -> numpy dtype. Spellings of ros-drivers audio_common (S16LE, F32LE) and lowercase.
+_FORMATS = {"S16LE": np.dtype("<i2"), "F32LE": np.dtype("<f4")}
+_FORMAT_ALIASES = {"S16": "S16LE", "INT16": "S16LE", "F32": "F32LE", "FLOAT32": "F32LE"}
+DEFAULT_MAX_GAP_NS = 50_000_000
+
+
+class AudioFormatError(ValueError):
+    """The audio stream's format, rate or channel count is not one we can convert."""
+
+
+def normalize_sample_format(sample_format: str) -> str:
+    """'s16le', 'S16LE', 'f32le', ... -> 'S16LE' | 'F32LE'; anything else raises AudioFormatError."""
+    name = str(sample_format).strip().upper()
+    name = _FORMAT_ALIASES.get(name, name)
+    if name not in _FORMATS:
+        raise AudioFormatError(
+            f"unsupported audio sample_format {sample_format!r}: supported are S16LE and F32LE "
+            f"(little-endian 16-bit integer or 32-bit float PCM, case-insensitive)")
+    return name
+
+
+@dataclass
+class AudioCounters:
+    chunks: int = 0
+    input_frames: int = 0
+    output_samples: int = 0
+    nonfinite_samples: int = 0     # NaN/inf replaced by 0
+    partial_frame_bytes: int = 0   # trailing bytes that did not make a whole frame, dropped
+    resets: int = 0                # stream restarted (gap, jump or format change)
+    samples_dropped_on_reset: int = 0   # resampler tail discarded when the stream restarted
+
+    def snapshot(self) -> dict:
+        return dict(vars(self))
+
+
+class AudioInputStream:
+    """Decodes and resamples one microphone stream.
+
+    `push(stamp_ns, raw_bytes)` returns `(stamp_ns, samples)` where samples is float32 mono at
+    16 kHz (possibly empty while the resampler fills) and the stamp is the time of its first
+    sample. Output stamps follow a continuous timeline anchored at the first chunk after each
+    reset, so small stamp jitter never makes output overlap or leave holes; a stamp that differs
+    from the expected one by more than `max_gap_ns` restarts the stream.
+    """
+
+    def __init__(self, sample_rate: int, channels: int, sample_format: str = "S16LE",
+                 max_gap_ns: int = DEFAULT_MAX_GAP_NS, quality: str = "HQ") -> None:
+        self.counters = AudioCounters()
+        self.max_gap_ns = int(max_gap_ns)
+        self.quality = quality
+        self._resampler = None
+        self._anchor_ns: Optional[int] = None   # stamp of the first input frame since the reset
+        self._frames_in = 0                      # input frames since the reset
+        self._samples_out = 0                    # output samples since the reset
+        self.set_format(sample_rate, channels, sample_format)
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+    @property
+    def sample_format(self) -> str:
+        return self._format
+
+    def set_format(self, sample_rate: int, channels: int, sample_format: str) -> None:
+        """Change the input format (e.g. a new AudioInfo); restarts the stream if it differs."""
+        fmt = normalize_sample_format(sample_format)
+        try:
+            rate, chans = int(sample_rate), int(channels)
+        except (TypeError, ValueError):
+            raise AudioFormatError(f"audio sample_rate/channels must be integers, got "
+                                   f"{sample_rate!r}/{channels!r}") from None
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise AudioFormatError(f"unsupported audio sample_rate {rate} Hz: supported are "
+                                   f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+        if chans not in SUPPORTED_CHANNELS:
+            raise AudioFormatError(f"unsupported audio channel count {chans}: supported are 1 "
+                                   f"(mono) and 2 (stereo, mixed down to mono)")
+        if getattr(self, "_format", None) == fmt and self._rate == rate and self._channels == chans:
+            return
+        self._format, self._rate, self._channels = fmt, rate, chans
+        self._dtype = _FORMATS[fmt]
+        self._frame_bytes = self._dtype.itemsize * chans
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a fresh stream: the next chunk anchors a new timeline."""
+        if self._anchor_ns is not None:
+            self.counters.resets += 1
+            if self._resampler is not None:
+                expected = self._frames_in * INPUT_SAMPLE_RATE // self._rate
+                self.counters.samples_dropped_on_reset += max(0, expected - self._samples_out)
+        self._anchor_ns = None
+        self._frames_in = 0
+        self._samples_out = 0
+        self._resampler = None
+        if self._rate != INPUT_SAMPLE_RATE:
+            import soxr  # noqa: PLC0415 - only needed when resampling
+            self._resampler = soxr.ResampleStream(self._rate, INPUT_SAMPLE_RATE, 1,
+                                                  dtype="float32", quality=self.quality)
+
+    def decode(self, raw_bytes) -> np.ndarray:
+        """Raw interleaved PCM -> float32 mono at the input rate (no resampling, no state)."""
+        data = memoryview(raw_bytes).cast("B") if not isinstance(raw_bytes, (bytes, bytearray)) \
+            else raw_bytes
+        usable = len(data) - len(data) % self._frame_bytes
+        if usable != len(data):
+            self.counters.partial_frame_bytes += len(data) - usable
+        pcm = np.frombuffer(data, dtype=self._dtype, count=usable // self._dtype.itemsize)
+        if self._dtype.kind == "i":
+            samples = pcm.astype(np.float32)
+            samples *= 1.0 / 32768.0
+        else:
+            samples = pcm.astype(np.float32)   # native-endian copy we may modify
+            bad = ~np.isfinite(samples)
+            if bad.any():
+                self.counters.nonfinite_samples += int(np.count_nonzero(bad))
+                samples[bad] = 0.0
+        if self._channels == 2:
+            samples = samples.reshape(-1, 2).mean(axis=1, dtype=np.float32)
+        return samples
+
+    def push(self, stamp_ns: int, raw_bytes) -> Tuple[int, np.ndarray]:
+        stamp_ns = int(stamp_ns)
+        mono = self.decode(raw_bytes)
+        self.counters.chunks += 1
+        if self._anchor_ns is not None:
+            expected_ns = self._anchor_ns + self._frames_in * NS_PER_S // self._rate
+            if abs(stamp_ns - expected_ns) > self.max_gap_ns:
+                self.reset()
+        if self._anchor_ns is None:
+            self._anchor_ns = stamp_ns
+        out_stamp = self._anchor_ns + self._samples_out * NS_PER_S // INPUT_SAMPLE_RATE
+        self._frames_in += mono.shape[0]
+        self.counters.input_frames += mono.shape[0]
+        if self._resampler is None:
+            out = mono
+        elif mono.shape[0]:
+            out = self._resampler.resample_chunk(mono)
+        else:
+            out = np.zeros(0, dtype=np.float32)
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        self._samples_out += out.shape[0]
+        self.counters.output_samples += out.shape[0]
+        return out_stamp, out
+
+
+def float_to_s16le(samples: np.ndarray) -> bytes:
+    """float audio in [-1, 1] (clipped; NaN -> 0) -> little-endian 16-bit PCM bytes."""
+    x = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0)
+    np.clip(x, -1.0, 1.0, out=x)
+    return (x * 32767.0).round().astype("<i2").tobytes()
+
+
+def s16le_to_float(data) -> np.ndarray:
+    """Little-endian 16-bit PCM bytes -> float32 in [-1, 1) (whole samples only)."""
+    usable = len(data) - len(data) % 2
+    return np.frombuffer(data, dtype="<i2", count=usable // 2).astype(np.float32) / 32768.0

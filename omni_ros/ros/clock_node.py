@@ -1,0 +1,63 @@
+"""omni_flow_clock: announces the end of every Omni-Flow window on omni_flow/tick.
+
+Windows are aligned to multiples of `window_sec` on the ROS clock (sim time honoured). The clock
+is polled on a steady timer, so sim time that pauses, leaps or jumps back is handled: a backward
+jump starts a new epoch, a leap announces only the newest window and counts the rest as skipped.
+"""
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+
+from omni_ros.flow.timeline import TickScheduler
+from omni_ros.msg import FlowTick
+from omni_ros.ros import qos
+from omni_ros.ros.conversions import ns_to_stamp
+from omni_ros.ros.runner import run_node
+
+
+class OmniFlowClock(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("omni_flow_clock", **kwargs)
+        self.declare_parameter(
+            "window_sec", 1.0, ParameterDescriptor(
+                description="Length of one Omni-Flow window (unit) in seconds, on the ROS clock.",
+                floating_point_range=[FloatingPointRange(from_value=0.1, to_value=10.0)]))
+        self.declare_parameter(
+            "poll_period_sec", 0.01, ParameterDescriptor(
+                description="How often the ROS clock is read (steady time); bounds tick latency.",
+                floating_point_range=[FloatingPointRange(from_value=0.001, to_value=0.1)]))
+        window_sec = self.get_parameter("window_sec").value
+        self.scheduler = TickScheduler(window_ns=int(round(window_sec * 1e9)))
+        self.tick_publisher = self.create_publisher(FlowTick, "omni_flow/tick", qos.TICK)
+        self.poll_timer = self.create_timer(self.get_parameter("poll_period_sec").value,
+                                            self.poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(f"announcing {window_sec:.3f} s windows on "
+                               f"{self.tick_publisher.topic_name}")
+
+    def poll(self) -> None:
+        batch = self.scheduler.poll(self.get_clock().now().nanoseconds)
+        if batch.new_epoch:
+            self.get_logger().warning(f"clock jumped backwards: epoch {self.scheduler.epoch} starts")
+        if batch.windows_skipped:
+            self.get_logger().warning(f"clock leapt forward: {batch.windows_skipped} windows skipped")
+        for tick in batch.ticks:
+            message = FlowTick()
+            message.header.stamp = ns_to_stamp(tick.end_ns)
+            message.index = tick.index
+            message.start = ns_to_stamp(tick.start_ns)
+            message.end = ns_to_stamp(tick.end_ns)
+            message.epoch = tick.epoch
+            self.tick_publisher.publish(message)
+
+
+def main(args=None) -> int:
+    return run_node(OmniFlowClock, args if args is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Start, spin and stop one node the way a ROS 2 console script should.
+
+Ctrl-C and an external shutdown end the process normally; a startup error that the node raises
+as `StartupError` is printed as one clear line and exits with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+
+class StartupError(RuntimeError):
+    """A node cannot start (missing checkpoint, bad parameter); the message says how to fix it."""
+
+
+def run_node(node_factory: Callable[[], object], args: Sequence[str], threads: int = 1) -> int:
+    rclpy.init(args=list(args))
+    node = None
+    try:
+        node = node_factory()
+        if threads > 1:
+            executor = MultiThreadedExecutor(num_threads=threads)
+            executor.add_node(node)
+            executor.spin()
+        else:
+            rclpy.spin(node)
+    except StartupError as error:
+        print(f"[{getattr(node_factory, '__name__', 'node')}] cannot start: {error}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0

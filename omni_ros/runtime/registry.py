@@ -1,0 +1,61 @@
+"""Execution backends as plugins: found through the entry-point group `omni_ros.backends`.
+
+A backend is a callable (usually a class) that takes `BackendSettings` and returns an object that
+satisfies `omni_ros.flow.types.DuplexSession`. Third-party packages add their own with
+`[project.entry-points."omni_ros.backends"] name = "package.module:Factory"`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any, Callable, Dict
+
+ENTRY_POINT_GROUP = "omni_ros.backends"
+
+# Backends shipped with omni_ros, also found where no package metadata is installed (colcon).
+BUILTIN_BACKENDS = {
+    "torch": "omni_ros.runtime.torch_backend:TorchBackend",
+}
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be found or cannot start; the message says what to do."""
+
+
+@dataclass
+class BackendSettings:
+    model_path: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    # Session options by name (see omni_ros.model.session.SessionOptions).
+    session_options: Dict[str, Any] = field(default_factory=dict)
+
+
+def _load(target: str) -> Callable:
+    module_name, _, attribute = target.partition(":")
+    return getattr(import_module(module_name), attribute)
+
+
+def available_backends() -> Dict[str, str]:
+    """{name: "module:attribute"} of every backend that can be loaded by name."""
+    found = dict(BUILTIN_BACKENDS)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found[entry.name] = entry.value
+    return found
+
+
+def load_backend(name: str) -> Callable:
+    backends = available_backends()
+    if name not in backends:
+        raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(backends))}. "
+                           f"A plugin registers one under the entry-point group {ENTRY_POINT_GROUP!r}.")
+    try:
+        return _load(backends[name])
+    except (ImportError, AttributeError) as error:
+        raise BackendError(f"backend {name!r} ({backends[name]}) failed to import: {error}") from error
+
+
+def create_session(name: str, settings: BackendSettings):
+    """Build a DuplexSession with the named backend."""
+    return load_backend(name)(settings).create_session()

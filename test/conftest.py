@@ -1,0 +1,25 @@
+"""Shared pytest fixtures."""
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight MiniCPM-o-4.5-layout checkpoint folder, written once per test session."""
+    from omni_ros.model.checkpoint import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "ckpt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    """The tiny checkpoint loaded once (float32, CPU)."""
+    from omni_ros.model.loader import load_model
+
+    return load_model(tiny_checkpoint, device="cpu", dtype="float32")
