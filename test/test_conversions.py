@@ -286,6 +286,7 @@ def test_any_s16le_bytes_decode_to_right_length(raw, channels, rate):
         assert out.shape[0] <= frames * 16000 // rate + 1
     assert np.isfinite(out).all() and np.abs(out).max(initial=0) <= 1.0
     assert stream.counters.partial_frame_bytes == len(raw) % (2 * channels)
+    del stream, out
 
 
 def test_float_to_s16le_clips_and_round_trips():

@@ -123,8 +123,13 @@ class AudioInputStream:
 
     def decode(self, raw_bytes) -> np.ndarray:
         """Raw interleaved PCM -> float32 mono at the input rate (no resampling, no state)."""
-        data = memoryview(raw_bytes).cast("B") if not isinstance(raw_bytes, (bytes, bytearray)) \
-            else raw_bytes
+        if isinstance(raw_bytes, (bytes, bytearray)):
+            data = raw_bytes
+        else:   # array.array('B') from rclpy, memoryview, numpy; a list as a last resort
+            try:
+                data = memoryview(raw_bytes).cast("B")
+            except TypeError:
+                data = bytes(raw_bytes)
         usable = len(data) - len(data) % self._frame_bytes
         if usable != len(data):
             self.counters.partial_frame_bytes += len(data) - usable

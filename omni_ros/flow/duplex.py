@@ -6,7 +6,7 @@ It tracks turns (listen/speak), notices turns the model starts without having be
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np

@@ -6,6 +6,7 @@ inside this module's functions, so the rest of omni_ros.flow stays torch-free.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -29,7 +30,9 @@ class VoiceActivity:
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
         self._torch = torch
-        self._model = load_silero_vad()   # the JIT model shipped inside the wheel
+        with warnings.catch_warnings():   # silero's importlib/jit.load deprecations are noise
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._model = load_silero_vad()   # the JIT model shipped inside the wheel
         self._model.eval()
         self._carry = np.zeros(0, dtype=np.float32)
         self.last_probability = 0.0

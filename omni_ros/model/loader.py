@@ -52,12 +52,13 @@ def _materialize(model: OmniModel, config: OmniConfig, device: torch.device) -> 
     from .audio import LogMel
 
     model = model.to_empty(device=device)
-    for module in model.modules():
-        if hasattr(module, "rope_init_fn") and hasattr(module, "inv_freq"):
-            inv_freq, scaling = module.rope_init_fn(module.config, device)
-            module.inv_freq = inv_freq
-            module.original_inv_freq = inv_freq.clone()
-            module.attention_scaling = scaling
+    # rotary embeddings hold computed inv_freq buffers: rebuild them for real from their config
+    rotary = [(name, mod) for name, mod in model.named_modules()
+              if "inv_freq" in dict(mod.named_buffers(recurse=False)) and hasattr(mod, "config")]
+    for name, mod in rotary:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, type(mod)(mod.config).to(device))
     model.mel = LogMel(config.audio_config.num_mel_bins).to(device)
     return model
 

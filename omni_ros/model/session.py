@@ -164,6 +164,9 @@ class OmniDuplexSession:
         hid = torch.stack(text_hidden) if text_hidden else torch.zeros(0, m.config.hidden_size,
                                                                        device=m.device, dtype=m.dtype)
         cond = m.tts.condition(ids, hid)
+        if self.tts_state.position + cond.shape[0] + n_codes + 1 > m.config.tts_config.max_position_embeddings:
+            self.tts_state = TTSTurnState()       # a very long turn: restart the decoder context
+
         codes = m.tts.generate_unit(cond, self.tts_state, n_codes, self.generator,
                                     temperature=o.tts_temperature,
                                     repetition_penalty=o.tts_repetition_penalty)

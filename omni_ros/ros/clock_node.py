@@ -40,7 +40,10 @@ class OmniFlowClock(Node):
                                f"{self.tick_publisher.topic_name}")
 
     def poll(self) -> None:
-        batch = self.scheduler.poll(self.get_clock().now().nanoseconds)
+        now_ns = self.get_clock().now().nanoseconds
+        if now_ns == 0:
+            return   # sim time before the first /clock message: no timeline yet
+        batch = self.scheduler.poll(now_ns)
         if batch.new_epoch:
             self.get_logger().warning(f"clock jumped backwards: epoch {self.scheduler.epoch} starts")
         if batch.windows_skipped:

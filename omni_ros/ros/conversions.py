@@ -109,7 +109,8 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
                 gray = np.asarray(img).astype(np.uint32)
                 return _gray_to_rgb(_scale16to8(np.clip(gray, 0, 65535)))
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, PilImage.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as exc:
         raise ImageFormatError(f"cannot decode compressed image (format {msg.format!r}, "
                                f"{len(raw)} bytes): only JPEG and PNG are supported ({exc})") from None
 

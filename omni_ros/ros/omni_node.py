@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Optional
 
-import rclpy
+import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -28,7 +28,7 @@ from omni_ros.flow.audio import AudioFormatError, AudioInputStream
 from omni_ros.flow.buffers import WindowBuffer
 from omni_ros.flow.duplex import SPEAKING, DuplexLoop, DuplexParams, UnitReport
 from omni_ros.flow.speech import SpeechPacer
-from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
+from omni_ros.flow.types import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, UnitInput
 from omni_ros.msg import DuplexState, FlowTick, OmniText, ProactiveAlert
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import (SUPPORTED_ENCODINGS, ImageFormatError, compressed_to_rgb,
@@ -77,6 +77,7 @@ class OmniNode(Node):
         self.settings = declare_all(self)
         self.window_ns = int(round(self.settings["window_sec"] * 1e9))
         self.session = self._create_session()
+        self._warm_up()
 
         self.input_counters = {"frames_received": 0, "frames_refused": 0, "frames_undecodable": 0,
                                "audio_messages_received": 0, "audio_messages_refused": 0,
@@ -141,7 +142,7 @@ class OmniNode(Node):
         self.create_timer(self.settings["diagnostics_period_sec"], self.publish_diagnostics,
                           clock=steady, callback_group=control)
 
-        self.pending_ticks: "queue.Queue[Optional[FlowTick]]" = queue.Queue(maxsize=2)
+        self.pending_ticks: "queue.Queue" = queue.Queue(maxsize=2)
         self.worker = threading.Thread(target=self._run_units, name="omni_units", daemon=True)
         self.worker.start()
         self.get_logger().info(
@@ -165,6 +166,23 @@ class OmniNode(Node):
                 dtype=self.settings["dtype"], session_options=options))
         except BackendError as error:
             raise StartupError(str(error)) from error
+
+    def _warm_up(self) -> None:
+        """Run the first, slow unit before any real window: lazy initialisation would otherwise
+        make the first windows miss real time. A session may offer `warmup()` covering every
+        path (speaking included); otherwise one silent unit runs and the session is reset."""
+        started = time.perf_counter()
+        warmup = getattr(self.session, "warmup", None)
+        if callable(warmup):
+            warmup()
+        else:
+            samples = self.window_ns * INPUT_SAMPLE_RATE // 1_000_000_000
+            self.session.run_unit(UnitInput(
+                window_index=0, epoch=0, start_ns=0, end_ns=self.window_ns,
+                image=np.zeros((64, 64, 3), dtype=np.uint8), image_stamp_ns=0,
+                audio=np.zeros(samples, dtype=np.float32)))
+            self.session.reset()
+        self.get_logger().info(f"model warmed up in {time.perf_counter() - started:.2f} s")
 
     def _create_voice_activity(self):
         from omni_ros.flow.vad import VoiceActivity
@@ -229,7 +247,7 @@ class OmniNode(Node):
             return
         while True:
             try:
-                self.pending_ticks.put_nowait(tick)
+                self.pending_ticks.put_nowait((tick, time.monotonic()))
                 return
             except queue.Full:
                 # The model is behind: the oldest waiting window is skipped (counted by the loop).
@@ -276,9 +294,15 @@ class OmniNode(Node):
     # -- units ---------------------------------------------------------------------------------
     def _run_units(self) -> None:
         while True:
-            tick = self.pending_ticks.get()
-            if tick is None:
+            item = self.pending_ticks.get()
+            if item is None:
                 return
+            tick, received = item
+            # The window's last samples are still in flight when its tick arrives (a mic chunk
+            # is stamped when its capture starts, the resampler holds a few ms back): wait.
+            delay = received + self.settings["input_grace_ms"] / 1000.0 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             with self.loop_lock:
                 report = self.loop.on_tick(tick.index, tick.epoch)
             if report is not None:

@@ -68,6 +68,8 @@ OMNI_NODE_PARAMETERS = (
     # timing and output
     ParameterSpec("window_sec", 1.0, "Omni-Flow window length; must match omni_flow_clock.",
                   (0.1, 10.0)),
+    ParameterSpec("input_grace_ms", 100, "How long after a window's tick its unit starts, so "
+                  "the window's last audio samples (still in flight) are in.", (0, 1000)),
     ParameterSpec("speech_chunk_ms", 200, "Duration of each published speech chunk.", (10, 1000)),
     ParameterSpec("max_future_windows", 3, "Input stamped further ahead than this many windows "
                   "is dropped (and counted).", (1, 100)),

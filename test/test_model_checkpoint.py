@@ -1,0 +1,233 @@
+"""Tiny checkpoint writer, strict loader and released key layout of omni_ros.model."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from omni_ros.model.config import OmniConfig
+from omni_ros.model.loader import INDEX_NAME, CheckpointError, expected_keys, load_model
+
+PREFIXES = ("llm.", "vpm.", "resampler.", "apm.", "audio_projection_layer.", "tts.")
+
+
+def _index(folder: Path) -> dict:
+    return json.loads((folder / INDEX_NAME).read_text())
+
+
+def _shadow(src: Path, dst: Path) -> Path:
+    """A copy of `src` whose weight shards are symlinks (cheap to modify one file)."""
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.suffix == ".safetensors":
+            (dst / p.name).symlink_to(p)
+        elif p.is_dir():
+            shutil.copytree(p, dst / p.name)
+        else:
+            shutil.copy(p, dst / p.name)
+    return dst
+
+
+def _norm_layers(name: str) -> str:
+    return re.sub(r"\.layers\.\d+\.", ".layers.N.", name)
+
+
+# --- released layout -------------------------------------------------------------------------
+
+RELEASED_SHAPES = {
+    "llm.model.embed_tokens.weight": (151748, 4096),
+    "llm.lm_head.weight": (151748, 4096),
+    "llm.model.layers.35.self_attn.k_proj.weight": (1024, 4096),
+    "llm.model.layers.0.self_attn.q_norm.weight": (128,),
+    "llm.model.layers.0.mlp.gate_proj.weight": (12288, 4096),
+    "llm.model.norm.weight": (4096,),
+    "vpm.embeddings.patch_embedding.weight": (1152, 3, 14, 14),
+    "vpm.embeddings.position_embedding.weight": (4900, 1152),
+    "vpm.encoder.layers.25.mlp.fc1.weight": (4304, 1152),
+    "vpm.encoder.layers.0.layer_norm1.weight": (1152,),
+    "vpm.post_layernorm.weight": (1152,),
+    "resampler.query": (64, 4096),
+    "resampler.proj": (4096, 4096),
+    "resampler.kv_proj.weight": (4096, 1152),
+    "resampler.attn.in_proj_weight": (12288, 4096),
+    "resampler.attn.in_proj_bias": (12288,),
+    "resampler.attn.out_proj.weight": (4096, 4096),
+    "resampler.ln_q.weight": (4096,),
+    "resampler.ln_kv.bias": (4096,),
+    "resampler.ln_post.weight": (4096,),
+    "apm.conv1.weight": (1024, 80, 3),
+    "apm.conv2.weight": (1024, 1024, 3),
+    "apm.embed_positions.weight": (1500, 1024),
+    "apm.layers.23.self_attn.q_proj.bias": (1024,),
+    "apm.layers.0.fc1.weight": (4096, 1024),
+    "apm.layers.0.self_attn_layer_norm.weight": (1024,),
+    "apm.layers.0.final_layer_norm.bias": (1024,),
+    "apm.layer_norm.weight": (1024,),
+    "audio_projection_layer.linear1.weight": (4096, 1024),
+    "audio_projection_layer.linear2.weight": (4096, 4096),
+    "tts.emb_text.weight": (152064, 768),
+    "tts.model.embed_tokens.weight": (32000, 768),
+    "tts.model.layers.19.self_attn.o_proj.weight": (768, 768),
+    "tts.model.layers.0.mlp.down_proj.weight": (768, 3072),
+    "tts.model.norm.weight": (768,),
+    "tts.projector_spk.linear1.weight": (768, 4096),
+    "tts.projector_semantic.linear2.bias": (768,),
+    "tts.emb_code.0.weight": (6562, 768),
+    "tts.head_code.0.parametrizations.weight.original0": (6562, 1),
+    "tts.head_code.0.parametrizations.weight.original1": (6562, 768),
+}
+
+
+def _layer_count(keys, prefix):
+    return len({m.group(1) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m})
+
+
+def test_released_expected_keys():
+    keys = expected_keys(OmniConfig.released())
+    for name, shape in RELEASED_SHAPES.items():
+        assert keys.get(name) == shape, name
+    assert _layer_count(keys, "llm.model.layers.") == 36
+    assert _layer_count(keys, "vpm.encoder.layers.") == 26
+    assert _layer_count(keys, "apm.layers.") == 24
+    assert _layer_count(keys, "tts.model.layers.") == 20
+    assert all(k.startswith(PREFIXES) for k in keys)
+    assert not any("k_proj.bias" in k for k in keys if k.startswith("apm."))
+    assert not any(k.startswith("vpm.head") or "rotary" in k or "avg_pooler" in k for k in keys)
+    assert "resampler.attn.bias_k" not in keys
+    assert 9.0e9 < sum(torch.Size(s).numel() for s in keys.values()) < 9.6e9
+
+
+def test_config_roundtrip_keeps_unknown_fields(tmp_path):
+    data = OmniConfig.released().to_dict()
+    data["some_future_field"] = {"a": 1}
+    data["tts_config"]["another"] = 3
+    data["tts_config"].pop("num_hidden_layers")          # only the num_layers spelling
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    cfg = OmniConfig.from_json_file(tmp_path / "config.json")
+    assert cfg.tts_config.num_hidden_layers == 20
+    out = cfg.to_dict()
+    assert out["some_future_field"] == {"a": 1} and out["tts_config"]["another"] == 3
+    assert cfg.model_type == "minicpmo" and cfg.tie_word_embeddings is False
+
+
+# --- tiny checkpoint -------------------------------------------------------------------------
+
+def test_tiny_checkpoint_layout(tiny_checkpoint):
+    files = {p.relative_to(tiny_checkpoint).as_posix() for p in tiny_checkpoint.rglob("*") if p.is_file()}
+    for f in ("config.json", INDEX_NAME, "tokenizer.json", "tokenizer_config.json",
+              "generation_config.json", "preprocessor_config.json",
+              "assets/token2wav/config.json", "assets/token2wav/token2wav.safetensors"):
+        assert f in files
+    shards = sorted(set(_index(tiny_checkpoint)["weight_map"].values()))
+    assert len(shards) >= 2 and all(s in files for s in shards)
+    size = sum((tiny_checkpoint / f).stat().st_size for f in files)
+    assert size < 150e6
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert cfg["model_type"] == "minicpmo" and cfg["vocab_size"] == 151748
+    assert cfg["tts_config"]["num_text_tokens"] == 152064
+
+
+def test_tiny_keys_match_released_names(tiny_checkpoint):
+    keys = set(_index(tiny_checkpoint)["weight_map"])
+    assert all(k.startswith(PREFIXES) for k in keys)
+    tiny = expected_keys(OmniConfig.from_json_file(tiny_checkpoint / "config.json"))
+    assert keys == set(tiny)
+    released = expected_keys(OmniConfig.released())
+    assert {_norm_layers(k) for k in keys} == {_norm_layers(k) for k in released}
+
+
+def test_tiny_loads_strictly(tiny_model):
+    cfg = tiny_model.config
+    assert tiny_model.llm.lm_head.weight.shape == (151748, cfg.hidden_size)
+    assert tiny_model.tts.emb_text.weight.shape[0] == 152064
+    assert all(torch.isfinite(p).all() for p in tiny_model.parameters())
+    assert tiny_model.llm.lm_head.weight.dtype == torch.float32
+    inv = tiny_model.llm.model.rotary_emb.inv_freq
+    assert inv.dtype == torch.float32 and torch.isfinite(inv).all() and inv[0] == 1.0
+
+
+def test_tiny_tokenizer_special_ids(tiny_model):
+    from omni_ros.model.tokenizer import released_added_tokens
+
+    tok = tiny_model.tokenizer
+    assert len(tok) == 151748
+    for text, i in released_added_tokens().items():
+        assert tok.convert_tokens_to_ids(text) == i, text
+        assert tok.encode(text, add_special_tokens=False) == [i]
+    ids = tok.encode("hello <unit> robot<|listen|>", add_special_tokens=False)
+    assert tiny_model.special.unit_start in ids and tiny_model.special.listen in ids
+
+
+def test_tokenizer_loads_with_autotokenizer(tiny_checkpoint):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    assert len(tok) == 151748 and tok.convert_tokens_to_ids("<|speak|>") == 151706
+
+
+def test_deterministic_for_seed(tiny_checkpoint, tmp_path):
+    from omni_ros.tools.tiny_checkpoint import main
+
+    assert main([str(tmp_path / "again"), "--seed", "0"]) == 0
+    again = tmp_path / "again"
+    files = sorted(p.relative_to(tiny_checkpoint) for p in tiny_checkpoint.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for f in files:
+        assert (tiny_checkpoint / f).read_bytes() == (again / f).read_bytes(), f
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+def test_missing_folder_and_files(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="omni_ros_tiny_checkpoint"):
+        load_model(tmp_path / "nowhere")
+    for rel in ("config.json", INDEX_NAME, "tokenizer.json", "assets/token2wav/token2wav.safetensors"):
+        d = _shadow(tiny_checkpoint, tmp_path / rel.replace("/", "_"))
+        (d / rel).unlink()
+        with pytest.raises(CheckpointError, match="omni_ros_tiny_checkpoint") as e:
+            load_model(d)
+        assert Path(rel).name in str(e.value)
+
+
+def test_missing_and_corrupt_shard(tiny_checkpoint, tmp_path):
+    shard = sorted(set(_index(tiny_checkpoint)["weight_map"].values()))[-1]
+    d = _shadow(tiny_checkpoint, tmp_path / "missing")
+    (d / shard).unlink()
+    with pytest.raises(CheckpointError, match=shard):
+        load_model(d)
+    d = _shadow(tiny_checkpoint, tmp_path / "corrupt")
+    data = (tiny_checkpoint / shard).read_bytes()
+    (d / shard).unlink()
+    (d / shard).write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match=shard):
+        load_model(d)
+
+
+def _with_index_change(tiny_checkpoint, d, tensors, drop=()):
+    index = _index(d)
+    if tensors:
+        save_file(tensors, str(d / "model-extra.safetensors"))
+        index["weight_map"].update({k: "model-extra.safetensors" for k in tensors})
+    for k in drop:
+        index["weight_map"].pop(k)
+    (d / INDEX_NAME).write_text(json.dumps(index))
+
+
+def test_extra_missing_misshaped_keys(tiny_checkpoint, tmp_path):
+    d = _shadow(tiny_checkpoint, tmp_path / "extra")
+    _with_index_change(tiny_checkpoint, d, {"llm.model.bogus.weight": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match=r"unexpected keys: llm\.model\.bogus\.weight"):
+        load_model(d)
+
+    d = _shadow(tiny_checkpoint, tmp_path / "missing")
+    _with_index_change(tiny_checkpoint, d, {}, drop=["resampler.proj"])
+    with pytest.raises(CheckpointError, match=r"missing keys: resampler\.proj"):
+        load_model(d)
+
+    d = _shadow(tiny_checkpoint, tmp_path / "shape")
+    _with_index_change(tiny_checkpoint, d, {"apm.layer_norm.weight": torch.ones(65)})
+    with pytest.raises(CheckpointError, match=r"mis-shaped keys: apm\.layer_norm\.weight"):
+        load_model(d)
