@@ -179,7 +179,7 @@ def test_launch_free_bringup_runs_the_graph_in_a_namespace(ros_env, tiny_checkpo
     log = open(tmp_path / "bringup.log", "w")
     bringup = subprocess.Popen(
         [sys.executable, "-m", "omni_ros.tools.bringup", "--model-path", str(tiny_checkpoint),
-         "--namespace", "robot1", "--param", "window_sec:=0.5"],
+         "--namespace", "robot1", "--window-sec", "0.5"],
         env=ros_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     observer = Node("observer")
     states = []

@@ -105,3 +105,11 @@ def test_dropped_span_rerotates_keys(tiny_model):
     # layer 0 sees only the embeddings, so its keys/values must match exactly up to rounding
     torch.testing.assert_close(s.cache.layers[0].keys, ref.cache.layers[0].keys, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(s.cache.layers[0].values, ref.cache.layers[0].values)
+
+
+def test_warmup_runs_both_paths_then_leaves_a_fresh_session(tiny_model):
+    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+
+    session = OmniDuplexSession(tiny_model, SessionOptions(force_listen_count=0))
+    session.warmup()
+    assert session.units_done == 0 and session.cache_length == 0

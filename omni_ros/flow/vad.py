@@ -37,6 +37,11 @@ class VoiceActivity:
         self._carry = np.zeros(0, dtype=np.float32)
         self.last_probability = 0.0
         self.chunks_processed = 0
+        # TorchScript optimises the graph during its first calls (hundreds of ms each): pay that
+        # now, not on the first real windows.
+        for _ in range(3):
+            self.speech_probability(np.zeros(CHUNK_SAMPLES, dtype=np.float32))
+        self.chunks_processed = 0
         self.reset()
 
     def reset(self) -> None:

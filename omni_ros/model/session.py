@@ -59,6 +59,22 @@ class OmniDuplexSession:
         self._blocked[len(tok):] = True
         for i in (self.sp.chunk_eos, self.sp.turn_eos, self.sp.listen):
             self._blocked[i] = False
+        self._decision_override: Optional[bool] = None   # warm-up only: force listen/speak
+        self.reset()
+
+    def warmup(self) -> None:
+        """Run one listening and one speaking unit on silence, then reset. The first call of each
+        path pays lazy initialisation (seconds on some machines) that must not land on a real
+        window."""
+        silence = np.zeros(int(round(self.options.window_sec * INPUT_SAMPLE_RATE)), np.float32)
+        image = np.zeros((64, 64, 3), dtype=np.uint8)
+        for speak in (False, True):
+            self._decision_override = speak
+            try:
+                self.run_unit(UnitInput(window_index=0, epoch=0, start_ns=0, end_ns=0, image=image,
+                                        image_stamp_ns=0, audio=silence))
+            finally:
+                self._decision_override = None
         self.reset()
 
     # --- public ---
@@ -200,6 +216,8 @@ class OmniDuplexSession:
         forced = self.units_done < o.force_listen_count
         draw = float(torch.rand(1, generator=self.generator))
         speak = (not forced) and draw < speak_prob
+        if self._decision_override is not None:
+            speak = self._decision_override
 
         if not speak:
             self._feed_ids([sp.listen, sp.unit_end], need_logits=False)

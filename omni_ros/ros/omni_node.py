@@ -143,6 +143,7 @@ class OmniNode(Node):
                           clock=steady, callback_group=control)
 
         self.pending_ticks: "queue.Queue" = queue.Queue(maxsize=2)
+        self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._run_units, name="omni_units", daemon=True)
         self.worker.start()
         self.get_logger().info(
@@ -293,16 +294,16 @@ class OmniNode(Node):
 
     # -- units ---------------------------------------------------------------------------------
     def _run_units(self) -> None:
-        while True:
-            item = self.pending_ticks.get()
-            if item is None:
-                return
-            tick, received = item
+        while not self.stopping.is_set():
+            try:
+                tick, received = self.pending_ticks.get(timeout=0.2)
+            except queue.Empty:
+                continue
             # The window's last samples are still in flight when its tick arrives (a mic chunk
             # is stamped when its capture starts, the resampler holds a few ms back): wait.
             delay = received + self.settings["input_grace_ms"] / 1000.0 - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if delay > 0 and self.stopping.wait(delay):
+                return
             with self.loop_lock:
                 report = self.loop.on_tick(tick.index, tick.epoch)
             if report is not None:
@@ -391,14 +392,13 @@ class OmniNode(Node):
         self.diagnostics_publisher.publish(array)
 
     def close(self) -> None:
-        try:
-            self.pending_ticks.put_nowait(None)
-        except queue.Full:
-            pass
+        """Stop the unit worker (it finishes the unit in hand) before the node is destroyed."""
+        self.stopping.set()
+        self.worker.join(timeout=30.0)
 
 
 def main(args=None) -> int:
-    return run_node(OmniNode, args if args is not None else sys.argv, threads=3)
+    return run_node(OmniNode, args if args is not None else sys.argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import sys
 from typing import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
+                             SingleThreadedExecutor)
 
 
 class StartupError(RuntimeError):
@@ -19,20 +20,21 @@ class StartupError(RuntimeError):
 def run_node(node_factory: Callable[[], object], args: Sequence[str], threads: int = 1) -> int:
     rclpy.init(args=list(args))
     node = None
+    executor = None
     try:
         node = node_factory()
-        if threads > 1:
-            executor = MultiThreadedExecutor(num_threads=threads)
-            executor.add_node(node)
-            executor.spin()
-        else:
-            rclpy.spin(node)
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 \
+            else SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
     except StartupError as error:
         print(f"[{getattr(node_factory, '__name__', 'node')}] cannot start: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=5.0)
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:

@@ -17,10 +17,12 @@ from omni_ros.tools.processes import ProcessGroup, default_params_file, node_com
 
 def graph_commands(model_path: str, backend: str = "torch", params_file: Optional[str] = None,
                    namespace: str = "", remaps: Sequence[str] = (), extra: Sequence[str] = (),
-                   log_level: str = "info") -> List[List[str]]:
+                   log_level: str = "info", window_sec: Optional[float] = None) -> List[List[str]]:
     """The two node command lines, with the parameter file, overrides and remaps applied."""
     params_file = params_file or str(default_params_file())
     common = ["--params-file", params_file, "--log-level", log_level]
+    if window_sec is not None:   # both nodes must agree on the window
+        common += ["-p", f"window_sec:={window_sec}"]
     if namespace:
         common += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
     for remap in remaps:
@@ -42,6 +44,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="topic remap applied to both nodes (repeatable)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="omni_node parameter override (repeatable)")
+    parser.add_argument("--window-sec", type=float, default=None,
+                        help="window length for both nodes (default: the parameter file's)")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -58,7 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     for command in graph_commands(args.model_path, args.backend, args.params_file,
-                                  args.namespace, args.remap, extra, args.log_level):
+                                  args.namespace, args.remap, extra, args.log_level,
+                                  args.window_sec):
         group.start(command)
     status = 0
     try:
