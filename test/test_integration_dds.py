@@ -16,6 +16,7 @@ from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
 
 from graph import REPO, isolated_ros_environment, spinning, start_node, stop, wait_until
 from omni_ros.msg import DuplexState, FlowTick, OmniText
@@ -184,9 +185,16 @@ def test_launch_free_bringup_runs_the_graph_in_a_namespace(ros_env, tiny_checkpo
     observer = Node("observer")
     states = []
     observer.create_subscription(DuplexState, "/robot1/omni/state", states.append, qos.OUTPUT)
+    reset = observer.create_client(Trigger, "/robot1/omni/reset")
     try:
         with spinning(observer):
             wait_until(lambda: len(states) >= 2, 90, "/robot1/omni/state", [tmp_path / "bringup.log"])
+            assert reset.wait_for_service(timeout_sec=10)
+            future = reset.call_async(Trigger.Request())
+            wait_until(future.done, 20, "omni/reset to answer")
+            assert future.result().success
+            count = len(states)
+            wait_until(lambda: len(states) >= count + 2, 20, "states after the reset")
         bringup.send_signal(signal.SIGINT)
         assert bringup.wait(30) == 0
     finally:

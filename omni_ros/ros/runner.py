@@ -43,3 +43,12 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str], threads: i
         if rclpy.ok():
             rclpy.try_shutdown()
     return 0
+
+
+def split_ros_args(argv: Sequence[str]):
+    """(the tool's own arguments, the `--ros-args ...` tail) of a command line."""
+    argv = list(argv)
+    if "--ros-args" not in argv:
+        return argv, []
+    cut = argv.index("--ros-args")
+    return argv[:cut], argv[cut:]

@@ -19,6 +19,7 @@ from rclpy.node import Node
 
 from omni_ros.msg import DuplexState, OmniText, ProactiveAlert
 from omni_ros.ros import qos
+from omni_ros.ros.runner import split_ros_args
 from omni_ros.ros.conversions import stamp_to_ns
 
 STATE_LETTERS = {DuplexState.LISTENING: "L", DuplexState.SPEAKING: "S",
@@ -140,9 +141,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
-    options = parse_args(argv[:len(argv) - len(ros_args)])
+    own_args, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
+    options = parse_args(own_args)
     rclpy.init(args=[sys.argv[0], *ros_args])
     recorder = Recorder(keep_speech=options.output is not None)
     started = time.monotonic()

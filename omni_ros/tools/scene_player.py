@@ -23,6 +23,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from omni_ros.ros import qos
+from omni_ros.ros.runner import split_ros_args
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image
 
 NS_PER_S = 1_000_000_000
@@ -130,9 +131,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    ros_args = argv[argv.index("--ros-args"):] if "--ros-args" in argv else []
-    options = parse_args(argv[:len(argv) - len(ros_args)])
+    own_args, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
+    options = parse_args(own_args)
     rclpy.init(args=[sys.argv[0], *ros_args])
     try:
         player = ScenePlayer(options)
