@@ -113,3 +113,20 @@ def test_warmup_runs_both_paths_then_leaves_a_fresh_session(tiny_model):
     session = OmniDuplexSession(tiny_model, SessionOptions(force_listen_count=0))
     session.warmup()
     assert session.units_done == 0 and session.cache_length == 0
+
+
+def test_standing_instruction_is_part_of_the_prefilled_system_prompt(tiny_model):
+    import numpy as np
+
+    from omni_ros.flow.types import UnitInput
+    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+
+    plain = OmniDuplexSession(tiny_model, SessionOptions())
+    instructed = OmniDuplexSession(tiny_model, SessionOptions(
+        standing_instruction="Warn people about the wet floor."))
+    assert instructed.system_text().endswith("Warn people about the wet floor.")
+    unit = UnitInput(window_index=0, epoch=0, start_ns=0, end_ns=0, image=None,
+                     image_stamp_ns=None, audio=np.zeros(16000, np.float32))
+    plain.run_unit(unit)
+    instructed.run_unit(unit)
+    assert instructed.prefix_len > plain.prefix_len

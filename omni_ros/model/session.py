@@ -22,6 +22,9 @@ from .tts import TTSTurnState
 @dataclass
 class SessionOptions:
     system_prompt: str = "Streaming Omni Conversation."
+    # What to watch for and warn about; appended to the system prompt (read at prefill, i.e. at
+    # the first unit and after each reset).
+    standing_instruction: str = ""
     window_sec: float = 1.0
     temperature: float = 0.7
     top_k: int = 20
@@ -111,15 +114,23 @@ class OmniDuplexSession:
         self.position += embeds.shape[0]
         return hidden, logits
 
+    def system_text(self) -> str:
+        """The system prompt the model is given: the prompt, then the standing instruction."""
+        o = self.options
+        if o.standing_instruction.strip():
+            return f"{o.system_prompt}\n{o.standing_instruction.strip()}"
+        return o.system_prompt
+
     def _prefill(self) -> None:
         o, tok, m = self.options, self.model.tokenizer, self.model
         self.cache = DynamicCache()
         enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+        prompt = self.system_text()
         if o.reference_voice is None:
-            embeds = m.embed_tokens(enc(f"<|im_start|>system\n{o.system_prompt}\n<|im_end|>"))
+            embeds = m.embed_tokens(enc(f"<|im_start|>system\n{prompt}\n<|im_end|>"))
         else:
             embeds = torch.cat([
-                m.embed_tokens(enc(f"<|im_start|>system\n{o.system_prompt}\n<|audio_start|>")),
+                m.embed_tokens(enc(f"<|im_start|>system\n{prompt}\n<|audio_start|>")),
                 m.embed_audio(np.asarray(o.reference_voice, dtype=np.float32)),
                 m.embed_tokens(enc("<|audio_end|><|im_end|>")),
             ])

@@ -37,7 +37,7 @@ from omni_ros.ros.parameters import SPECS_BY_NAME, check_value, declare_all
 from omni_ros.ros.runner import StartupError, run_node
 from omni_ros.runtime.registry import BackendError, BackendSettings, create_session
 
-SESSION_OPTION_PARAMETERS = ("system_prompt", "force_listen_count", "listen_prob_scale",
+SESSION_OPTION_PARAMETERS = ("system_prompt", "standing_instruction", "force_listen_count", "listen_prob_scale",
                              "temperature", "top_k", "top_p", "repetition_penalty",
                              "max_text_tokens_per_unit", "max_context_units", "seed",
                              "window_sec")

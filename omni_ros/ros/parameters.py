@@ -49,8 +49,9 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("system_prompt", "Streaming Omni Conversation.",
                   "System prompt placed before the first unit (applies after omni/reset).",
                   dynamic=True),
-    ParameterSpec("standing_instruction", "", "What the robot should watch for and warn about; "
-                  "carried in every proactive alert.", dynamic=True),
+    ParameterSpec("standing_instruction", "", "What the robot should watch for and warn about: "
+                  "placed in the system prompt (the model sees a change after omni/reset) and "
+                  "carried in every proactive alert (at once).", dynamic=True),
     ParameterSpec("force_listen_count", 3, "Units the model must listen for after a reset.",
                   (0, 1000), dynamic=True),
     ParameterSpec("listen_prob_scale", 1.0, "Multiplier on the listen probability at the "
