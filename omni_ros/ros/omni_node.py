@@ -15,7 +15,6 @@ from collections import deque
 from typing import Optional
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rcl_interfaces.msg import SetParametersResult
@@ -119,28 +118,24 @@ class OmniNode(Node):
             channels=1, sample_rate=OUTPUT_SAMPLE_RATE, sample_format="S16LE",
             bitrate=OUTPUT_SAMPLE_RATE * 16, coding_format="wave"))
 
-        # inputs: sensors in one group, control (ticks, reset) in another, so neither waits
-        sensors = MutuallyExclusiveCallbackGroup()
-        control = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, "camera/image_raw", self.on_image, qos.CAMERA,
-                                 callback_group=sensors)
+        # inputs (one executor thread: a multi-threaded executor's GIL contention slowed the
+        # unit worker several-fold; callbacks here are short, the model runs on the worker)
+        self.create_subscription(Image, "camera/image_raw", self.on_image, qos.CAMERA)
         if self.settings["use_compressed_image"]:
             self.create_subscription(CompressedImage, "camera/image_raw/compressed",
-                                     self.on_image, qos.CAMERA, callback_group=sensors)
+                                     self.on_image, qos.CAMERA)
         self.create_subscription(AudioDataStamped, "mic/audio_stamped", self.on_audio,
-                                 qos.MIC_AUDIO, callback_group=sensors)
-        self.create_subscription(AudioInfo, "mic/audio_info", self.on_audio_info, qos.AUDIO_INFO,
-                                 callback_group=sensors)
-        self.create_subscription(FlowTick, "omni_flow/tick", self.on_tick, qos.TICK,
-                                 callback_group=control)
-        self.create_service(Trigger, "omni/reset", self.on_reset, callback_group=control)
+                                 qos.MIC_AUDIO)
+        self.create_subscription(AudioInfo, "mic/audio_info", self.on_audio_info, qos.AUDIO_INFO)
+        self.create_subscription(FlowTick, "omni_flow/tick", self.on_tick, qos.TICK)
+        self.create_service(Trigger, "omni/reset", self.on_reset)
         self.add_on_set_parameters_callback(self.on_set_parameters)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(min(0.02, self.settings["speech_chunk_ms"] / 4000.0),
-                          self.release_speech, clock=steady, callback_group=control)
+                          self.release_speech, clock=steady)
         self.create_timer(self.settings["diagnostics_period_sec"], self.publish_diagnostics,
-                          clock=steady, callback_group=control)
+                          clock=steady)
 
         self.pending_ticks: "queue.Queue" = queue.Queue(maxsize=2)
         self.stopping = threading.Event()

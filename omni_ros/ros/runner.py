@@ -9,22 +9,20 @@ import sys
 from typing import Callable, Sequence
 
 import rclpy
-from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
-                             SingleThreadedExecutor)
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
 class StartupError(RuntimeError):
     """A node cannot start (missing checkpoint, bad parameter); the message says how to fix it."""
 
 
-def run_node(node_factory: Callable[[], object], args: Sequence[str], threads: int = 1) -> int:
+def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
     rclpy.init(args=list(args))
     node = None
     executor = None
     try:
         node = node_factory()
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 \
-            else SingleThreadedExecutor()
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except StartupError as error:
