@@ -104,7 +104,7 @@ def test_config_roundtrip_keeps_unknown_fields(tmp_path):
     data = OmniConfig.released().to_dict()
     data["some_future_field"] = {"a": 1}
     data["tts_config"]["another"] = 3
-    data["tts_config"].pop("num_hidden_layers")          # only the num_layers spelling
+    data["tts_config"]["num_layers"] = data["tts_config"].pop("num_hidden_layers")  # older spelling
     (tmp_path / "config.json").write_text(json.dumps(data))
     cfg = OmniConfig.from_json_file(tmp_path / "config.json")
     assert cfg.tts_config.num_hidden_layers == 20
@@ -231,3 +231,16 @@ def test_extra_missing_misshaped_keys(tiny_checkpoint, tmp_path):
     _with_index_change(tiny_checkpoint, d, {"apm.layer_norm.weight": torch.ones(65)})
     with pytest.raises(CheckpointError, match=r"mis-shaped keys: apm\.layer_norm\.weight"):
         load_model(d)
+
+
+def test_released_token2wav_assets_load_with_a_silent_stand_in(tiny_checkpoint, tmp_path):
+    """A folder whose assets/token2wav holds the released Step-Audio2 files (not this package's
+    format) still loads and runs; speech is silent (documented), the rest is the model."""
+    d = _shadow(tiny_checkpoint, tmp_path / "released_assets")
+    t2w = d / "assets" / "token2wav"
+    shutil.rmtree(t2w)
+    t2w.mkdir()
+    (t2w / "flow.yaml").write_text("placeholder: true\n")
+    m = load_model(d)
+    wav = m.token2wav.decode_stream([1, 2, 3], [])
+    assert wav.shape == (3 * 960,) and float(wav.abs().max()) == 0.0

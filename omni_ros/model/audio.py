@@ -1,8 +1,27 @@
-"""Audio path: Whisper-style log-mel front end, Whisper encoder (`apm.*`) and the projector
-(`audio_projection_layer.*`) + AvgPool1d: 1 s of 16 kHz audio -> 100 mel frames -> 50 encoder
-frames -> 10 LLM tokens.
+"""Audio path as released: MiniCPM-o's log-mel front end, the Whisper-medium encoder (`apm.*`) and
+the projector (`audio_projection_layer.*`) + AvgPool1d(5): 100 mel frames/s -> 50 encoder
+frames/s -> 10 LLM tokens/s.
+
+Two ways in:
+- offline (`embed_audio`, used for the reference voice): mel with the 8 dB dynamic range over the
+  whole clip, encoder with a 1 s chunked attention mask (each frame sees every frame up to the
+  end of its own 1 s chunk), clips over 30 s split in 30 s pieces.
+- streaming (`StreamingAudioEncoder`, one call per 1 s unit): the audio is accumulated in a buffer,
+  the mel of the whole buffer is recomputed each unit and only "stable" frames are emitted
+  (frames whose STFT window lies inside the buffer); the first chunk is 1035 ms (the first unit is
+  zero-padded at the front to 16560 samples; the mel processor aligns the chunk down to the hop,
+  16480 samples, so 80 samples carry over to the next unit), later chunks 1000 ms; each emitted
+  chunk carries 2 mel frames (20 ms) of context on each side (none on the left of the first),
+  which are cut again after the encoder's stride-2 convolution. The log floor is a fixed
+  log10 floor of -10 while the buffer holds less than 5 s and max-8 (dynamic range 8) from then
+  on; the buffer slides by 10 s once it reaches 30 s. The encoder keeps a key/value cache over
+  past chunks (attention over all cached frames, position table offset by the cache length) and
+  starts a fresh cache when cache + chunk would reach the 1500-position table.
 """
 from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,57 +36,127 @@ SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
 
+# streaming constants of the released duplex code
+CHUNK_MS = 1000
+FIRST_CHUNK_MS = 1035
+CNN_REDUNDANCY_MS = 20
+DYNAMIC_RANGE_DB = 8.0          # log10 units, as in Whisper
+LOG_FLOOR = -10.0               # fixed log10 floor used while the buffer is short
+FLOOR_UNTIL_SEC = 5.0
+SLIDE_TRIGGER_SEC = 30.0
+SLIDE_STRIDE_SEC = 10.0
+OFFLINE_CHUNK_FRAMES = 50       # encoder frames per 1 s chunk (audio_chunk_length = 1.0)
+
+
+def mel_filters_np(num_mel_bins: int = 80) -> np.ndarray:
+    """Slaney-style mel filterbank [1 + N_FFT//2, num_mel_bins] (Whisper's)."""
+    return mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=num_mel_bins,
+                           min_frequency=0.0, max_frequency=SAMPLE_RATE / 2,
+                           sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+
 
 class LogMel(nn.Module):
-    """Whisper log-mel spectrogram: 80 slaney mel bins, log10, 8 dB dynamic range, (x+4)/4."""
+    """Whisper log-mel spectrogram with MiniCPM-o's two floor rules:
+    `floor=None` -> max - dynamic_range (Whisper's 8 dB rule), else a fixed log10 floor; then (x+4)/4."""
 
     def __init__(self, num_mel_bins: int = 80):
         super().__init__()
-        filters = mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=num_mel_bins,
-                                  min_frequency=0.0, max_frequency=SAMPLE_RATE / 2,
-                                  sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
-        self.register_buffer("filters", torch.from_numpy(filters.T.astype(np.float32)),
+        self.register_buffer("filters", torch.from_numpy(mel_filters_np(num_mel_bins).T.astype(np.float32)),
                              persistent=False)                       # [80, 201]
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        # wav [B, S] float32 16 kHz -> [B, 80, S // 160]
-        spec = torch.stft(wav.float(), N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
-        power = spec[..., :-1].abs() ** 2                             # [B, 201, T]
-        mel = self.filters @ power                                    # [B, 80, T]
-        log = torch.clamp(mel, min=1e-10).log10()
-        log = torch.maximum(log, log.amax(dim=(-2, -1), keepdim=True) - 8.0)
+    def raw(self, wav: torch.Tensor, center: bool = True) -> torch.Tensor:
+        """log10 mel power before any floor: [B, S] -> [B, 80, frames] (centre mode drops the
+        last frame, as the release does)."""
+        spec = torch.stft(wav.float(), N_FFT, HOP_LENGTH, window=self.window, center=center,
+                          return_complex=True)
+        power = spec.abs() ** 2
+        if center:
+            power = power[..., :-1]
+        return torch.clamp(self.filters @ power, min=1e-10).log10()
+
+    @staticmethod
+    def finish(log: torch.Tensor, floor: Optional[float] = None,
+               dynamic_range: float = DYNAMIC_RANGE_DB) -> torch.Tensor:
+        if floor is None:
+            log = torch.maximum(log, log.amax(dim=(-2, -1), keepdim=True) - dynamic_range)
+        else:
+            log = torch.clamp(log, min=floor)
         return (log + 4.0) / 4.0
+
+    def forward(self, wav: torch.Tensor, floor: Optional[float] = None,
+                dynamic_range: float = DYNAMIC_RANGE_DB) -> torch.Tensor:
+        # wav [B, S] float32 16 kHz -> [B, 80, S // 160]
+        return self.finish(self.raw(wav), floor, dynamic_range)
 
 
 class WhisperAudioEncoder(nn.Module):
     """Whisper encoder with keys `conv1`, `conv2`, `embed_positions`, `layers.N.*`, `layer_norm`.
 
-    Unlike transformers' WhisperEncoder it takes chunks of any length up to 30 s and slices the
-    position table.
+    Takes chunks of any length, slices the position table at an offset, optionally attends to a
+    key/value cache of earlier chunks (streaming) or uses a chunked attention mask (offline).
     """
 
     def __init__(self, config: OmniConfig):
         super().__init__()
         a = config.audio_config
         wcfg = config.whisper_config()
+        self.num_heads = a.encoder_attention_heads
         self.conv1 = nn.Conv1d(a.num_mel_bins, a.d_model, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(a.d_model, a.d_model, kernel_size=3, stride=2, padding=1)
         self.embed_positions = nn.Embedding(a.max_source_positions, a.d_model)   # [1500, D]
         self.layers = nn.ModuleList([WhisperEncoderLayer(wcfg) for _ in range(a.encoder_layers)])
         self.layer_norm = nn.LayerNorm(a.d_model)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        # mel [B, 80, T] -> [B, ceil(T/2), D]
+    def _attention(self, layer: WhisperEncoderLayer, x: torch.Tensor, past: Optional[Tuple[torch.Tensor, torch.Tensor]],
+                   mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        attn = layer.self_attn
+        b, n, d = x.shape
+        h = self.num_heads
+        q = attn.q_proj(x).view(b, n, h, d // h).transpose(1, 2)
+        k = attn.k_proj(x).view(b, n, h, d // h).transpose(1, 2)
+        v = attn.v_proj(x).view(b, n, h, d // h).transpose(1, 2)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
+        out = out.transpose(1, 2).reshape(b, n, d)
+        return attn.out_proj(out), (k, v)
+
+    def forward(self, mel: torch.Tensor, cache: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
+                prefix_extra: int = 0, suffix_extra: int = 0,
+                chunk_frames: Optional[int] = None) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
+        """mel [B, 80, T] -> ([B, n, D], new cache). `prefix_extra`/`suffix_extra` mel context
+        frames are removed after the stride-2 conv (ceil(x/2) encoder frames each)."""
         x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = F.gelu(self.conv2(x))                                          # [B, D, ceil(T/2)]
+        cut_l = (prefix_extra + 1) // 2 if prefix_extra > 0 else 0
+        cut_r = (suffix_extra + 1) // 2 if suffix_extra > 0 else 0
+        if cut_l:
+            x = x[:, :, cut_l:]
+        if 0 < cut_r < x.shape[2]:
+            x = x[:, :, :-cut_r]
+        x = x.transpose(1, 2)
         n = x.shape[1]
-        if n > self.embed_positions.num_embeddings:
-            raise ValueError(f"audio chunk too long: {n} frames > {self.embed_positions.num_embeddings}")
-        x = x + self.embed_positions.weight[:n]
-        for layer in self.layers:
-            x = layer(x, attention_mask=None)
-        return self.layer_norm(x)
+        past_len = 0 if not cache else int(cache[0][0].shape[2])
+        table = self.embed_positions.weight
+        if past_len + n > table.shape[0]:
+            raise ValueError(f"audio too long: {past_len + n} frames > {table.shape[0]} positions")
+        x = x + table[past_len: past_len + n]
+        mask = None
+        if chunk_frames and cache is None and n > chunk_frames:
+            idx = torch.arange(n, device=x.device)
+            visible = idx[None, :] < ((idx[:, None] // chunk_frames) + 1) * chunk_frames
+            mask = torch.zeros(n, n, dtype=x.dtype, device=x.device).masked_fill(~visible, float("-inf"))
+        new_cache: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        for i, layer in enumerate(self.layers):
+            residual = x
+            a, kv = self._attention(layer, layer.self_attn_layer_norm(x), cache[i] if cache else None, mask)
+            x = residual + a
+            residual = x
+            x = residual + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+            new_cache.append(kv)
+        return self.layer_norm(x), new_cache
 
 
 class MultiModalProjector(nn.Module):
@@ -83,13 +172,160 @@ class MultiModalProjector(nn.Module):
         return self.linear2(self.relu(self.linear1(x)))
 
 
-def embed_audio(model, wav: torch.Tensor) -> torch.Tensor:
-    """[B, S] 16 kHz audio -> [B, S/1600, hidden] LLM embeddings (10 per second).
+def pooled_length(mel_frames: int, pool_step: int = 5) -> int:
+    """LLM audio tokens for a mel length (the released `_get_feat_extract_output_lengths`)."""
+    cnn = (mel_frames - 1) // 2 + 1
+    return (cnn - pool_step) // pool_step + 1
 
-    `model` provides `mel`, `apm`, `audio_projection_layer` and `audio_avg_pooler`.
-    """
-    mel = model.mel(wav)                                    # [B, 80, 100/s]
-    feats = model.apm(mel)                                  # [B, 50/s, Da]
-    proj = model.audio_projection_layer(feats)              # [B, 50/s, D]
-    pooled = model.audio_avg_pooler(proj.transpose(1, 2))   # [B, D, 10/s]
-    return pooled.transpose(1, 2)
+
+def _project_pool(model, feats: torch.Tensor) -> torch.Tensor:
+    proj = model.audio_projection_layer(feats)                 # [B, n, D]
+    return model.audio_avg_pooler(proj.transpose(1, 2)).transpose(1, 2)
+
+
+def embed_audio(model, wav: torch.Tensor) -> torch.Tensor:
+    """Offline: [1, S] 16 kHz audio -> [1, n_tokens, hidden] (10 per second; 30 s pieces)."""
+    piece = 30 * SAMPLE_RATE
+    outs = []
+    for start in range(0, max(1, wav.shape[1]), piece):
+        seg = wav[:, start: start + piece]
+        n_frames = max(1, math.ceil(seg.shape[1] / HOP_LENGTH))
+        padded = F.pad(seg, (0, piece - seg.shape[1]))             # the processor pads to 30 s
+        mel = model.mel(padded)[:, :, :n_frames]
+        feats, _ = model.apm(mel, chunk_frames=OFFLINE_CHUNK_FRAMES)
+        pooled = _project_pool(model, feats)
+        outs.append(pooled[:, : pooled_length(n_frames, model.config.audio_pool_step)])
+    return torch.cat(outs, dim=1)
+
+
+class StreamingMel:
+    """Exact streaming mel of the released processor (see module doc). numpy buffer, torch STFT."""
+
+    def __init__(self, logmel: LogMel, chunk_ms: int = CHUNK_MS, first_chunk_ms: int = FIRST_CHUNK_MS,
+                 redundancy_ms: int = CNN_REDUNDANCY_MS):
+        self.logmel = logmel
+        self.chunk_samples = int(round(chunk_ms * SAMPLE_RATE / 1000))
+        self.chunk_frames = self.chunk_samples // HOP_LENGTH
+        raw_first = int(round(first_chunk_ms * SAMPLE_RATE / 1000))
+        self.first_chunk_samples = max(HOP_LENGTH, (raw_first // HOP_LENGTH) * HOP_LENGTH)
+        self.redundancy_frames = max(0, int(redundancy_ms * SAMPLE_RATE / 1000) // HOP_LENGTH)
+        self.reset()
+
+    def reset(self) -> None:
+        self.buffer = np.zeros(0, np.float32)
+        self.last_emitted = 0          # global frame index of the next core frame
+        self.base = 0                  # global frame index of the buffer's first frame
+        self.chunks = 0
+        self.raw_cache: Optional[torch.Tensor] = None   # [80, n] final raw frames of the buffer
+
+    def next_chunk_samples(self) -> int:
+        return self.first_chunk_samples if self.chunks == 0 else self.chunk_samples
+
+    def _slide(self) -> None:
+        if len(self.buffer) < SLIDE_TRIGGER_SEC * SAMPLE_RATE:
+            return
+        drop = int(SLIDE_STRIDE_SEC * SAMPLE_RATE)
+        guard = min(SAMPLE_RATE, len(self.buffer) - drop)
+        drop = min(drop, max(0, len(self.buffer) - guard))
+        drop = (drop // HOP_LENGTH) * HOP_LENGTH
+        if drop > 0:
+            self.buffer = self.buffer[drop:]
+            self.base += drop // HOP_LENGTH
+            if self.raw_cache is not None:
+                # frames 0 and 1 of the new buffer see its reflect padding: recompute them
+                keep = self.raw_cache[:, drop // HOP_LENGTH:]
+                self.raw_cache = keep if keep.shape[1] > 2 else None
+                if self.raw_cache is not None:
+                    head = self.logmel.raw(self._tensor(self.buffer[: 4 * N_FFT]))[0][:, :2]
+                    self.raw_cache = torch.cat([head, self.raw_cache[:, 2:]], dim=1)
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.logmel.window.device)[None]
+
+    def _raw_full(self) -> torch.Tensor:
+        """Raw log-mel of the whole buffer (as a full recomputation would give), reusing the
+        frames whose STFT window lies inside the buffer from earlier calls."""
+        n_total = len(self.buffer) // HOP_LENGTH                   # frames after the last is dropped
+        n_cached = 0 if self.raw_cache is None else self.raw_cache.shape[1]
+        if n_cached < 2:
+            raw = self.logmel.raw(self._tensor(self.buffer))[0]
+        else:
+            s0 = n_cached * HOP_LENGTH - N_FFT // 2
+            seg = self.buffer[s0:]
+            seg = np.concatenate([seg, seg[-2:-(N_FFT // 2) - 2:-1]])  # centre-mode right reflect pad
+            tail = self.logmel.raw(self._tensor(seg), center=False)[0][:, : n_total - n_cached]
+            raw = torch.cat([self.raw_cache, tail], dim=1)
+        stable = max(0, (len(self.buffer) - N_FFT // 2) // HOP_LENGTH + 1)
+        self.raw_cache = raw[:, : min(stable, raw.shape[1])]
+        return raw
+
+    def process(self, chunk: np.ndarray) -> Tuple[torch.Tensor, int, int]:
+        """Append one chunk; return (mel [80, T] with context, prefix_extra, suffix_extra)."""
+        self.buffer = np.concatenate([self.buffer, np.asarray(chunk, np.float32)])
+        self._slide()
+        floor = LOG_FLOOR if len(self.buffer) < FLOOR_UNTIL_SEC * SAMPLE_RATE else None
+        mel = LogMel.finish(self._raw_full(), floor)                  # [80, T_local]
+        total = mel.shape[-1]
+        stable = min(total, max(0, (len(self.buffer) - N_FFT // 2) // HOP_LENGTH + 1))
+        core_start, core_end = self.last_emitted, self.last_emitted + self.chunk_frames
+        r = self.redundancy_frames
+        prefix = 0
+        if self.base + stable >= core_end + r:
+            start_g = max(0, core_start - r)
+            prefix = core_start - start_g
+            lo = max(0, min(start_g - self.base, total))
+            hi = max(lo, min(core_end + r - self.base, total))
+            out = mel[:, lo:hi]
+            self.last_emitted = core_end
+        else:
+            out = mel[:, 0:0]
+        self.chunks += 1
+        return out, prefix, r
+
+
+class StreamingAudioEncoder:
+    """Per-session streaming audio state: unit audio in, 10 LLM tokens per second out."""
+
+    def __init__(self, model, chunk_ms: int = CHUNK_MS):
+        self.model = model
+        self.reset(chunk_ms)
+
+    def reset(self, chunk_ms: Optional[int] = None) -> None:
+        """Forget the stream; `chunk_ms` (the unit length) sets the chunk size, the first chunk
+        being 35 ms longer (1000/1035 ms in the release)."""
+        if chunk_ms is not None or not hasattr(self, "mel"):
+            chunk_ms = int(chunk_ms or CHUNK_MS)
+            self.first_ms = chunk_ms + (FIRST_CHUNK_MS - CHUNK_MS)
+            self.mel = StreamingMel(self.model.mel, chunk_ms=chunk_ms, first_chunk_ms=self.first_ms)
+        self.mel.reset()
+        self.pending = np.zeros(0, np.float32)
+        self.cache: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+
+    @property
+    def cache_length(self) -> int:
+        return 0 if not self.cache else int(self.cache[0][0].shape[2])
+
+    def embed_unit(self, audio: np.ndarray) -> torch.Tensor:
+        """One unit of 16 kHz audio -> [n, hidden] (n = 10 per second; empty if not enough audio)."""
+        m = self.model
+        self.pending = np.concatenate([self.pending, np.asarray(audio, np.float32).reshape(-1)])
+        need = self.mel.next_chunk_samples()
+        first = int(self.first_ms * SAMPLE_RATE / 1000)           # 16560: padded to, 16480 consumed
+        if self.mel.chunks == 0 and len(self.pending) < first:
+            self.pending = np.concatenate([np.zeros(first - len(self.pending), np.float32), self.pending])
+        outs = []
+        while len(self.pending) >= need:
+            chunk, self.pending = self.pending[:need], self.pending[need:]
+            mel, prefix, suffix = self.mel.process(chunk)
+            need = self.mel.next_chunk_samples()
+            if mel.shape[-1] == 0:
+                continue
+            n_enc = (mel.shape[-1] - 1) // 2 + 1
+            if self.cache_length + n_enc >= m.apm.embed_positions.num_embeddings:
+                self.cache = None                      # the released code restarts the cache
+            feats, self.cache = m.apm(mel[None], cache=self.cache, prefix_extra=prefix, suffix_extra=suffix)
+            pooled = _project_pool(m, feats)[0]
+            outs.append(pooled[: pooled_length(mel.shape[-1], m.config.audio_pool_step)])
+        if not outs:
+            return torch.zeros(0, m.config.hidden_size, device=m.device, dtype=m.dtype)
+        return torch.cat(outs).to(m.dtype)

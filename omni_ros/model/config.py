@@ -90,26 +90,77 @@ class AudioConfig(_Section):
 
 @dataclass
 class TTSConfig(_Section):
-    """Speech-token decoder (`tts.*`): a Llama backbone conditioned on LLM tokens and states."""
+    """Speech-token decoder (`tts.*`): a Llama backbone conditioned on LLM tokens and states.
+
+    Field names and order follow the released `MiniCPMTTSConfig`; values are the 4.5 release's
+    where the module tree or the duplex code fixes them, the class defaults otherwise."""
 
     llm_dim: int = 4096
+    llm_intermediate_size: int = 768
+    llm_down_scale: bool = False
+    llm_dim_model_base: int = 256
+    projector_type: str = "mlp"
+    hidden_act: str = "silu"
+    aug_loss_weight: bool = False
+    aug_layer_loss_weight: bool = False
+    filter_tts_loss: bool = False
+    tts_filter_loss_fix: bool = False
+    long_weight: float = 0.1
+    short_weight: float = 0.1
     hidden_size: int = 768
     intermediate_size: int = 3072
     num_attention_heads: int = 12
-    num_key_value_heads: int = 12
     num_hidden_layers: int = 20
-    hidden_act: str = "silu"
-    rms_norm_eps: float = 1e-6
+    num_key_value_heads: int = 12
     max_position_embeddings: int = 4096
-    backbone_vocab_size: int = 32000     # the unused tts.model.embed_tokens
     num_audio_tokens: int = 6562         # 6561 codes + EOS
     num_text_tokens: int = 152064
+    num_mel_bins: int = 100
     num_vq: int = 1
+    use_llm_hidden_state: bool = False
     audio_bos_token_id: int = 151687     # row of emb_text used as the audio-BOS embedding
     text_eos_token_id: int = 151692
-    codes_per_second: int = 25
+    use_text: bool = True
+    streaming: bool = False
+    streaming_text_chunk_min: int = 3
+    streaming_text_chunk_max: int = 7
+    streaming_text_reserved_len: int = 300
+    streaming_audio_chunk_size: int = 50
+    attn_implementation: str = "sdpa"
+    condition_type: str = "hidden_text_merge"
+    backbone_model: str = "llama"
+    audio_tokenizer_type: str = "s3tokenizer_step_audio"
+    audio_tokenizer_sample_rate: int = 24000
+    top_p: float = 0.85
+    top_k: int = 25
+    repetition_penalty: float = 1.05
+    streaming_sliding_window: bool = False
+    streaming_sliding_window_max_text_len: int = 500
+    streaming_sliding_window_average_speed: int = 5
+    streaming_sliding_window_fast_speed: int = 7
+    streaming_sliding_window_slow_speed: int = 3
+    streaming_sliding_window_audio_frame_rate: int = 50
+    streaming_sliding_window_audio_init_text_length: int = 10
+    streaming_sliding_window_audio_window_size: int = 300
+    normalize_projected_hidden: bool = True
+    interleaved: bool = False
+    attention_type: str = "sliding_recompute"
+    recomputed_chunks: int = 1
+    window_size: int = 2
     model_type: str = "minicpmtts"
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # not config fields in the release: fixed by its code
+    BACKBONE_VOCAB_SIZE = 32000          # LlamaConfig default: the unused tts.model.embed_tokens
+    CODES_PER_SECOND = 25
+
+    @property
+    def backbone_vocab_size(self) -> int:
+        return self.BACKBONE_VOCAB_SIZE
+
+    @property
+    def codes_per_second(self) -> int:
+        return self.CODES_PER_SECOND
 
     @property
     def num_layers(self) -> int:
@@ -122,15 +173,12 @@ class TTSConfig(_Section):
     @classmethod
     def from_dict(cls, data: Dict[str, Any]):
         data = dict(data or {})
-        if "num_layers" in data:
+        if "num_layers" in data:                 # older files of ours
             layers = data.pop("num_layers")
             data.setdefault("num_hidden_layers", layers)
+        data.pop("backbone_vocab_size", None)
+        data.pop("codes_per_second", None)
         return super().from_dict(data)
-
-    def to_dict(self) -> Dict[str, Any]:
-        out = super().to_dict()
-        out["num_layers"] = self.num_hidden_layers
-        return out
 
 
 def _default_slice_config() -> Dict[str, Any]:
@@ -172,6 +220,24 @@ class OmniConfig(_Section):
     tts_config: TTSConfig = field(default_factory=TTSConfig)
     extra: Dict[str, Any] = field(default_factory=dict, repr=False)
 
+    # the released MiniCPMOConfig's own fields (besides the Qwen3 ones)
+    use_cache: bool = True
+    batch_vision_input: bool = True
+    use_image_id: bool = True
+    vision_batch_size: int = 16
+    stream_input: bool = False
+    listen_speak_type: str = "asr"
+    init_vision: bool = True
+    init_audio: bool = True
+    init_tts: bool = True
+    patch_size: int = 14
+    slice_mode: bool = True
+    # further Qwen3Config fields
+    use_sliding_window: bool = False
+    sliding_window: Any = None
+    max_window_layers: int = 36
+    initializer_range: float = 0.02
+
     _NESTED = {"vision_config": VisionConfig, "audio_config": AudioConfig, "tts_config": TTSConfig}
 
     # --- derived sizes ---
@@ -195,17 +261,18 @@ class OmniConfig(_Section):
         """A small random-weight model with the released vocabulary and key layout."""
         return cls(
             hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=32, intermediate_size=256, max_position_embeddings=8192,
+            head_dim=32, intermediate_size=256, max_position_embeddings=8192, max_window_layers=2,
             torch_dtype="bfloat16", query_num=16, image_size=56,
             slice_config={"max_slice_nums": 1, "patch_size": 14, "scale_resolution": 56,
                           "model_type": "minicpmv"},
             vision_config=VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                                        num_attention_heads=4, patch_size=14, image_size=112),
+            # the released code sizes the audio projector input as encoder_ffn_dim // 4
             audio_config=AudioConfig(d_model=64, encoder_layers=2, encoder_attention_heads=4,
-                                     encoder_ffn_dim=128, max_source_positions=1500),
+                                     encoder_ffn_dim=256, max_source_positions=1500),
             tts_config=TTSConfig(llm_dim=128, hidden_size=64, intermediate_size=128,
                                  num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2,
-                                 max_position_embeddings=4096, backbone_vocab_size=256),
+                                 max_position_embeddings=4096),
         )
 
     # --- json ---
@@ -275,7 +342,7 @@ class OmniConfig(_Section):
             intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
             num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
             hidden_act=t.hidden_act, max_position_embeddings=t.max_position_embeddings,
-            rms_norm_eps=t.rms_norm_eps, tie_word_embeddings=False,
+            rms_norm_eps=1e-6, tie_word_embeddings=False,   # LlamaConfig defaults in the release
         )
         cfg._attn_implementation = "sdpa"
         return cfg

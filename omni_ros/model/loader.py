@@ -5,6 +5,7 @@ No pickle, no remote code.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
@@ -20,6 +21,20 @@ HOW_TO_CREATE = "create a tiny random-weight checkpoint with `omni_ros_tiny_chec
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def released_token2wav_assets(t2w_dir: Path) -> bool:
+    """True for the released Step-Audio2 token2wav assets (present, but not this package's format)."""
+    return t2w_dir.is_dir() and not (t2w_dir / T2W_CONFIG).exists() and any(t2w_dir.iterdir())
+
+
+class SilentToken2Wav:
+    """Stand-in waveform stage for a released checkpoint: exactly 960 zero samples per code."""
+
+    samples_per_code = 960
+
+    def decode_stream(self, codes, context=None) -> torch.Tensor:
+        return torch.zeros(len(codes) * self.samples_per_code)
 
 
 class CheckpointError(RuntimeError):
@@ -151,8 +166,10 @@ def load_model(path, device: Union[str, torch.device] = "cpu", dtype: Union[str,
     weight_map = _read_index(folder)
     _require(folder / "tokenizer.json", "tokenizer (tokenizer.json)")
     t2w_dir = folder / ASSET_DIR
-    _require(t2w_dir / T2W_CONFIG, f"token2wav config ({ASSET_DIR}/{T2W_CONFIG})")
-    _require(t2w_dir / T2W_WEIGHTS, f"token2wav weights ({ASSET_DIR}/{T2W_WEIGHTS})")
+    released_t2w = released_token2wav_assets(t2w_dir)
+    if not released_t2w:
+        _require(t2w_dir / T2W_CONFIG, f"token2wav config ({ASSET_DIR}/{T2W_CONFIG})")
+        _require(t2w_dir / T2W_WEIGHTS, f"token2wav weights ({ASSET_DIR}/{T2W_WEIGHTS})")
 
     model = build_model(config, "meta").to(dtype=dtype)
     model = _materialize(model, config, torch.device(device))   # rope and mel buffers in float32
@@ -168,6 +185,13 @@ def load_model(path, device: Union[str, torch.device] = "cpu", dtype: Union[str,
         raise CheckpointError(f"cannot load the tokenizer from {folder}: {e}") from e
     if len(model.tokenizer) > config.vocab_size:
         raise CheckpointError(f"tokenizer has {len(model.tokenizer)} tokens, more than vocab_size {config.vocab_size}")
+    if released_t2w:
+        logging.getLogger(__name__).warning(
+            "%s holds the released Step-Audio2 token2wav, which this package cannot run (see "
+            "omni_ros.model.token2wav); speech output will be SILENT. Text and speech codes are "
+            "produced as released.", t2w_dir)
+        model.token2wav = SilentToken2Wav()
+        return model
     try:
         model.token2wav = Token2Wav.from_folder(t2w_dir, device=device, dtype=torch.float32)
     except Exception as e:

@@ -25,7 +25,8 @@ class OmniModel(nn.Module):
         self.vpm = SiglipVision(config)                                    # vpm.*
         self.resampler = Resampler(config)                                 # resampler.*
         self.apm = WhisperAudioEncoder(config)                             # apm.*
-        self.audio_projection_layer = MultiModalProjector(config.audio_config.d_model, config.hidden_size)
+        # the released code: projector input = encoder_ffn_dim // 4 (== d_model for Whisper)
+        self.audio_projection_layer = MultiModalProjector(config.audio_config.encoder_ffn_dim // 4, config.hidden_size)
         self.audio_avg_pooler = nn.AvgPool1d(config.audio_pool_step, stride=config.audio_pool_step)
         self.tts = MiniCPMTTS(config)                                      # tts.*
         self.mel = LogMel(config.audio_config.num_mel_bins)                # buffers only, not stored
@@ -49,12 +50,13 @@ class OmniModel(nn.Module):
 
     def embed_image(self, image: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 RGB -> [query_num, hidden]."""
-        pixels = preprocess_image(image, self.config.image_size).to(self.device, self.dtype)
+        scale = int(self.config.slice_config.get("scale_resolution", self.config.image_size))
+        pixels = preprocess_image(image, scale, self.config.vision_config.patch_size).to(self.device, self.dtype)
         feats, grid = self.vpm(pixels)                     # [1, N, Cv]
         return self.resampler(feats, grid)[0]              # [Q, D]
 
     def embed_audio(self, audio: np.ndarray) -> torch.Tensor:
-        """float32 16 kHz mono -> [n_seconds * 10, hidden]."""
+        """Offline (reference voice): float32 16 kHz mono -> [n_seconds * 10, hidden]."""
         wav = torch.as_tensor(np.asarray(audio, dtype=np.float32), device=self.device)[None]
         return embed_audio(self, wav)[0].to(self.dtype)
 

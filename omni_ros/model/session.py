@@ -1,12 +1,49 @@
-"""Full-duplex session: one 1 s unit at a time (`<unit>[<image>V</image>]A10` -> listen or speak),
-with the LLM KV cache kept across units and bounded by dropping the oldest unit's span.
-Speaking units yield text plus exactly one window of 24 kHz speech (TTS codes -> token2wav).
+"""Model session: one 1 s unit at a time, in one of two modes read from `options.mode` at every unit
+(so the mode can change at run time without a restart).
+
+duplex (the released full-duplex protocol, `DuplexCapability.streaming_generate`):
+  system prefix `<|im_start|>system\\n{prompt}\\n<|audio_start|>` + reference-voice audio +
+  `<|audio_end|><|im_end|>` (without a reference voice: `<|im_start|>system\\n{prompt}\\n<|im_end|>`);
+  then per unit `<unit>[<image>V</image>]A10`, then up to `max_text_tokens_per_unit` (20) steps:
+  - step 19 (the last) forces `<|chunk_eos|>`; the first `force_listen_count` units force `<|listen|>`;
+  - a token is drawn by the released two-stage decoder: a first draw from the raw distribution
+    returns `<|chunk_eos|>` if it draws it; otherwise `<|tts_pad|>` and `<|chunk_eos|>` are masked,
+    the text repetition penalty (recent `text_repetition_window_size` drawn tokens, logits divided
+    by the penalty), the length penalty on `<|turn_eos|>`, `listen_prob_scale` (multiplies the
+    `<|listen|>` logit) and `listen_top_k` apply, then temperature, top-k, top-p and a draw;
+  - a `<|listen|>` drawn while a turn is open (not ended by `<|turn_eos|>`) becomes `<|tts_bos|>`;
+  - `<|listen|>`, `<|chunk_eos|>`, `<|chunk_tts_eos|>` end the unit; they are fed together with
+    `</unit>`; any other token is fed and the loop goes on (`<|turn_eos|>` included: it ends the
+    turn and the model goes on, usually to `<|listen|>`);
+  - a token that would make the unit's text (tokens after the first) 28 characters or longer is
+    not fed and `<|chunk_eos|>` is forced instead.
+  A unit that fed at least one token is a speaking unit: its TTS condition is every fed token after
+  the first (emb_text(id) + L2-normalised projector_semantic(hidden)), then audio BOS; the speech
+  decoder draws 26 codes and keeps 25 (EOS allowed only at the start or end of a turn), its KV
+  cache lives for the turn; token2wav turns the codes into exactly one window of 24 kHz speech.
+
+turn_based (the released simplex streaming, adapted to a 1 s unit stream):
+  the user turn is framed as a chat message: the first unit of a user turn feeds
+  `<|im_start|>user\\n` (after an answer: `<|tts_eos|><|im_end|>\\n<|im_start|>user\\n`), every unit
+  feeds `[<image>V</image>]<|audio_start|>A10<|audio_end|>`. The session ends the user turn from
+  the unit audio: once a unit had speech (RMS >= `turn_end_rms`), `turn_end_silence_units`
+  consecutive quieter units end it (or `max_user_units`). The answer then starts with
+  `<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n<|tts_bos|>`, and each following
+  unit draws a fixed 10 text tokens (stopping early at `<|tts_eos|>`/`<|im_end|>`) and 25 speech
+  codes conditioned on them (the fixed 10:25 interleave; text EOS appended to the last condition),
+  i.e. one window of speech per unit, until the answer ends (end_of_turn) or `max_answer_units`.
+  User audio that arrives while answering is not fed (simplex).
+
+Context policy (both modes): the KV cache keeps the system prefix (prompt + standing instruction
++ reference voice) and the most recent `max_context_units` units; older unit spans are cut out
+and the keys after them re-rotated, so memory and per-unit time stay flat over hours.
 """
 from __future__ import annotations
 
+import wave
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, List, Optional, Tuple
+from typing import Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,36 +52,97 @@ from transformers.models.qwen3.modeling_qwen3 import rotate_half
 
 from omni_ros.flow.types import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, UnitInput, UnitOutput
 
+from .audio import StreamingAudioEncoder
 from .omni import OmniModel
 from .tts import TTSTurnState
+
+MODES = ("duplex", "turn_based")
+THINK_EMPTY = "<think>\n\n</think>\n\n"
 
 
 @dataclass
 class SessionOptions:
+    # "duplex" (released full-duplex protocol) or "turn_based" (released simplex streaming with
+    # fixed 10 text : 25 speech tokens); read at every unit, may change at run time.
+    mode: str = "duplex"
     system_prompt: str = "Streaming Omni Conversation."
     # What to watch for and warn about; appended to the system prompt (read at prefill, i.e. at
     # the first unit and after each reset).
     standing_instruction: str = ""
     window_sec: float = 1.0
+    # text decoding (released duplex defaults)
+    decode_mode: str = "sampling"         # or "greedy"
     temperature: float = 0.7
     top_k: int = 20
     top_p: float = 0.8
     repetition_penalty: float = 1.05
+    text_repetition_window_size: int = 512
+    length_penalty: float = 1.1           # on <|turn_eos|>; > 1 makes turns longer
     max_text_tokens_per_unit: int = 20
+    max_unit_chars: int = 28
     force_listen_count: int = 3
     listen_prob_scale: float = 1.0
+    listen_top_k: Optional[int] = None
     max_context_units: int = 24          # units kept in the KV cache besides the system prefix
     tts_temperature: float = 0.8
     tts_repetition_penalty: float = 1.05
     seed: int = 0
     # Voice slot: 16 kHz mono reference-voice audio placed in the system prefix
-    # (`<|audio_start|>` ... `<|audio_end|>`). None = no reference voice. The TTS speaker
-    # conditioning from it is not implemented yet.
+    # (`<|audio_start|>` ... `<|audio_end|>`), or a path to a wav file (any rate, mono or stereo
+    # 16-bit PCM) used when `reference_voice` is None. The waveform decoder shipped here has no
+    # speaker input, so the voice only conditions the LLM.
     reference_voice: Optional[np.ndarray] = None
+    reference_voice_wav: Optional[str] = None
+    # turn_based mode
+    turn_end_rms: float = 0.01
+    turn_end_silence_units: int = 1
+    max_user_units: int = 30
+    turn_based_text_tokens: int = 10
+    max_answer_units: int = 30
+
+
+def load_wav_16k(path: str) -> np.ndarray:
+    """A PCM wav file -> float32 mono 16 kHz (linear-interpolation resampling)."""
+    with wave.open(str(path), "rb") as w:
+        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        raw = w.readframes(w.getnframes())
+    if width == 2:
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+    elif width == 4:
+        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2147483648.0
+    elif width == 1:
+        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    else:
+        raise ValueError(f"{path}: unsupported sample width {width}")
+    x = x.reshape(-1, channels).mean(axis=1)
+    if rate != INPUT_SAMPLE_RATE and x.size:
+        n = int(round(x.size * INPUT_SAMPLE_RATE / rate))
+        x = np.interp(np.arange(n) * (rate / INPUT_SAMPLE_RATE), np.arange(x.size), x).astype(np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The released filter: keep the top_k logits, then the smallest prefix whose probability
+    exceeds top_p (the first token crossing it kept). Returns filtered logits [V]."""
+    if top_k and 0 < top_k < logits.shape[-1]:
+        vals, order = torch.topk(logits, top_k)                  # sorted, descending
+        kth = vals[-1]
+        vals = torch.where(logits[order] < kth, torch.full_like(vals, float("-inf")), vals)
+    else:
+        vals, order = torch.sort(logits, descending=True)
+    if top_p and top_p > 0.0:
+        cum = torch.cumsum(torch.softmax(vals, dim=-1), dim=-1)
+        remove = cum > top_p
+        remove[1:] = remove[:-1].clone()
+        remove[0] = False
+        vals = vals.masked_fill(remove, float("-inf"))
+    out = torch.full_like(logits, float("-inf"))
+    out[order] = vals
+    return out
 
 
 class OmniDuplexSession:
-    """Satisfies omni_ros.flow.types.DuplexSession."""
+    """Satisfies omni_ros.flow.types.DuplexSession (both modes)."""
 
     def __init__(self, model: OmniModel, options: Optional[SessionOptions] = None):
         if model.tokenizer is None or model.token2wav is None or model.special is None:
@@ -52,17 +150,13 @@ class OmniDuplexSession:
         self.model = model
         self.options = options or SessionOptions()
         self.sp = model.special
-        tok = model.tokenizer
-        vocab = model.config.vocab_size
-        # text sampling may never produce added/special tokens except these three
-        self._blocked = torch.zeros(vocab, dtype=torch.bool)
-        for i in tok.get_added_vocab().values():
-            if i < vocab:
-                self._blocked[i] = True
-        self._blocked[len(tok):] = True
-        for i in (self.sp.chunk_eos, self.sp.turn_eos, self.sp.listen):
-            self._blocked[i] = False
+        self.tok = model.tokenizer
+        # The LLM output head. Tests replace it with a scripted double (hidden [D] -> logits [V]).
+        self.head: Callable[[torch.Tensor], torch.Tensor] = model.llm.lm_head
+        # When a list, every fed token id (int) and embedding span (("embeds", n)) is appended.
+        self.trace: Optional[list] = None
         self._decision_override: Optional[bool] = None   # warm-up only: force listen/speak
+        self.audio = StreamingAudioEncoder(model)
         self.reset()
 
     def warmup(self) -> None:
@@ -71,13 +165,16 @@ class OmniDuplexSession:
         window."""
         silence = np.zeros(int(round(self.options.window_sec * INPUT_SAMPLE_RATE)), np.float32)
         image = np.zeros((64, 64, 3), dtype=np.uint8)
-        for speak in (False, True):
-            self._decision_override = speak
-            try:
+        mode = self.options.mode
+        try:
+            self.options.mode = "duplex"
+            for speak in (False, True):
+                self._decision_override = speak
                 self.run_unit(UnitInput(window_index=0, epoch=0, start_ns=0, end_ns=0, image=image,
                                         image_stamp_ns=0, audio=silence))
-            finally:
-                self._decision_override = None
+        finally:
+            self._decision_override = None
+            self.options.mode = mode
         self.reset()
 
     # --- public ---
@@ -87,11 +184,23 @@ class OmniDuplexSession:
         self.prefix_len = 0
         self.unit_spans: Deque[Tuple[int, int]] = deque()     # cache spans of the kept units
         self.units_done = 0
-        self.in_turn = False
+        self.turn_ended = True                                # the released `current_turn_ended`
+        self.in_turn = False                                  # a speaking turn is open (speech side)
         self.tts_state = TTSTurnState()
         self.t2w_context: List[int] = []
-        self.turn_text_ids: List[int] = []
+        self.drawn_ids: List[int] = []                        # decoder history for the text penalty
+        self.audio.reset(chunk_ms=int(round(self.options.window_sec * 1000)))
         self.generator = torch.Generator().manual_seed(int(self.options.seed))
+        # turn-based state
+        self.active_mode: Optional[str] = None
+        self.tb_phase = "idle"            # idle | user | answer
+        self.tb_heard_speech = False
+        self.tb_silent_units = 0
+        self.tb_user_units = 0
+        self.tb_answer_units = 0
+        self.tb_answered = False          # an answer was generated since the last user message
+        self.tb_logits: Optional[torch.Tensor] = None
+        self.tb_text_ids: List[int] = []
 
     @property
     def cache_length(self) -> int:
@@ -106,12 +215,21 @@ class OmniDuplexSession:
             return self._run_unit(unit)
 
     # --- LLM feeding ---
-    def _feed_ids(self, ids: List[int], need_logits: bool = True):
-        return self._feed(self.model.embed_tokens(ids), need_logits)
+    def _ids(self, text: str) -> List[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _feed(self, embeds: torch.Tensor, need_logits: bool = True):
-        hidden, logits = self.model.llm_step(embeds, self.position, self.cache, need_logits)
+    def _feed_ids(self, ids: List[int], need_logits: bool = True):
+        if self.trace is not None:
+            self.trace.extend(int(i) for i in ids)
+        return self._feed(self.model.embed_tokens(ids), need_logits, _traced=True)
+
+    def _feed(self, embeds: torch.Tensor, need_logits: bool = True, _traced: bool = False):
+        """Append embeds [n, D]; returns (hidden [n, D] after the final norm, logits [V] or None)."""
+        if self.trace is not None and not _traced:
+            self.trace.append(("embeds", int(embeds.shape[0])))
+        hidden, _ = self.model.llm_step(embeds, self.position, self.cache, need_logits=False)
         self.position += embeds.shape[0]
+        logits = self.head(hidden[-1]).float() if need_logits else None
         return hidden, logits
 
     def system_text(self) -> str:
@@ -121,20 +239,25 @@ class OmniDuplexSession:
             return f"{o.system_prompt}\n{o.standing_instruction.strip()}"
         return o.system_prompt
 
+    def _reference_voice(self) -> Optional[np.ndarray]:
+        o = self.options
+        if o.reference_voice is not None:
+            return np.asarray(o.reference_voice, dtype=np.float32).reshape(-1)
+        if o.reference_voice_wav:
+            return load_wav_16k(o.reference_voice_wav)
+        return None
+
     def _prefill(self) -> None:
-        o, tok, m = self.options, self.model.tokenizer, self.model
+        m = self.model
         self.cache = DynamicCache()
-        enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
         prompt = self.system_text()
-        if o.reference_voice is None:
-            embeds = m.embed_tokens(enc(f"<|im_start|>system\n{prompt}\n<|im_end|>"))
+        voice = self._reference_voice()
+        if voice is None:
+            self._feed_ids(self._ids(f"<|im_start|>system\n{prompt}\n<|im_end|>"), need_logits=False)
         else:
-            embeds = torch.cat([
-                m.embed_tokens(enc(f"<|im_start|>system\n{prompt}\n<|audio_start|>")),
-                m.embed_audio(np.asarray(o.reference_voice, dtype=np.float32)),
-                m.embed_tokens(enc("<|audio_end|><|im_end|>")),
-            ])
-        self._feed(embeds, need_logits=False)
+            self._feed_ids(self._ids(f"<|im_start|>system\n{prompt}\n<|audio_start|>"), need_logits=False)
+            self._feed(m.embed_audio(voice), need_logits=False)
+            self._feed_ids(self._ids("<|audio_end|><|im_end|>"), need_logits=False)
         self.prefix_len = self.position
 
     # --- context window ---
@@ -156,116 +279,280 @@ class OmniDuplexSession:
         self.position -= delta
 
     # --- sampling ---
-    def _sample_text(self, logits: torch.Tensor) -> int:
+    def _draw(self, probs: torch.Tensor) -> int:
+        """One draw from `probs` [V] by inverse CDF (same law as torch.multinomial, much faster on
+        a 151748-entry vocabulary); reproducible for the session seed."""
+        cdf = torch.cumsum(probs.double(), dim=0)
+        u = float(torch.rand(1, generator=self.generator, dtype=torch.float64)) * float(cdf[-1])
+        i = int(torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64), right=True))
+        i = min(i, probs.shape[0] - 1)
+        while probs[i] <= 0 and i > 0:          # never land on a zero-probability entry
+            i -= 1
+        return i
+
+    def _sample_filtered(self, logits: torch.Tensor) -> int:
+        """temperature, top-k, top-p (the released filter), then one draw."""
         o = self.options
-        logits = logits.float().cpu().clone()
-        if o.repetition_penalty != 1.0 and self.turn_text_ids:
-            idx = torch.tensor(sorted(set(self.turn_text_ids)))
-            vals = logits[idx]
-            logits[idx] = torch.where(vals > 0, vals / o.repetition_penalty, vals * o.repetition_penalty)
-        logits[self._blocked[: logits.shape[0]]] = float("-inf")
         logits = logits / max(o.temperature, 1e-5)
-        if o.top_k and o.top_k > 0:
-            kth = torch.topk(logits, min(o.top_k, logits.shape[0])).values[-1]
-            logits[logits < kth] = float("-inf")
-        probs = torch.softmax(logits, dim=-1)
-        if 0.0 < o.top_p < 1.0:
-            sp, si = torch.sort(probs, descending=True)
-            cum = torch.cumsum(sp, dim=0)
-            drop = cum - sp > o.top_p
-            sp[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, si, sp)
-        return int(torch.multinomial(probs, 1, generator=self.generator).item())
+        if o.top_k and 0 < o.top_k < logits.shape[0]:
+            vals, order = torch.topk(logits, o.top_k)              # only these can survive
+            filtered = _top_k_top_p(vals, 0, o.top_p)
+            return int(order[self._draw(torch.softmax(filtered, dim=-1))])
+        return self._draw(torch.softmax(_top_k_top_p(logits, 0, o.top_p), dim=-1))
+
+    def decode(self, logits: torch.Tensor) -> int:
+        """The released duplex decoder (StreamDecoder.decode) on one step's logits [V]."""
+        o, sp = self.options, self.sp
+        logits = logits.float().cpu().clone()
+        greedy = o.decode_mode == "greedy"
+        if greedy:
+            first_is_eos = int(torch.argmax(logits)) == sp.chunk_eos
+        else:
+            # first draw from the raw distribution; only whether it is <|chunk_eos|> matters
+            p_eos = float(torch.exp(logits[sp.chunk_eos] - torch.logsumexp(logits, dim=0)))
+            first_is_eos = float(torch.rand(1, generator=self.generator, dtype=torch.float64)) < p_eos
+        if first_is_eos:
+            return sp.chunk_eos
+        logits[[sp.tts_pad, sp.chunk_eos]] = float("-inf")
+        if o.repetition_penalty != 1.0 and self.drawn_ids:
+            recent = sorted(set(self.drawn_ids[-o.text_repetition_window_size:]))
+            idx = torch.tensor([i for i in recent if i < logits.shape[0]], dtype=torch.long)
+            if o.repetition_penalty > 1.0:
+                logits[idx] = logits[idx] / o.repetition_penalty
+            else:
+                logits[idx] = logits[idx] * (1.0 / o.repetition_penalty)
+        if o.length_penalty != 1.0:
+            v = logits[sp.turn_eos]
+            logits[sp.turn_eos] = v / o.length_penalty if v > 0 else v * o.length_penalty
+        if o.listen_prob_scale != 1.0:
+            logits[sp.listen] = logits[sp.listen] * o.listen_prob_scale
+        if o.listen_top_k is not None:
+            rank = int((logits > logits[sp.listen]).sum())
+            if rank < o.listen_top_k:
+                return sp.listen
+        tok = int(torch.argmax(logits)) if greedy else self._sample_filtered(logits)
+        self.drawn_ids.append(tok)
+        del self.drawn_ids[:-max(1, o.text_repetition_window_size)]
+        return tok
+
+    def _speak_probability(self, logits: torch.Tensor) -> float:
+        p = torch.softmax(logits.float(), dim=-1)
+        pl, ps = float(p[self.sp.listen]), float(p[self.sp.speak])
+        return ps / (pl + ps) if pl + ps > 0 else 0.0
 
     # --- speech ---
     def _end_speech_turn(self) -> None:
         self.in_turn = False
         self.tts_state = TTSTurnState()
         self.t2w_context = []
-        self.turn_text_ids = []
 
-    def _speech(self, text_ids: List[int], text_hidden: List[torch.Tensor]) -> np.ndarray:
+    def _speech(self, ids: List[int], hidden: List[torch.Tensor], end_of_turn: bool,
+                text_eos: bool = False) -> np.ndarray:
+        """One window of speech for this unit's condition tokens (released duplex TTS step)."""
         o, m = self.options, self.model
-        n_codes = int(round(o.window_sec * m.config.tts_config.codes_per_second))
-        ids = torch.tensor(text_ids, dtype=torch.long, device=m.device)
-        hid = torch.stack(text_hidden) if text_hidden else torch.zeros(0, m.config.hidden_size,
-                                                                       device=m.device, dtype=m.dtype)
-        cond = m.tts.condition(ids, hid)
-        if self.tts_state.position + cond.shape[0] + n_codes + 1 > m.config.tts_config.max_position_embeddings:
+        t = m.config.tts_config
+        ids_t = torch.tensor(ids, dtype=torch.long, device=m.device)
+        hid = torch.stack(hidden) if hidden else torch.zeros(0, m.config.hidden_size, device=m.device, dtype=m.dtype)
+        cond = m.tts.condition(ids_t, hid, text_eos=text_eos)
+        n_codes = int(round(o.window_sec * t.codes_per_second))
+        if self.tts_state.position + cond.shape[0] + n_codes + 1 > t.max_position_embeddings:
             self.tts_state = TTSTurnState()       # a very long turn: restart the decoder context
-
-        codes = m.tts.generate_unit(cond, self.tts_state, n_codes, self.generator,
+        turn_start = self.tts_state.position == 0
+        codes = m.tts.generate_unit(cond, self.tts_state, self.generator, max_new_tokens=n_codes + 1,
+                                    min_new_tokens=0 if (turn_start or end_of_turn) else n_codes + 1,
                                     temperature=o.tts_temperature,
                                     repetition_penalty=o.tts_repetition_penalty)
-        wav = m.token2wav.decode_stream(codes, self.t2w_context).cpu().numpy().astype(np.float32)
-        self.t2w_context = (self.t2w_context + codes)[-8:]
         n = int(round(o.window_sec * OUTPUT_SAMPLE_RATE))
-        if wav.shape[0] < n:
-            wav = np.pad(wav, (0, n - wav.shape[0]))
-        return np.ascontiguousarray(wav[:n])
+        if codes:
+            wav = m.token2wav.decode_stream(codes, self.t2w_context).cpu().numpy().astype(np.float32)[:n]
+            self.t2w_context = (self.t2w_context + codes)[-8:]
+        else:
+            wav = np.zeros(0, np.float32)
+        if wav.shape[0] < n:       # short (EOS drawn): pad with silence, before unless the turn ends
+            pad = (0, n - wav.shape[0]) if end_of_turn else (n - wav.shape[0], 0)
+            wav = np.pad(wav, pad)
+        if end_of_turn:
+            self._end_speech_turn()
+        return np.ascontiguousarray(wav, dtype=np.float32)
 
     # --- one unit ---
+    def _unit_inputs(self, unit: UnitInput) -> Tuple[np.ndarray, torch.Tensor, Optional[torch.Tensor]]:
+        n_in = int(round(self.options.window_sec * INPUT_SAMPLE_RATE))
+        audio = np.nan_to_num(np.asarray(unit.audio, dtype=np.float32).reshape(-1))
+        audio = np.pad(audio, (0, max(0, n_in - audio.shape[0])))[:n_in]
+        image = self.model.embed_image(unit.image) if unit.image is not None else None
+        return audio, self.audio.embed_unit(audio), image
+
     def _run_unit(self, unit: UnitInput) -> UnitOutput:
-        o, m, sp = self.options, self.model, self.sp
+        o = self.options
+        mode = o.mode if o.mode in MODES else "duplex"
         if self.cache is None:
             self._prefill()
         start = self.position
-
-        n_in = int(round(o.window_sec * INPUT_SAMPLE_RATE))
-        audio = np.nan_to_num(np.asarray(unit.audio, dtype=np.float32).reshape(-1))
-        audio = np.pad(audio, (0, max(0, n_in - audio.shape[0])))[:n_in]
-        parts = [m.embed_tokens([sp.unit_start])]
-        if unit.image is not None:
-            parts += [m.embed_tokens([sp.image_start]), m.embed_image(unit.image), m.embed_tokens([sp.image_end])]
-        parts.append(m.embed_audio(audio))
-        _, logits = self._feed(torch.cat(parts))
-
-        # listen / speak decision
-        pair = torch.softmax(torch.stack([logits[sp.listen], logits[sp.speak]]).float(), dim=0)
-        p_listen, p_speak = float(pair[0]) * o.listen_prob_scale, float(pair[1])
-        speak_prob = p_speak / max(p_listen + p_speak, 1e-12)
-        forced = self.units_done < o.force_listen_count
-        draw = float(torch.rand(1, generator=self.generator))
-        speak = (not forced) and draw < speak_prob
-        if self._decision_override is not None:
-            speak = self._decision_override
-
-        if not speak:
-            self._feed_ids([sp.listen, sp.unit_end], need_logits=False)
-            if self.in_turn:
-                self._end_speech_turn()
-            out = UnitOutput(is_listen=True, speak_probability=speak_prob)
-        else:
-            self.in_turn = True
-            hidden, logits = self._feed_ids([sp.speak])
-            text_ids: List[int] = []
-            text_hidden: List[torch.Tensor] = []
-            end_turn = False
-            for step in range(o.max_text_tokens_per_unit):
-                tok = sp.chunk_eos if step == o.max_text_tokens_per_unit - 1 else self._sample_text(logits)
-                if tok == sp.listen:
-                    tok = sp.tts_bos
-                if tok == sp.chunk_eos:
-                    break
-                if tok == sp.turn_eos:
-                    end_turn = True
-                    break
-                hidden, logits = self._feed_ids([tok])
-                if tok != sp.tts_bos:
-                    text_ids.append(tok)
-                    text_hidden.append(hidden[-1])
-                    self.turn_text_ids.append(tok)
-            tail = ([sp.turn_eos] if end_turn else []) + [sp.chunk_eos, sp.unit_end]
-            self._feed_ids(tail, need_logits=False)
-            speech = self._speech(text_ids, text_hidden)
-            text = m.tokenizer.decode(text_ids, skip_special_tokens=True) if text_ids else ""
-            if end_turn:
-                self._end_speech_turn()
-            out = UnitOutput(is_listen=False, text=text, speech=speech, end_of_turn=end_turn,
-                             speak_probability=speak_prob)
-
+        if self.active_mode is not None and mode != self.active_mode:
+            self._switch_mode(mode)
+        self.active_mode = mode
+        out = self._duplex_unit(unit) if mode == "duplex" else self._turn_based_unit(unit)
         self.units_done += 1
-        self.unit_spans.append((start, self.position))
+        if self.position > start:
+            self.unit_spans.append((start, self.position))
         while len(self.unit_spans) > max(1, o.max_context_units):
             self._drop_oldest_unit()
         return out
+
+    def _switch_mode(self, new_mode: str) -> None:
+        sp = self.sp
+        if new_mode == "turn_based":
+            # a duplex speaking turn in progress is cut; turn-based starts with a fresh user message
+            if self.in_turn:
+                self._end_speech_turn()
+            self.turn_ended = True
+            self.tb_phase = "idle"
+            self.tb_answered = False
+        else:
+            # close an open turn-based message so the duplex units follow a complete one
+            if self.tb_phase == "answer":
+                self._feed_ids([sp.tts_eos, sp.im_end] + self._ids("\n"), need_logits=False)
+            elif self.tb_phase == "user":
+                self._feed_ids([sp.im_end] + self._ids("\n"), need_logits=False)
+            if self.in_turn:
+                self._end_speech_turn()
+            self.tb_phase = "idle"
+            self.turn_ended = True
+
+    def _duplex_unit(self, unit: UnitInput) -> UnitOutput:
+        o, m, sp = self.options, self.model, self.sp
+        _, audio_emb, image_emb = self._unit_inputs(unit)
+        has_audio = audio_emb.shape[0] > 0
+        _, logits = self._feed_ids([sp.unit_start], need_logits=image_emb is None and not has_audio)
+        if image_emb is not None:
+            self._feed_ids([sp.image_start], need_logits=False)
+            self._feed(image_emb, need_logits=False)
+            _, logits = self._feed_ids([sp.image_end], need_logits=not has_audio)
+        if has_audio:
+            _, logits = self._feed(audio_emb)
+        speak_prob = self._speak_probability(logits)
+
+        forced = self.units_done < o.force_listen_count
+        terminators = (sp.listen, sp.chunk_eos, sp.chunk_tts_eos)
+        pending: Optional[int] = None
+        fed: List[int] = []
+        cond_ids: List[int] = []
+        cond_hidden: List[torch.Tensor] = []
+        end_of_turn = False
+        for j in range(o.max_text_tokens_per_unit):
+            if j == o.max_text_tokens_per_unit - 1:
+                pending = sp.chunk_eos
+                break
+            if self._decision_override is not None and j == 0:
+                tok = sp.speak if self._decision_override else sp.listen
+            elif forced:
+                tok = sp.listen
+            else:
+                tok = self.decode(logits)
+                if tok == sp.listen and not self.turn_ended:
+                    tok = sp.tts_bos
+            if tok in terminators:
+                pending = tok
+                break
+            self.turn_ended = False
+            if j != 0 and o.max_unit_chars > 0:
+                text = self.tok.decode(cond_ids + [tok], skip_special_tokens=True)
+                if len(text) >= o.max_unit_chars:
+                    pending = sp.chunk_eos
+                    break
+            hidden, logits = self._feed_ids([tok])
+            fed.append(tok)
+            end_of_turn = tok == sp.turn_eos
+            if end_of_turn:
+                self.turn_ended = True
+            if j != 0:
+                cond_ids.append(tok)
+                cond_hidden.append(hidden[-1])
+        self._feed_ids(([pending] if pending is not None else []) + [sp.unit_end], need_logits=False)
+
+        if not fed:
+            return UnitOutput(is_listen=True, speak_probability=speak_prob)
+        self.in_turn = True
+        speech = self._speech(cond_ids, cond_hidden, end_of_turn)
+        text = self.tok.decode(cond_ids, skip_special_tokens=True) if cond_ids else ""
+        return UnitOutput(is_listen=False, text=text, speech=speech, end_of_turn=end_of_turn,
+                          speak_probability=speak_prob)
+
+    # --- turn-based ---
+    def _turn_based_unit(self, unit: UnitInput) -> UnitOutput:
+        o, sp = self.options, self.sp
+        if self.tb_phase == "answer":
+            return self._answer_unit()
+        audio, audio_emb, image_emb = self._unit_inputs(unit)
+        if self.tb_phase == "idle":
+            if self.tb_answered:
+                head = "<|tts_eos|><|im_end|>\n<|im_start|>user\n"
+            else:
+                head = "<|im_start|>user\n"
+            self._feed_ids(self._ids(head), need_logits=False)
+            self.tb_phase, self.tb_heard_speech, self.tb_silent_units, self.tb_user_units = "user", False, 0, 0
+        if image_emb is not None:
+            self._feed_ids([sp.image_start], need_logits=False)
+            self._feed(image_emb, need_logits=False)
+            self._feed_ids([sp.image_end], need_logits=False)
+        self._feed_ids([sp.audio_start], need_logits=False)
+        if audio_emb.shape[0]:
+            self._feed(audio_emb, need_logits=False)
+        self._feed_ids([sp.audio_end], need_logits=False)
+        self.tb_user_units += 1
+        rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if audio.size else 0.0
+        if rms >= o.turn_end_rms:
+            self.tb_heard_speech, self.tb_silent_units = True, 0
+        else:
+            self.tb_silent_units += 1
+        turn_over = (self.tb_heard_speech and self.tb_silent_units >= max(1, o.turn_end_silence_units)) \
+            or self.tb_user_units >= o.max_user_units
+        if turn_over:
+            bos = "<|im_end|>\n<|im_start|>assistant\n" + THINK_EMPTY + "<|tts_bos|>"
+            _, self.tb_logits = self._feed_ids(self._ids(bos))
+            self.tb_phase, self.tb_answer_units, self.tb_answered = "answer", 0, False
+            self.tb_text_ids = []
+            self._end_speech_turn()
+        return UnitOutput(is_listen=True)
+
+    def _sample_turn_based(self, logits: torch.Tensor) -> int:
+        o, sp = self.options, self.sp
+        logits = logits.float().cpu().clone()
+        logits[sp.tts_pad] = float("-inf")
+        if o.repetition_penalty != 1.0 and self.tb_text_ids:
+            idx = torch.tensor(sorted(set(self.tb_text_ids[-128:])), dtype=torch.long)
+            vals = logits[idx]
+            logits[idx] = torch.where(vals > 0, vals / o.repetition_penalty, vals * o.repetition_penalty)
+        if o.decode_mode == "greedy":
+            return int(torch.argmax(logits))
+        return self._sample_filtered(logits)
+
+    def _answer_unit(self) -> UnitOutput:
+        """One unit of answer: a fixed chunk of text tokens, then one window of speech."""
+        o, sp = self.options, self.sp
+        logits = self.tb_logits
+        ids: List[int] = []
+        hidden: List[torch.Tensor] = []
+        finished = False
+        for _ in range(max(1, o.turn_based_text_tokens)):
+            tok = self._sample_turn_based(logits)
+            if tok in (sp.tts_eos, sp.im_end):
+                finished = True
+                break
+            h, logits = self._feed_ids([tok])
+            ids.append(tok)
+            hidden.append(h[-1])
+            self.tb_text_ids.append(tok)
+        self.tb_logits = logits
+        self.tb_answer_units += 1
+        if self.tb_answer_units >= o.max_answer_units:
+            finished = True
+        self.in_turn = True
+        speech = self._speech(ids, hidden, end_of_turn=finished, text_eos=finished)
+        if finished:
+            self.tb_phase, self.tb_answered = "idle", True
+            self.tb_logits = None
+        text = self.tok.decode(ids, skip_special_tokens=True) if ids else ""
+        return UnitOutput(is_listen=False, text=text, speech=speech, end_of_turn=finished,
+                          speak_probability=1.0)

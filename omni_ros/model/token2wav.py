@@ -1,8 +1,16 @@
 """Streaming waveform stage: speech codes (25/s) -> float32 24 kHz audio, exactly 960 samples per code.
 
 A small HiFi-GAN-shaped decoder (code embedding -> conv/upsampling stack -> tanh) whose weights live
-in the checkpoint folder under `assets/token2wav/`. The released model uses Step-Audio2's
-flow-matching + HiFT vocoder here; a faithful port of that is future work.
+in the checkpoint folder under `assets/token2wav/`.
+
+NOT the released waveform stage. The release uses Step-Audio2's Token2wav (flow matching + HiFT,
+conditioned on a prompt wav; streams 28-code windows = 25 new + 3 lookahead, three silence codes
+4218 at a turn start) from OpenBMB's `stepaudio2-minicpmo` package. That package was checked here
+(pip dry run, 2026-11-25): it would pull torchaudio 2.11 (built for another torch than the 2.13 CPU
+build in this venv), s3tokenizer, onnxruntime, librosa, diffusers; its torchaudio import is known
+to fail on this CPU build, and its weights (assets/token2wav of the real checkpoint) are not
+available, so it is not used. A released checkpoint's `assets/token2wav/` (Step-Audio2 files) is
+therefore not loadable by this decoder; the speech codes (6561, 25/s) are the released ones.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ SPECIAL_NAMES = {
     "audio_start": "<|audio_start|>", "audio_end": "<|audio_end|>",
     "listen": "<|listen|>", "speak": "<|speak|>", "chunk_eos": "<|chunk_eos|>",
     "turn_eos": "<|turn_eos|>", "tts_bos": "<|tts_bos|>", "tts_eos": "<|tts_eos|>",
-    "tts_pad": "<|tts_pad|>",
+    "tts_pad": "<|tts_pad|>", "chunk_tts_eos": "<|chunk_tts_eos|>",
 }
 
 _SUBJECTS = ["the robot", "a small robot", "the camera", "my friend", "the assistant", "the child",

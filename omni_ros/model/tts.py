@@ -1,5 +1,6 @@
 """Speech-token decoder (`tts.*`): a Llama backbone conditioned on the unit's text tokens and the
-LLM's hidden states, drawing 25 speech codes per second with a KV cache kept for the turn.
+LLM's hidden states, drawing 25 speech codes per 1 s unit with a KV cache kept for the turn (the released duplex
+`generate_chunk`: 26 draws, 25 kept).
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.parametrize as P
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from transformers import DynamicCache, LlamaModel
@@ -18,12 +20,22 @@ from .config import OmniConfig
 
 @dataclass
 class TTSTurnState:
-    """Decoder state for one speaking turn; dropped at end of turn."""
+    """Decoder state for one speaking turn; dropped at end of turn (the released `tts_past_key_values`
+    and `tts_text_start_pos`)."""
 
     cache: Optional[DynamicCache] = None
     position: int = 0                       # next position id in the TTS sequence
-    pending_code: Optional[int] = None      # last drawn code, not yet fed to the decoder
-    recent_codes: List[int] = field(default_factory=list)
+
+
+def repetition_penalty_(logits: torch.Tensor, previous: List[int], penalty: float, window: int = 16) -> torch.Tensor:
+    """The released TTS penalty: alpha = penalty ** (count of the code in the last `window` codes
+    of this chunk); negative logits are multiplied by alpha, the others divided."""
+    if penalty == 1.0 or not previous:
+        return logits
+    recent = torch.tensor(previous[-window:], device=logits.device)
+    freq = torch.bincount(recent, minlength=logits.shape[-1])[: logits.shape[-1]].to(logits.dtype)
+    alpha = torch.pow(torch.tensor(float(penalty), device=logits.device), freq)
+    return torch.where(logits < 0, logits * alpha, logits / alpha)
 
 
 class MiniCPMTTS(nn.Module):
@@ -44,49 +56,62 @@ class MiniCPMTTS(nn.Module):
                                                               bias=False), name="weight")
                                         for _ in range(t.num_vq)])                       # g [6562,1], v [6562,H]
 
-    def condition(self, text_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """text_ids [n], hidden [n, llm_dim] -> [n+1, H]: emb_text + L2norm(semantic), then audio BOS."""
-        bos = torch.tensor([self.config.audio_bos_token_id], device=self.emb_text.weight.device)
-        if text_ids.numel() == 0:
-            return self.emb_text(bos)
-        sem = F.normalize(self.projector_semantic(hidden.to(self.emb_text.weight.dtype)), p=2, dim=-1)
-        return torch.cat([self.emb_text(text_ids) + sem, self.emb_text(bos)], dim=0)
+    def condition(self, text_ids: torch.Tensor, hidden: torch.Tensor, text_eos: bool = False) -> torch.Tensor:
+        """text_ids [n], hidden [n, llm_dim] -> [n(+1)+1, H]: emb_text(id) + L2norm(projector_semantic(h))
+        per fed token of the unit, then (turn-based, last chunk) the text-EOS embedding, then the
+        audio-BOS embedding (emb_text rows text_eos_token_id / audio_bos_token_id)."""
+        dev = self.emb_text.weight.device
+        parts = []
+        if text_ids.numel() > 0:
+            sem = F.normalize(self.projector_semantic(hidden.to(self.emb_text.weight.dtype)), p=2, dim=-1)
+            parts.append(self.emb_text(text_ids.to(dev)) + sem)
+        if text_eos:
+            parts.append(self.emb_text(torch.tensor([self.config.text_eos_token_id], device=dev)))
+        parts.append(self.emb_text(torch.tensor([self.config.audio_bos_token_id], device=dev)))
+        return torch.cat(parts, dim=0)
 
-    def _step(self, embeds: torch.Tensor, state: TTSTurnState) -> torch.Tensor:
-        # embeds [n, H] -> logits of the last position [num_audio_tokens]
+    def _step(self, embeds: torch.Tensor, state: TTSTurnState, position: int) -> torch.Tensor:
+        # embeds [n, H] at positions position.. -> logits of the last position [num_audio_tokens]
         n = embeds.shape[0]
-        pos = torch.arange(state.position, state.position + n, device=embeds.device)[None]
+        pos = torch.arange(position, position + n, device=embeds.device)[None]
         out = self.model(inputs_embeds=embeds[None], position_ids=pos, cache=state.cache,
                          use_cache=True)
-        state.position += n
         return self.head_code[0](out.last_hidden_state[0, -1]).float()
 
-    def generate_unit(self, cond: torch.Tensor, state: TTSTurnState, n_codes: int,
-                      generator: torch.Generator, temperature: float = 0.8,
+    def generate_unit(self, cond: torch.Tensor, state: TTSTurnState, generator: torch.Generator,
+                      max_new_tokens: int = 26, min_new_tokens: int = 26, temperature: float = 0.8,
                       repetition_penalty: float = 1.05, penalty_window: int = 16) -> List[int]:
-        """Feed `cond` (after any pending code) and draw exactly `n_codes` codes; EOS is never drawn."""
+        """The released `generate_chunk`: feed `cond` at the turn's next positions, then draw up to
+        `max_new_tokens` codes (EOS blocked for the first `min_new_tokens` draws), feeding each drawn
+        code before drawing the next. The last drawn code (or EOS) is neither returned nor fed, so
+        at most max_new_tokens - 1 (= 25) codes come back, and the turn position advances by
+        len(cond) + len(codes)."""
+        with P.cached():                     # the weight-normed head computed once per call
+            return self._generate_unit(cond, state, generator, max_new_tokens, min_new_tokens,
+                                       temperature, repetition_penalty, penalty_window)
+
+    def _generate_unit(self, cond, state, generator, max_new_tokens, min_new_tokens, temperature,
+                       repetition_penalty, penalty_window) -> List[int]:
         if state.cache is None:
             state.cache = DynamicCache()
-        if state.pending_code is not None:
-            code = torch.tensor([state.pending_code], device=cond.device)
-            cond = torch.cat([self.emb_code[0](code), cond], dim=0)
-            state.pending_code = None
         eos = self.config.audio_eos_code
         codes: List[int] = []
-        logits = self._step(cond, state)
-        for i in range(n_codes):
-            if repetition_penalty != 1.0 and state.recent_codes:
-                idx = torch.tensor(sorted(set(state.recent_codes[-penalty_window:])), device=logits.device)
-                vals = logits[idx]
-                logits[idx] = torch.where(vals > 0, vals / repetition_penalty, vals * repetition_penalty)
-            logits[eos] = float("-inf")
-            probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
-            code = int(torch.multinomial(probs.cpu(), 1, generator=generator).item())
-            codes.append(code)
-            state.recent_codes.append(code)
-            del state.recent_codes[:-penalty_window]
-            if i + 1 < n_codes:
-                logits = self._step(self.emb_code[0](torch.tensor([code], device=cond.device)), state)
+        start = state.position
+        for t in range(max_new_tokens):
+            if t == 0:
+                logits = self._step(cond, state, start)
             else:
-                state.pending_code = code
+                emb = self.emb_code[0](torch.tensor([codes[-1]], device=cond.device))
+                logits = self._step(emb, state, start + cond.shape[0] + t - 1)
+            logits = logits / max(float(temperature), 1e-5)
+            if t > 0:
+                logits = repetition_penalty_(logits, codes, repetition_penalty, penalty_window)
+            if t < min_new_tokens:
+                logits[eos] = float("-inf")
+            probs = torch.softmax(logits, dim=-1)
+            code = int(torch.multinomial(probs.cpu(), 1, generator=generator).item())
+            if code == eos or t == max_new_tokens - 1:
+                break
+            codes.append(code)
+        state.position = start + cond.shape[0] + len(codes)
         return codes

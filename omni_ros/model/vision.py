@@ -5,6 +5,7 @@ The encoder layers are transformers' Siglip layers; the patch/position embedding
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import numpy as np
@@ -101,12 +102,23 @@ class Resampler(nn.Module):
         return out @ self.proj
 
 
-def preprocess_image(image: np.ndarray, image_size: int) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> [1, 3, S, S] float32, resized to S = image_size, normalized (x-0.5)/0.5."""
+def best_resize(width: int, height: int, scale_resolution: int, patch_size: int) -> Tuple[int, int]:
+    """The released single-slice size rule (`find_best_resize` with upscaling, as used for
+    `max_slice_nums=1`): keep the aspect ratio, scale to about scale_resolution**2 pixels, round
+    each side to a multiple of patch_size. Returns (width, height)."""
+    r = width / height
+    h = int(scale_resolution / math.sqrt(r))
+    w = int(h * r)
+    ensure = lambda n: max(round(n / patch_size) * patch_size, patch_size)
+    return ensure(w), ensure(h)
+
+
+def preprocess_image(image: np.ndarray, scale_resolution: int, patch_size: int = 14) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> [1, 3, H', W'] float32: bicubic resize to `best_resize`, (x/255-0.5)/0.5."""
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {arr.shape}")
+    w, h = best_resize(arr.shape[1], arr.shape[0], scale_resolution, patch_size)
     t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255.0
-    t = F.interpolate(t, size=(image_size, image_size), mode="bicubic", align_corners=False,
-                      antialias=True).clamp_(0.0, 1.0)
+    t = F.interpolate(t, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
     return (t - 0.5) / 0.5

@@ -1,0 +1,252 @@
+"""The released duplex and turn-based protocols, with scripted logits: a test double replaces only
+the LLM output head (hidden state -> logits), everything else is the tiny model. Assertions are on
+the exact sequence of token ids fed to the LLM (special tokens resolved by string)."""
+import numpy as np
+import pytest
+import torch
+
+from omni_ros.flow.types import UnitInput
+from omni_ros.model.session import OmniDuplexSession, SessionOptions
+
+
+class ScriptedHead:
+    """Returns logits making the next scripted token (near-)certain; 'listen' once the script ends."""
+
+    def __init__(self, tok, vocab, script, runner_up=None):
+        self.tok, self.vocab, self.script = tok, vocab, list(script)
+        self.runner_up = runner_up or {}
+        self.calls = 0
+
+    def id(self, name):
+        return int(name) if isinstance(name, int) else int(self.tok.convert_tokens_to_ids(name))
+
+    def __call__(self, hidden):
+        self.calls += 1
+        name = self.script.pop(0) if self.script else "<|listen|>"
+        logits = torch.zeros(self.vocab)
+        logits[self.id(name)] = 50.0
+        if name in self.runner_up:
+            logits[self.id(self.runner_up[name])] = 40.0
+        return logits
+
+
+def _unit(i=0, image=False, level=0.0):
+    rng = np.random.default_rng(i)
+    img = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8) if image else None
+    audio = (rng.standard_normal(16000) * level).astype(np.float32)
+    return UnitInput(window_index=i, epoch=0, start_ns=0, end_ns=0, image=img, image_stamp_ns=None, audio=audio)
+
+
+@pytest.fixture
+def make(tiny_model):
+    def _make(script, runner_up=None, **opts):
+        base = dict(force_listen_count=0, max_unit_chars=0, seed=0)
+        base.update(opts)
+        s = OmniDuplexSession(tiny_model, SessionOptions(**base))
+        s.head = ScriptedHead(tiny_model.tokenizer, tiny_model.config.vocab_size, script, runner_up)
+        s._prefill()
+        s.trace = []
+        return s
+    return _make
+
+
+def ids(tok, *names):
+    return [t if isinstance(t, int) else int(tok.convert_tokens_to_ids(t)) for t in names]
+
+
+def words(tok, n):
+    """n ordinary (non-special) token ids."""
+    out = tok.encode(" the robot sees a blue cup near the open door", add_special_tokens=False)
+    assert len(out) >= n
+    return out[:n]
+
+
+def audio_span():
+    return ("embeds", 10)
+
+
+def test_listen_unit(make, tiny_model):
+    tok = tiny_model.tokenizer
+    s = make(["<|listen|>"])
+    out = s.run_unit(_unit())
+    assert out.is_listen and out.speech.size == 0 and out.text == ""
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|listen|>", "</unit>")
+
+
+def test_listen_unit_with_image(make, tiny_model):
+    tok, q = tiny_model.tokenizer, tiny_model.config.query_num
+    s = make(["<|listen|>"])
+    s.run_unit(_unit(image=True))
+    assert s.trace == ids(tok, "<unit>", "<image>") + [("embeds", q)] + ids(tok, "</image>") \
+        + [audio_span()] + ids(tok, "<|listen|>", "</unit>")
+
+
+def test_speak_unit_and_tts_condition(make, tiny_model, monkeypatch):
+    tok = tiny_model.tokenizer
+    a, b = words(tok, 2)
+    seen = {}
+    real = tiny_model.tts.condition
+
+    def spy(text_ids, hidden, text_eos=False):
+        seen["ids"] = text_ids.tolist()
+        seen["hidden"] = hidden.shape
+        return real(text_ids, hidden, text_eos=text_eos)
+
+    monkeypatch.setattr(tiny_model.tts, "condition", spy)
+    s = make(["<|speak|>", a, b, "<|chunk_eos|>"])
+    out = s.run_unit(_unit())
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|speak|>", a, b, "<|chunk_eos|>", "</unit>")
+    assert not out.is_listen and not out.end_of_turn
+    assert out.speech.shape == (24000,) and out.speech.dtype == np.float32
+    assert out.text == tok.decode([a, b])
+    # condition: every fed token after the first (the <|speak|>), with its hidden state
+    assert seen["ids"] == [a, b] and seen["hidden"] == (2, tiny_model.config.hidden_size)
+
+
+def test_turn_end_then_listen(make, tiny_model):
+    tok = tiny_model.tokenizer
+    (a,) = words(tok, 1)
+    s = make(["<|speak|>", a, "<|turn_eos|>", "<|listen|>", "<|listen|>"])
+    out = s.run_unit(_unit())
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(
+        tok, "<|speak|>", a, "<|turn_eos|>", "<|listen|>", "</unit>")
+    assert out.end_of_turn and not out.is_listen and out.speech.shape == (24000,)
+    assert s.turn_ended and s.tts_state.position == 0          # TTS cache dropped at turn end
+    s.trace.clear()
+    out = s.run_unit(_unit(1))
+    assert out.is_listen                                        # listening allowed again
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|listen|>", "</unit>")
+
+
+def test_listen_mid_turn_becomes_tts_bos(make, tiny_model):
+    tok = tiny_model.tokenizer
+    a, b = words(tok, 2)
+    s = make(["<|speak|>", a, "<|chunk_eos|>", "<|listen|>", b, "<|chunk_eos|>"])
+    s.run_unit(_unit())
+    pos_after_first = s.tts_state.position
+    assert pos_after_first > 0                                  # the turn's TTS cache is kept
+    s.trace.clear()
+    out = s.run_unit(_unit(1))
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|tts_bos|>", b, "<|chunk_eos|>", "</unit>")
+    assert not out.is_listen and out.text == tok.decode([b]) and out.speech.shape == (24000,)
+    assert s.tts_state.position > pos_after_first
+
+
+def test_chunk_eos_forced_at_last_step(make, tiny_model):
+    tok = tiny_model.tokenizer
+    a, b, c = words(tok, 3)
+    s = make(["<|speak|>", a, b, c, "<|speak|>"], max_text_tokens_per_unit=5)
+    s.run_unit(_unit())
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|speak|>", a, b, c, "<|chunk_eos|>", "</unit>")
+
+
+def test_default_unit_holds_at_most_20_steps(make, tiny_model):
+    tok = tiny_model.tokenizer
+    (a,) = words(tok, 1)
+    s = make(["<|speak|>"] + [a] * 40)
+    s.run_unit(_unit())
+    gen = s.trace[2:]
+    assert gen[-2:] == ids(tok, "<|chunk_eos|>", "</unit>") and len(gen) == 19 + 2
+
+
+def test_tts_pad_never_sampled(make, tiny_model):
+    tok = tiny_model.tokenizer
+    (a,) = words(tok, 1)
+    s = make(["<|speak|>", "<|tts_pad|>", "<|chunk_eos|>"], runner_up={"<|tts_pad|>": a})
+    s.run_unit(_unit())
+    assert ids(tok, "<|tts_pad|>")[0] not in s.trace
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|speak|>", a, "<|chunk_eos|>", "</unit>")
+
+
+def test_force_listen_count(make, tiny_model):
+    tok = tiny_model.tokenizer
+    s = make(["<|speak|>", "<|speak|>", "<|speak|>"], force_listen_count=2)
+    assert s.run_unit(_unit()).is_listen and s.run_unit(_unit(1)).is_listen
+    assert s.trace.count(ids(tok, "<|speak|>")[0]) == 0
+    assert not s.run_unit(_unit(2)).is_listen
+
+
+def test_character_limit_forces_chunk_eos(make, tiny_model):
+    tok = tiny_model.tokenizer
+    w = words(tok, 9)
+    s = make(["<|speak|>"] + w + ["<|chunk_eos|>"], max_unit_chars=28)
+    s.run_unit(_unit())
+    fed = s.trace[3:-2]                                     # after <unit>, audio, <|speak|>
+    assert len(tok.decode(fed)) < 28 and len(tok.decode(w[: len(fed) + 1])) >= 28
+    assert s.trace[-2:] == ids(tok, "<|chunk_eos|>", "</unit>")
+
+
+def test_listen_prob_scale_and_listen_top_k(make, tiny_model):
+    s = make([])
+    logits = torch.zeros(tiny_model.config.vocab_size)
+    listen = s.sp.listen
+    logits[listen], logits[s.sp.speak] = 5.0, 4.0
+    s.options.decode_mode = "greedy"
+    assert s.decode(logits) == listen
+    s.options.listen_prob_scale = 0.5            # multiplies the <|listen|> logit
+    assert s.decode(logits) == s.sp.speak
+    s.options.listen_top_k = 2                   # listen within the top 2 -> listen
+    assert s.decode(logits) == listen
+
+
+# --- turn-based ------------------------------------------------------------------------------
+
+def test_turn_based_switch_at_run_time(make, tiny_model):
+    tok = tiny_model.tokenizer
+    w = words(tok, 10)
+    s = make(["<|listen|>"])
+    s.run_unit(_unit(level=0.0))                         # a duplex listening unit
+    s.options.mode = "turn_based"                        # switched by name, no restart
+    s.head.script = []
+    s.trace.clear()
+    user = s.run_unit(_unit(1, level=0.2))               # user speaks
+    assert user.is_listen
+    head = tok.encode("<|im_start|>user\n", add_special_tokens=False)
+    assert s.trace == head + ids(tok, "<|audio_start|>") + [audio_span()] + ids(tok, "<|audio_end|>")
+    # a quiet unit ends the user turn; the answer prompt is fed
+    s.head.script = list(w) + list(w[:3]) + ["<|tts_eos|>"]
+    s.trace.clear()
+    assert s.run_unit(_unit(2, level=0.0)).is_listen
+    bos = tok.encode("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<|tts_bos|>", add_special_tokens=False)
+    assert s.trace[-len(bos):] == bos
+    # answer units: fixed 10 text tokens, one window of speech each
+    s.trace.clear()
+    a1 = s.run_unit(_unit(3, level=0.3))                 # user audio while answering is not fed
+    assert not a1.is_listen and not a1.end_of_turn and a1.speech.shape == (24000,)
+    assert s.trace == list(w)
+    s.trace.clear()
+    a2 = s.run_unit(_unit(4))
+    assert a2.end_of_turn and a2.speech.shape == (24000,) and s.trace == list(w[:3])
+    # the next user message closes the answer first
+    s.trace.clear()
+    s.run_unit(_unit(5, level=0.2))
+    nxt = tok.encode("<|tts_eos|><|im_end|>\n<|im_start|>user\n", add_special_tokens=False)
+    assert s.trace[: len(nxt)] == nxt
+    # and back to duplex: the open user message is closed, then a duplex unit follows
+    s.options.mode = "duplex"
+    s.head.script = ["<|listen|>"]
+    s.trace.clear()
+    assert s.run_unit(_unit(6)).is_listen
+    close = ids(tok, "<|im_end|>") + tok.encode("\n", add_special_tokens=False)
+    assert s.trace == close + [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|listen|>", "</unit>")
+
+
+def test_system_prefix_with_reference_voice_wav(tiny_model, tmp_path):
+    import wave
+
+    tok = tiny_model.tokenizer
+    path = tmp_path / "voice.wav"
+    t = np.arange(36000) / 24000.0                       # 1.5 s at 24 kHz, resampled to 16 kHz
+    pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(pcm.tobytes())
+    s = OmniDuplexSession(tiny_model, SessionOptions(reference_voice_wav=str(path),
+                                                     system_prompt="Streaming Omni Conversation."))
+    s.trace = []
+    s._prefill()
+    head = tok.encode("<|im_start|>system\nStreaming Omni Conversation.\n<|audio_start|>", add_special_tokens=False)
+    assert s.trace == head + [("embeds", 15)] + tok.encode("<|audio_end|><|im_end|>", add_special_tokens=False)
+    assert s.prefix_len == len(head) + 15 + 2
