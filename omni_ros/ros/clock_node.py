@@ -11,11 +11,11 @@ import sys
 import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 
 from omni_ros.flow.timeline import TickScheduler
 from omni_ros.msg import FlowTick
 from omni_ros.ros import qos
+from omni_ros.ros.parameters import CLOCK_NODE_PARAMETERS, declare_all
 from omni_ros.ros.conversions import ns_to_stamp
 from omni_ros.ros.runner import run_node
 
@@ -23,18 +23,11 @@ from omni_ros.ros.runner import run_node
 class OmniFlowClock(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("omni_flow_clock", **kwargs)
-        self.declare_parameter(
-            "window_sec", 1.0, ParameterDescriptor(
-                description="Length of one Omni-Flow window (unit) in seconds, on the ROS clock.",
-                floating_point_range=[FloatingPointRange(from_value=0.1, to_value=10.0)]))
-        self.declare_parameter(
-            "poll_period_sec", 0.01, ParameterDescriptor(
-                description="How often the ROS clock is read (steady time); bounds tick latency.",
-                floating_point_range=[FloatingPointRange(from_value=0.001, to_value=0.1)]))
-        window_sec = self.get_parameter("window_sec").value
+        settings = declare_all(self, CLOCK_NODE_PARAMETERS)
+        window_sec = settings["window_sec"]
         self.scheduler = TickScheduler(window_ns=int(round(window_sec * 1e9)))
         self.tick_publisher = self.create_publisher(FlowTick, "omni_flow/tick", qos.TICK)
-        self.poll_timer = self.create_timer(self.get_parameter("poll_period_sec").value,
+        self.poll_timer = self.create_timer(settings["poll_period_sec"],
                                             self.poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"announcing {window_sec:.3f} s windows on "
                                f"{self.tick_publisher.topic_name}")
