@@ -97,9 +97,10 @@ def test_proactive_alert_once_per_turn():
     reports = [loop.on_tick(k, 0) for k in range(8)]
     assert [r.proactive for r in reports] == [False] * 3 + [True] * 3 + [False, True]
     alerts = [(r.window_index, r.alert) for r in reports if r.alert is not None]
-    assert [k for k, _ in alerts] == [3, 7]
+    assert [k for k, _ in alerts] == [5, 7]         # one per turn, when the turn ends
     first = alerts[0][1]
-    assert first.text == "careful" and first.confidence == pytest.approx(0.8)
+    assert first.text == "careful a cup fell over there" and first.units == 3
+    assert first.confidence == pytest.approx(0.8)   # the turn's first unit
     assert first.instruction == "tell me if someone falls"
     assert first.evidence_stamp_ns == 3 * W + 9
     assert alerts[1][1].evidence_stamp_ns == 3 * W + 9   # newest frame seen, even if old
@@ -148,7 +149,8 @@ def test_epoch_change_resets_everything():
     assert report is not None and report.window_index == 3 and report.epoch == 1
     assert session.resets == 1 and detector.resets == 1
     assert buf.counters.frames_cleared == 1
-    assert report.alert is not None                   # the old turn did not carry over
+    assert report.alert is not None and report.alert.text == "a"   # the old turn ended here
+    assert report.proactive and loop.in_turn          # a new turn began
     assert loop.on_tick(200, 0) is None               # a tick from the old epoch
     assert loop.counters.epochs == 1 and loop.counters.windows_skipped == 0
 

@@ -2,6 +2,7 @@
 that publishes camera frames and microphone audio like a robot's drivers would."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -181,7 +182,7 @@ def test_launch_free_bringup_runs_the_graph_in_a_namespace(ros_env, tiny_checkpo
     bringup = subprocess.Popen(
         [sys.executable, "-m", "omni_ros.tools.bringup", "--model-path", str(tiny_checkpoint),
          "--namespace", "robot1", "--window-sec", "0.5"],
-        env=ros_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        env=ros_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
     observer = Node("observer")
     states = []
     observer.create_subscription(DuplexState, "/robot1/omni/state", states.append, qos.OUTPUT)
@@ -199,5 +200,5 @@ def test_launch_free_bringup_runs_the_graph_in_a_namespace(ros_env, tiny_checkpo
         assert bringup.wait(30) == 0
     finally:
         if bringup.poll() is None:
-            bringup.kill()
+            os.killpg(bringup.pid, signal.SIGKILL)   # the bring-up and the nodes it started
         observer.destroy_node()

@@ -46,6 +46,7 @@ class AudioCounters:
     partial_frame_bytes: int = 0   # trailing bytes that did not make a whole frame, dropped
     resets: int = 0                # stream restarted (gap, jump or format change)
     samples_dropped_on_reset: int = 0   # resampler tail discarded when the stream restarted
+    duplicate_chunks: int = 0      # same stamp and bytes as the chunk before (re-delivered): dropped
 
     def snapshot(self) -> dict:
         return dict(vars(self))
@@ -70,6 +71,7 @@ class AudioInputStream:
         self._anchor_ns: Optional[int] = None   # stamp of the first input frame since the reset
         self._frames_in = 0                      # input frames since the reset
         self._samples_out = 0                    # output samples since the reset
+        self._last_chunk = None                  # (stamp_ns, length, hash) of the previous chunk
         self.set_format(sample_rate, channels, sample_format)
 
     @property
@@ -149,7 +151,14 @@ class AudioInputStream:
 
     def push(self, stamp_ns: int, raw_bytes) -> Tuple[int, np.ndarray]:
         stamp_ns = int(stamp_ns)
-        mono = self.decode(raw_bytes)
+        data = raw_bytes if isinstance(raw_bytes, (bytes, bytearray)) else bytes(raw_bytes)
+        signature = (stamp_ns, len(data), hash(bytes(data)))
+        if signature == self._last_chunk and len(data):
+            # The same chunk again (a re-delivery): it must not be heard twice.
+            self.counters.duplicate_chunks += 1
+            return stamp_ns, np.zeros(0, dtype=np.float32)
+        self._last_chunk = signature
+        mono = self.decode(data)
         self.counters.chunks += 1
         if self._anchor_ns is not None:
             expected_ns = self._anchor_ns + self._frames_in * NS_PER_S // self._rate

@@ -1,13 +1,16 @@
 """The per-window duplex unit loop: tick in, one model unit run, a report out; no ROS here.
 
 It tracks turns (listen/speak), notices turns the model starts without having been spoken to
-(proactive alerts), survives session failures and restarts cleanly on a new clock epoch.
+(proactive alerts), handles barge-in (the person interrupting the robot), folds or skips windows
+the model could not keep up with, survives session failures and restarts cleanly on a new clock
+epoch.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -18,6 +21,9 @@ from .vad import energy_speech_probability
 
 LISTENING = "LISTENING"
 SPEAKING = "SPEAKING"
+INTERRUPTED = "INTERRUPTED"
+
+OVERLOAD_POLICIES = ("skip", "merge")
 
 SpeechDetector = Callable[[np.ndarray], float]
 
@@ -27,6 +33,12 @@ class DuplexParams:
     window_ns: int = DEFAULT_WINDOW_NS
     speech_threshold: float = 0.5
     proactive_lookback_windows: int = 2
+    # What to do with windows whose tick came while a unit was still running:
+    # "skip" drops them (counted), "merge" folds their audio into the next unit (counted).
+    overload_policy: str = "skip"
+    max_merge_windows: int = 4          # at most this many missed windows are folded; older skip
+    max_consecutive_failures: int = 3   # the session is reset after this many failed units in a row (0: never)
+    alert_max_units: int = 8            # a proactive turn still speaking after this many units alerts now
 
 
 @dataclass(frozen=True)
@@ -36,14 +48,15 @@ class Alert:
     text: str
     instruction: str
     confidence: float
-    evidence_stamp_ns: Optional[int]   # newest camera frame the model had seen
+    evidence_stamp_ns: Optional[int]   # newest camera frame the model had seen when it started
+    units: int = 1                     # speaking units the text covers
 
 
 @dataclass
 class UnitReport:
     window_index: int
     epoch: int
-    state: str                 # LISTENING | SPEAKING
+    state: str                 # LISTENING | SPEAKING | INTERRUPTED
     end_of_turn: bool
     proactive: bool
     speak_probability: float
@@ -56,6 +69,10 @@ class UnitReport:
     alert: Optional[Alert] = None
     audio_coverage: float = 0.0
     user_speech_probability: float = 0.0
+    merged_windows: int = 0    # missed windows whose audio was folded into this unit
+    suppressed: bool = False   # the model spoke but the person was talking (after a barge-in): muted
+    session_reset: bool = False   # the session was reset after consecutive failures
+    model_ms: float = 0.0      # of compute_ms, the time inside session.run_unit
 
 
 @dataclass
@@ -63,11 +80,16 @@ class LoopCounters:
     units_run: int = 0
     units_failed: int = 0
     windows_skipped: int = 0
+    windows_merged: int = 0
     ticks_ignored: int = 0
     epochs: int = 0
     speech_detector_failures: int = 0
     alerts: int = 0
     session_reset_failures: int = 0
+    session_resets_after_failures: int = 0
+    barge_ins: int = 0
+    session_interrupts: int = 0        # session.interrupt() calls (sessions that offer it)
+    units_suppressed: int = 0          # speaking units muted after a barge-in
 
     def snapshot(self) -> dict:
         return dict(vars(self))
@@ -76,12 +98,68 @@ class LoopCounters:
 _NO_SPEECH = np.zeros(0, dtype=np.float32)
 
 
+def _join_text(parts: List[str]) -> str:
+    """Unit texts of one turn joined: a space between pieces unless one side already has one."""
+    out = ""
+    for part in parts:
+        if not part:
+            continue
+        if out and not out[-1].isspace() and not part[0].isspace():
+            out += " "
+        out += part
+    return out
+
+
+def fold_audio(chunks: List[np.ndarray], window_samples: int) -> np.ndarray:
+    """Several windows of audio squeezed into one window's length (played faster, pitch kept up
+    to the resampler's quality): the merged unit hears everything that was said, sped up."""
+    audio = np.concatenate([np.asarray(c, dtype=np.float32).reshape(-1) for c in chunks])
+    if audio.shape[0] == window_samples:
+        return audio
+    positions = np.linspace(0.0, audio.shape[0] - 1, window_samples)
+    # Average over each output sample's span first (a box low-pass), then pick: no aliasing blow-up.
+    factor = max(1, int(round(audio.shape[0] / window_samples)))
+    if factor > 1:
+        kernel = np.ones(factor, dtype=np.float32) / factor
+        padded = np.pad(audio, (factor // 2, factor - 1 - factor // 2), mode="edge")
+        audio = np.convolve(padded, kernel, mode="valid").astype(np.float32)
+    return np.interp(positions, np.arange(audio.shape[0]), audio).astype(np.float32)
+
+
 class DuplexLoop:
     """Runs one session unit per window tick.
 
     `speech_detector` maps a window of 16 kHz audio to a speech probability; if it has a
     `reset()` method it is called on reset and on a new epoch. Without one, a plain energy gate
     (`energy_speech_probability`) decides whether the user spoke.
+
+    Overload: when ticks were missed because a unit ran longer than a window, the next tick's
+    index jumps. With `overload_policy="skip"` the missed windows are dropped (their input is
+    discarded, `windows_skipped`); with `"merge"` the audio of up to `max_merge_windows` missed
+    windows is folded into the next unit (`windows_merged`; older ones are skipped): a session
+    with `accepts_merged_audio = True` receives the windows' audio back to back, any other
+    session one window's length of it sped up (`fold_audio`), and the newest frame of them all.
+    Either way the next unit runs on the newest closed window, so the loop is back on the clock
+    as soon as a unit takes less than a window again.
+
+    Barge-in: `interrupt(window_index)` (thread-safe; called when the person starts speaking over
+    the robot) makes the next report INTERRUPTED with its speech dropped, closes the turn, and
+    calls `session.interrupt()` before the next unit when the session offers it, so the model
+    goes back to listening with the person's words in its context. Sessions without it keep
+    their context; from the flow side their speaking units are muted (reported LISTENING,
+    `suppressed`, `units_suppressed`) through the barge-in window and for as long as the person
+    keeps speaking in the following windows.
+
+    Proactive alerts: a turn the model starts with no user speech in the preceding
+    `proactive_lookback_windows` windows is proactive. It raises exactly one Alert, carried by
+    the report on which the turn ends (end_of_turn, a listen unit, an interruption, a failed
+    unit) or by the return value of `reset()`; a turn still going after `alert_max_units`
+    speaking units alerts on that unit instead, so a never-ending turn still alerts. The alert's
+    text is the turn's text up to then, its confidence the speak probability of the turn's first
+    unit, its evidence stamp the newest camera frame seen when the turn started.
+
+    Failures: a unit that raises gives a report with `error` set; after
+    `max_consecutive_failures` failures in a row the session is reset (`session_reset`).
     """
 
     def __init__(self, session: DuplexSession, buffer: WindowBuffer,
@@ -95,10 +173,18 @@ class DuplexLoop:
         if self.params.window_ns != buffer.window_ns:
             raise ValueError(f"window_ns differs between the loop ({self.params.window_ns}) and "
                              f"the buffer ({buffer.window_ns})")
+        if self.params.overload_policy not in OVERLOAD_POLICIES:
+            raise ValueError(f"overload_policy must be one of {OVERLOAD_POLICIES}, "
+                             f"got {self.params.overload_policy!r}")
         self.standing_instruction = standing_instruction
         self.counters = LoopCounters()
         self._epoch: Optional[int] = None
         self._last_index: Optional[int] = None
+        self._consecutive_failures = 0
+        self._interrupt_lock = threading.Lock()
+        self._interrupt_at: Optional[int] = None     # barge-in waiting for the next unit
+        self._suppress_through: Optional[int] = None   # mute speaking units up to this window...
+        self._suppressing = False                      # ...and while the person keeps talking
         self._clear_turn()
 
     def _clear_turn(self) -> None:
@@ -106,17 +192,42 @@ class DuplexLoop:
         self._turn_proactive = False
         self._last_user_speech: Optional[int] = None   # newest window with user speech
         self._newest_image_stamp: Optional[int] = None
+        self._reset_turn_alert()
+
+    def _reset_turn_alert(self) -> None:
+        self._turn_texts: List[str] = []
+        self._turn_units = 0
+        self._turn_confidence = 0.0
+        self._turn_evidence: Optional[int] = None
+        self._turn_alerted = False
 
     @property
     def in_turn(self) -> bool:
         return self._in_turn
 
-    def reset(self) -> None:
-        """Forget the conversation (omni/reset): buffered input, session state, turn, VAD state."""
+    def reset(self) -> Optional[Alert]:
+        """Forget the conversation (omni/reset): buffered input, session state, turn, VAD state.
+
+        Returns the alert of a proactive turn that was still open (it ends here), else None."""
+        alert = self._close_turn()
         self.buffer.clear()
         self._reset_detector()
         self._clear_turn()
+        with self._interrupt_lock:
+            self._interrupt_at = None
+        self._suppressing, self._suppress_through = False, None
+        self._consecutive_failures = 0
         self.session.reset()
+        return alert
+
+    def interrupt(self, window_index: Optional[int] = None) -> None:
+        """The person started speaking over the robot (any thread). `window_index`: the window
+        the speech onset fell in (speech is muted at least through it)."""
+        with self._interrupt_lock:
+            if self._interrupt_at is None:
+                self.counters.barge_ins += 1
+            at = -1 if window_index is None else int(window_index)
+            self._interrupt_at = at if self._interrupt_at is None else max(self._interrupt_at, at)
 
     def _reset_detector(self) -> None:
         reset = getattr(self.speech_detector, "reset", None)
@@ -126,6 +237,8 @@ class DuplexLoop:
     def on_tick(self, window_index: int, epoch: int) -> Optional[UnitReport]:
         """Run the unit of the window that just closed; None if the tick was ignored."""
         window_index, epoch = int(window_index), int(epoch)
+        pending_alert: Optional[Alert] = None
+        missed = 0
         if self._epoch is not None and epoch < self._epoch:
             self.counters.ticks_ignored += 1
             return None
@@ -133,45 +246,109 @@ class DuplexLoop:
             self.counters.epochs += 1
             self._last_index = None
             try:
-                self.reset()
+                pending_alert = self.reset()
             except Exception:  # noqa: BLE001 - counted; the next unit runs on whatever is left
                 self.counters.session_reset_failures += 1
         elif self._last_index is not None:
             if window_index <= self._last_index:
                 self.counters.ticks_ignored += 1
                 return None
-            self.counters.windows_skipped += window_index - self._last_index - 1
+            missed = window_index - self._last_index - 1
         self._epoch, self._last_index = epoch, window_index
         started = time.perf_counter()
 
-        image, image_stamp_ns, audio, coverage = self.buffer.take_window(window_index)
+        image, image_stamp_ns, audio, coverage, merged = self._take_input(window_index, missed)
         if image_stamp_ns is not None and (self._newest_image_stamp is None
                                            or image_stamp_ns > self._newest_image_stamp):
             self._newest_image_stamp = image_stamp_ns
-        user_probability = self._user_speech_probability(audio, coverage)
+        own_audio = audio if merged == 0 or audio.shape[0] == self.buffer_window_samples \
+            else audio[-self.buffer_window_samples:]
+        user_probability = self._user_speech_probability(own_audio, coverage)
         user_speech = user_probability >= self.params.speech_threshold
         if user_speech:
             self._last_user_speech = window_index
 
         window_ns = self.params.window_ns
         unit = UnitInput(window_index=window_index, epoch=epoch,
-                         start_ns=window_start(window_index, window_ns),
+                         start_ns=window_start(window_index - merged, window_ns),
                          end_ns=window_end(window_index, window_ns), image=image,
                          image_stamp_ns=image_stamp_ns, audio=audio, audio_coverage=coverage)
         error = None
+        model_started = time.perf_counter()
         try:
             output = self.session.run_unit(unit)
+            self._consecutive_failures = 0
         except Exception as exc:  # noqa: BLE001 - the loop must outlive a failing unit
             error = f"{type(exc).__name__}: {exc}"
             self.counters.units_failed += 1
+            self._consecutive_failures += 1
             output = None
+        model_ms = (time.perf_counter() - model_started) * 1000.0
         self.counters.units_run += 1
 
+        # A barge-in that came before or while this unit ran: its speech is never played.
+        with self._interrupt_lock:
+            interrupt_at, self._interrupt_at = self._interrupt_at, None
+        if interrupt_at is not None:
+            pending_alert = self._close_turn() or pending_alert
+            self._in_turn = False
+            self._turn_proactive = False
+            self._suppressing = True
+            self._suppress_through = max(interrupt_at, window_index)
+            session_interrupt = getattr(self.session, "interrupt", None)
+            if callable(session_interrupt):
+                try:
+                    session_interrupt()
+                    self.counters.session_interrupts += 1
+                except Exception:  # noqa: BLE001 - muting from the flow side still applies
+                    self.counters.session_reset_failures += 1
+
         report = self._track_turn(window_index, epoch, output, image_stamp_ns, user_speech,
-                                  user_probability, coverage)
+                                  user_probability, coverage, interrupted=interrupt_at is not None)
+        if report.alert is None and pending_alert is not None:
+            report.alert = pending_alert
         report.error = error
+        report.merged_windows = merged
+        report.model_ms = model_ms
+        limit = self.params.max_consecutive_failures
+        if error is not None and limit and self._consecutive_failures >= limit:
+            report.session_reset = True
+            self._consecutive_failures = 0
+            self.counters.session_resets_after_failures += 1
+            try:
+                self.session.reset()
+            except Exception:  # noqa: BLE001
+                self.counters.session_reset_failures += 1
         report.compute_ms = (time.perf_counter() - started) * 1000.0
         return report
+
+    @property
+    def buffer_window_samples(self) -> int:
+        return int(getattr(self.buffer, "window_samples",
+                           self.params.window_ns * 16000 // 1_000_000_000))
+
+    def _take_input(self, window_index: int, missed: int):
+        """(image, image_stamp_ns, audio, coverage, merged_windows) for this unit."""
+        merge = self.params.overload_policy == "merge" and missed > 0
+        merged = min(missed, self.params.max_merge_windows) if merge else 0
+        self.counters.windows_skipped += missed - merged
+        self.counters.windows_merged += merged
+        audios, coverages = [], []
+        image = image_stamp = None
+        for k in range(window_index - merged, window_index + 1):
+            k_image, k_stamp, k_audio, k_coverage = self.buffer.take_window(k)
+            if k_stamp is not None and (image_stamp is None or k_stamp >= image_stamp):
+                image, image_stamp = k_image, k_stamp
+            audios.append(np.array(k_audio, dtype=np.float32) if merged else k_audio)
+            coverages.append(k_coverage)
+        if not merged:
+            return image, image_stamp, audios[0], coverages[0], 0
+        coverage = float(np.mean(coverages))
+        if getattr(self.session, "accepts_merged_audio", False):
+            audio = np.concatenate(audios)
+        else:
+            audio = fold_audio(audios, self.buffer_window_samples)
+        return image, image_stamp, audio, coverage, merged
 
     def _user_speech_probability(self, audio: np.ndarray, coverage: float) -> float:
         if coverage <= 0.0:
@@ -182,38 +359,81 @@ class DuplexLoop:
             self.counters.speech_detector_failures += 1
             return 0.0
 
+    def _close_turn(self) -> Optional[Alert]:
+        """End the current turn's alert bookkeeping; the alert if the turn was proactive and
+        has not alerted yet."""
+        alert = None
+        if self._in_turn and self._turn_proactive and not self._turn_alerted \
+                and self._turn_units > 0:
+            alert = self._make_alert()
+        self._reset_turn_alert()
+        return alert
+
+    def _make_alert(self) -> Alert:
+        self._turn_alerted = True
+        self.counters.alerts += 1
+        return Alert(text=_join_text(self._turn_texts), instruction=self.standing_instruction,
+                     confidence=self._turn_confidence, evidence_stamp_ns=self._turn_evidence,
+                     units=self._turn_units)
+
     def _track_turn(self, window_index: int, epoch: int, output: Optional[UnitOutput],
                     image_stamp_ns: Optional[int], user_speech: bool, user_probability: float,
-                    coverage: float) -> UnitReport:
+                    coverage: float, interrupted: bool = False) -> UnitReport:
         report = UnitReport(window_index=window_index, epoch=epoch, state=LISTENING,
                             end_of_turn=False, proactive=False, speak_probability=0.0,
                             compute_ms=0.0, text="", speech=_NO_SPEECH,
                             image_stamp_ns=image_stamp_ns, user_speech=user_speech,
                             audio_coverage=coverage, user_speech_probability=user_probability)
+        if output is not None:
+            report.speak_probability = float(output.speak_probability)
+        if self._suppressing and not interrupted and window_index > (self._suppress_through or 0) \
+                and not user_speech:
+            self._suppressing = False   # the person stopped: the robot may answer
+        if interrupted:
+            report.state = INTERRUPTED
+            report.end_of_turn = True
+            if output is not None and not output.is_listen:
+                self.counters.units_suppressed += 1
+            return report
         if output is None:
             # A failed unit closes any open turn: nothing more will be said in it.
             report.end_of_turn = self._in_turn
+            report.alert = self._close_turn()
             self._in_turn = False
             self._turn_proactive = False
             return report
-        report.speak_probability = float(output.speak_probability)
-        report.end_of_turn = bool(output.end_of_turn)
         if output.is_listen:
+            report.end_of_turn = bool(output.end_of_turn)
+            report.alert = self._close_turn()
             self._in_turn = False
             self._turn_proactive = False
+            return report
+        if self._suppressing:
+            # The model speaks while the person is still talking after a barge-in: muted.
+            self.counters.units_suppressed += 1
+            report.suppressed = True
+            report.end_of_turn = bool(output.end_of_turn)
             return report
         report.state = SPEAKING
+        report.end_of_turn = bool(output.end_of_turn)
         report.text = output.text or ""
         report.speech = np.asarray(output.speech, dtype=np.float32).reshape(-1)
         if not self._in_turn:
+            self._reset_turn_alert()
             self._turn_proactive = not self._heard_user_recently(window_index)
-            if self._turn_proactive:
-                self.counters.alerts += 1
-                report.alert = Alert(text=report.text, instruction=self.standing_instruction,
-                                     confidence=report.speak_probability,
-                                     evidence_stamp_ns=self._newest_image_stamp)
+            self._turn_confidence = report.speak_probability
+            self._turn_evidence = self._newest_image_stamp
+        self._in_turn = True
+        self._turn_units += 1
+        if report.text:
+            self._turn_texts.append(report.text)
         report.proactive = self._turn_proactive
-        self._in_turn = not report.end_of_turn
+        if self._turn_proactive and not self._turn_alerted and (
+                report.end_of_turn or self._turn_units >= self.params.alert_max_units):
+            report.alert = self._make_alert()
+        if report.end_of_turn:
+            self._in_turn = False
+            self._turn_proactive = False
         return report
 
     def _heard_user_recently(self, window_index: int) -> bool:

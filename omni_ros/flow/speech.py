@@ -152,6 +152,23 @@ class SpeechPacer:
         unit = self._pending[0]
         return unit.chunks[unit.next_chunk].due_ns
 
+    def drop_unstarted(self, now_ns: int) -> int:
+        """Drop pending units none of whose chunks has been released and whose start is still
+        ahead (the turn ended; the unit playing now finishes); returns the chunks dropped."""
+        now_ns = int(now_ns)
+        kept: Deque[_PendingUnit] = deque()
+        dropped = 0
+        for unit in self._pending:
+            if unit.next_chunk == 0 and unit.start_ns > now_ns:
+                dropped += len(unit.chunks)
+            else:
+                kept.append(unit)
+        if dropped:
+            self._pending = kept
+            self._play_end_ns = kept[-1].end_ns if kept else None
+            self.counters.chunks_flushed += dropped
+        return dropped
+
     def flush(self) -> int:
         """Drop all pending speech (barge-in, reset); returns how many chunks were dropped."""
         dropped = self.pending_chunks

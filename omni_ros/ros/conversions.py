@@ -53,6 +53,113 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
+class ImageHeader:
+    """The fields of a serialized sensor_msgs/Image read without deserializing its pixels."""
+
+    __slots__ = ("stamp_ns", "frame_id", "height", "width", "encoding", "is_bigendian", "step",
+                 "data_length")
+
+    def __init__(self, stamp_ns, frame_id, height, width, encoding, is_bigendian, step,
+                 data_length):
+        self.stamp_ns, self.frame_id = stamp_ns, frame_id
+        self.height, self.width, self.encoding = height, width, encoding
+        self.is_bigendian, self.step, self.data_length = is_bigendian, step, data_length
+
+    @property
+    def data(self):   # check_image only needs len(data)
+        return range(self.data_length)
+
+
+def parse_image_header(raw: bytes) -> ImageHeader:
+    """Read a CDR-serialized sensor_msgs/Image's header fields and data length (no pixels).
+
+    Raises ImageFormatError if the bytes are not a well-formed Image."""
+    import struct  # noqa: PLC0415
+
+    try:
+        if len(raw) < 4:
+            raise ValueError("shorter than the CDR encapsulation header")
+        order = "<" if raw[1] & 1 else ">"
+        base, pos = 4, 4
+
+        def align(n):
+            nonlocal pos
+            pos += (-(pos - base)) % n
+
+        def u32():
+            nonlocal pos
+            align(4)
+            (value,) = struct.unpack_from(order + "I", raw, pos)
+            pos += 4
+            return value
+
+        def string():
+            nonlocal pos
+            n = u32()
+            if n > len(raw) - pos:
+                raise ValueError("string runs past the end")
+            text = bytes(raw[pos:pos + max(0, n - 1)]).decode("utf-8", "replace")
+            pos += n
+            return text
+
+        sec = struct.unpack_from(order + "i", raw, pos)[0]
+        pos += 4
+        nanosec = u32()
+        frame_id = string()
+        height, width = u32(), u32()
+        encoding = string()
+        is_bigendian = bool(raw[pos])
+        pos += 1
+        step = u32()
+        data_length = u32()
+        if data_length > len(raw) - pos:
+            raise ValueError("data runs past the end")
+    except (ValueError, struct.error, IndexError) as error:
+        raise ImageFormatError(f"malformed serialized Image ({len(raw)} bytes): {error}") from None
+    return ImageHeader(sec * NS_PER_S + nanosec, frame_id, height, width, encoding, is_bigendian,
+                       step, data_length)
+
+
+def check_image(msg: Image) -> int:
+    """Validate an Image's header against its data length without touching the pixels.
+
+    Raises ImageFormatError for an unsupported encoding, a zero size, a step shorter than a row
+    or data shorter than height * step; returns how many bytes the data has beyond height * step
+    (0 normally; extra bytes are ignored by image_to_rgb).
+    """
+    encoding = str(msg.encoding).strip().lower()
+    if encoding not in _CHANNELS:
+        raise ImageFormatError(f"unsupported image encoding {msg.encoding!r}: supported are "
+                               f"{', '.join(SUPPORTED_ENCODINGS)}")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageFormatError(f"empty image: {width}x{height} ({msg.encoding})")
+    row_bytes = width * _CHANNELS[encoding] * _BYTES_PER_CHANNEL.get(encoding, 1)
+    if step < row_bytes:
+        raise ImageFormatError(f"image step {step} is smaller than a row of {width} {encoding} "
+                               f"pixels ({row_bytes} bytes)")
+    size = len(msg.data)
+    if size < height * step:
+        raise ImageFormatError(f"image data has {size} bytes, expected height * step = "
+                               f"{height} * {step} = {height * step} ({width}x{height} {encoding})")
+    return size - height * step
+
+
+def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
+    """An HxWx3 image whose longer side exceeds max_side, subsampled by the smallest integer
+    stride that fits (block-averaged, so no aliasing); the same array if it already fits."""
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if longest <= max_side:
+        return image
+    stride = -(-longest // int(max_side))
+    h, w = -(-height // stride) * stride, -(-width // stride) * stride
+    if (h, w) != (height, width):   # edge-pad to whole blocks (a thin image keeps >= 1 row)
+        image = np.pad(image, ((0, h - height), (0, w - width), (0, 0)), mode="edge")
+    blocks = image.reshape(h // stride, stride, w // stride, stride, -1)
+    return blocks.mean(axis=(1, 3), dtype=np.float32).round().astype(np.uint8)
+
+
 def image_to_rgb(msg: Image) -> np.ndarray:
     """sensor_msgs/Image -> HxWx3 uint8 RGB, C-contiguous.
 
@@ -204,6 +311,8 @@ def image_stamp_ns(msg: Union[Image, CompressedImage]) -> int:
     return stamp_to_ns(msg.header.stamp)
 
 
-__all__ = ["ImageFormatError", "SUPPORTED_ENCODINGS", "SUPPORTED_COMPRESSED", "compressed_to_rgb",
+__all__ = ["ImageFormatError", "ImageHeader", "SUPPORTED_ENCODINGS", "SUPPORTED_COMPRESSED",
+           "check_image", "parse_image_header",
+           "compressed_to_rgb", "downscale",
            "image_stamp_ns", "image_to_rgb", "ns_to_stamp", "rgb_to_compressed", "rgb_to_image",
            "stamp_to_ns"]

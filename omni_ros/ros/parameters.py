@@ -54,8 +54,12 @@ OMNI_NODE_PARAMETERS = (
                   "carried in every proactive alert (at once).", dynamic=True),
     ParameterSpec("force_listen_count", 3, "Units the model must listen for after a reset.",
                   (0, 1000), dynamic=True),
-    ParameterSpec("listen_prob_scale", 1.0, "Multiplier on the listen probability at the "
-                  "listen/speak decision (< 1 makes the model speak more readily).",
+    ParameterSpec("mode", "duplex", "duplex: full duplex, one listen/speak decision per window; "
+                  "turn_based: the released simplex streaming (the model answers when the "
+                  "person's turn ends, 10 text tokens per 25 speech tokens). Switches at the next "
+                  "window, without a restart.", choices=("duplex", "turn_based"), dynamic=True),
+    ParameterSpec("listen_prob_scale", 1.0, "Multiplier on the <|listen|> logit at the "
+                  "listen/speak decision, as the released code applies it.",
                   (0.0, 100.0), dynamic=True),
     ParameterSpec("temperature", 0.7, "LLM sampling temperature.", (0.0, 2.0), dynamic=True),
     ParameterSpec("top_k", 20, "LLM top-k sampling (0 disables).", (0, 1000), dynamic=True),
@@ -92,6 +96,36 @@ OMNI_NODE_PARAMETERS = (
                   "mic/audio_info says otherwise.", choices=("S16LE", "F32LE")),
     ParameterSpec("diagnostics_period_sec", 1.0, "Period of /diagnostics publications.",
                   (0.1, 60.0)),
+    ParameterSpec("max_image_side", 2048, "Camera frames with a longer side than this are "
+                  "downscaled (by an integer stride) before the model sees them.", (64, 16384)),
+    ParameterSpec("input_silence_warn_sec", 3.0, "A camera or microphone that has sent nothing "
+                  "for this long raises a WARN diagnostic (units keep running).", (0.1, 3600.0)),
+    # real time under pressure
+    ParameterSpec("overload_policy", "skip", "Windows whose tick came while a unit was still "
+                  "running: skip drops them, merge folds their audio into the next unit (both "
+                  "counted in /diagnostics).", choices=("skip", "merge"), dynamic=True),
+    ParameterSpec("max_merge_windows", 4, "With overload_policy merge, at most this many missed "
+                  "windows are folded into one unit (older ones are skipped).", (1, 32),
+                  dynamic=True),
+    ParameterSpec("max_consecutive_failures", 3, "The model session is reset after this many "
+                  "failed units in a row (0: never).", (0, 1000), dynamic=True),
+    ParameterSpec("alert_max_units", 8, "A proactive turn alerts when it ends, or after this "
+                  "many speaking units if it is still going.", (1, 1000), dynamic=True),
+    ParameterSpec("barge_in", True, "Stop speaking at once when a person starts talking over "
+                  "the robot (voice activity on the echo-cancelled microphone, chunk by chunk)."),
+    ParameterSpec("barge_in_threshold", 0.5, "silero-vad probability above which a 32 ms mic "
+                  "frame counts as the person speaking (barge-in).", (0.0, 1.0), dynamic=True),
+    ParameterSpec("barge_in_min_speech_ms", 96, "Consecutive speech needed for a barge-in.",
+                  (32, 2000), dynamic=True),
+    ParameterSpec("echo_canceller", "auto", "Echo canceller removing the robot's own speech "
+                  "from the mic before barge-in detection: webrtc (aec-audio-processing), fdaf "
+                  "(built in), auto (webrtc if installed, else fdaf), none.",
+                  choices=("auto", "webrtc", "fdaf", "none")),
+    ParameterSpec("echo_delay_ms", 0.0, "Bulk delay from publishing speech to hearing it in "
+                  "the mic (speaker latency); the canceller models up to 128 ms beyond it.",
+                  (0.0, 2000.0)),
+    ParameterSpec("residual_echo_gate_db", 6.0, "A mic frame counts as the person only if "
+                  "the echo canceller removed less than this much of its power.", (0.0, 60.0)),
 )
 
 
@@ -110,3 +144,34 @@ def check_value(spec: ParameterSpec, value: Any) -> Optional[str]:
 
 
 SPECS_BY_NAME = {spec.name: spec for spec in OMNI_NODE_PARAMETERS}
+
+
+# -- omni_flow_clock ---------------------------------------------------------------------------
+CLOCK_NODE_PARAMETERS = (
+    ParameterSpec("window_sec", 1.0, "Length of one Omni-Flow window (unit) in seconds, on the "
+                  "ROS clock; omni_node must use the same.", (0.1, 10.0)),
+    ParameterSpec("poll_period_sec", 0.01, "How often the ROS clock is read (steady time); "
+                  "bounds the latency of a tick.", (0.001, 0.1)),
+)
+
+# Every node's table, by node name (the parameter reference renders them in this order).
+NODE_PARAMETERS = {
+    "omni_flow_clock": CLOCK_NODE_PARAMETERS,
+    "omni_node": OMNI_NODE_PARAMETERS,
+}
+
+# Declared by rclpy itself on every node, not by omni_ros.
+RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+def descriptor_fields(descriptor: ParameterDescriptor) -> dict:
+    """What a declaration says about a parameter, in comparable form (for the docs and tests)."""
+    fields = {"description": descriptor.description, "read_only": bool(descriptor.read_only),
+              "range": None}
+    if descriptor.integer_range:
+        r = descriptor.integer_range[0]
+        fields["range"] = (int(r.from_value), int(r.to_value))
+    elif descriptor.floating_point_range:
+        r = descriptor.floating_point_range[0]
+        fields["range"] = (float(r.from_value), float(r.to_value))
+    return fields

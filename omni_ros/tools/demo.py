@@ -17,9 +17,16 @@ from omni_ros.tools.processes import ProcessGroup, node_command
 
 
 def ensure_tiny_checkpoint(folder: Path, seed: int) -> None:
-    if (folder / "config.json").exists():
-        return
+    """Write the demo's tiny checkpoint, again if one left by an older omni_ros no longer loads."""
     from omni_ros.model.checkpoint import write_checkpoint
+    from omni_ros.model.loader import CheckpointError, load_model
+
+    if (folder / "config.json").exists():
+        try:
+            load_model(folder)
+            return
+        except CheckpointError as error:
+            print(f"[omni_ros_demo] {folder} is out of date ({error}); rewriting it", flush=True)
     print(f"[omni_ros_demo] writing a tiny random-weight checkpoint to {folder}", flush=True)
     write_checkpoint(folder, seed=seed)
 
@@ -46,7 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             group.start(command, env=env)
         recorder = group.start(
             [sys.executable, "-m", "omni_ros.tools.recorder",
-             "--duration-sec", str(options.duration_sec + 2.0), "--output", options.output],
+             "--duration-sec", str(options.duration_sec + 2.0), "--output", options.output,
+             "--timeline", str(Path(options.output) / "timeline.png")],
             env=env)
         group.start([sys.executable, "-m", "omni_ros.tools.scene_player",
                      "--duration-sec", str(options.duration_sec)], env=env)
@@ -56,7 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         group.stop()
     if status == 0:
-        print(f"[omni_ros_demo] summary.json and speech.wav in {Path(options.output).resolve()}")
+        print(f"[omni_ros_demo] summary.json, speech.wav and timeline.png in "
+              f"{Path(options.output).resolve()}")
     return status
 
 

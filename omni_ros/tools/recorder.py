@@ -1,7 +1,9 @@
 """omni_ros_recorder: collect what omni_node publishes and print a summary of the run.
 
 Windows processed, listen/speak per window, seconds of speech out, text, alerts, and compute time
-per window against the window length. `--output DIR` also writes summary.json and speech.wav.
+per window against the window length. `--output DIR` also writes summary.json and speech.wav;
+`--timeline FILE` draws a timeline PNG of the run (windows on the x axis: mic speech activity,
+camera frames, listen/speak/interrupted, speech out, alerts, compute time against the window).
 """
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from rclpy.node import Node
 
+from omni_ros.flow.audio import AudioFormatError, AudioInputStream
+from omni_ros.flow.vad import energy_speech_probability
 from omni_ros.msg import DuplexState, OmniText, ProactiveAlert
 from omni_ros.ros import qos
 from omni_ros.ros.runner import split_ros_args
@@ -30,9 +35,24 @@ MAX_WINDOWS = 100_000          # a recorder left running for a day stays bounded
 MAX_SPEECH_SECONDS = 600
 
 
+def _cdr_stamp_ns(raw: bytes) -> Optional[int]:
+    """The header stamp of a serialized message that starts with std_msgs/Header (CDR: 4-byte
+    encapsulation, int32 sec, uint32 nanosec), without deserializing the rest (the pixels)."""
+    if len(raw) < 12:
+        return None
+    order = "<" if raw[1] & 1 else ">"
+    sec, nanosec = np.frombuffer(raw, dtype=f"{order}i4", count=2, offset=4)
+    return int(sec) * 1_000_000_000 + int(np.uint32(nanosec))
+
+
 class Recorder(Node):
-    def __init__(self, keep_speech: bool) -> None:
+    def __init__(self, keep_speech: bool, inputs: bool = False, window_sec: float = 1.0) -> None:
         super().__init__("omni_recorder")
+        self.window_ns = int(round(window_sec * 1e9))
+        self.frame_windows: dict = {}       # window -> camera frames stamped in it
+        self.mic_energy: dict = {}          # window -> [sum of speech probability, chunks]
+        self.speech_windows: dict = {}      # window -> speech samples published in it
+        self.mic_stream: Optional[AudioInputStream] = None
         self.states: list = []
         self.texts: list = []
         self.alerts: list = []
@@ -49,7 +69,42 @@ class Recorder(Node):
                                  qos.SPEECH)
         self.create_subscription(AudioInfo, "speech/audio_info", self.on_speech_info,
                                  qos.AUDIO_INFO)
+        self.inputs = inputs
 
+    def _subscribe_inputs(self) -> None:
+        """For the timeline: what the robot's camera and microphone sent. Subscribed once
+        omni_node is up, so a scene player waiting for subscribers still waits for the node."""
+        from sensor_msgs.msg import Image  # noqa: PLC0415
+        self.create_subscription(Image, "camera/image_raw", self.on_frame, qos.CAMERA, raw=True)
+        self.create_subscription(AudioDataStamped, "mic/audio_stamped", self.on_mic,
+                                 qos.MIC_AUDIO)
+        self.create_subscription(AudioInfo, "mic/audio_info", self.on_mic_info, qos.AUDIO_INFO)
+
+    def on_frame(self, raw: bytes) -> None:
+        stamp = _cdr_stamp_ns(raw)
+        if stamp is not None and len(self.frame_windows) < MAX_WINDOWS:
+            k = stamp // self.window_ns
+            self.frame_windows[k] = self.frame_windows.get(k, 0) + 1
+
+    def on_mic_info(self, message: AudioInfo) -> None:
+        try:
+            self.mic_stream = AudioInputStream(message.sample_rate, message.channels,
+                                               message.sample_format)
+        except AudioFormatError:
+            self.mic_stream = None
+
+    def on_mic(self, message: AudioDataStamped) -> None:
+        if self.mic_stream is None:
+            self.mic_stream = AudioInputStream(16000, 1, "S16LE")
+        try:
+            mono = self.mic_stream.decode(message.audio.data)
+        except Exception:  # noqa: BLE001 - a recorder never dies of bad input
+            return
+        k = stamp_to_ns(message.header.stamp) // self.window_ns
+        if len(self.mic_energy) < MAX_WINDOWS:
+            entry = self.mic_energy.setdefault(k, [0.0, 0])
+            entry[0] = max(entry[0], energy_speech_probability(mono))
+            entry[1] += 1
     def on_state(self, message: DuplexState) -> None:
         if len(self.states) < MAX_WINDOWS:
             self.states.append(message)
@@ -64,6 +119,9 @@ class Recorder(Node):
 
     def on_speech(self, message: AudioDataStamped) -> None:
         data = bytes(message.audio.data)
+        k = stamp_to_ns(message.header.stamp) // self.window_ns
+        if len(self.speech_windows) < MAX_WINDOWS:
+            self.speech_windows[k] = self.speech_windows.get(k, 0) + len(data) // 2
         self.speech_chunks += 1
         self.speech_bytes += len(data)
         if self.keep_speech and len(self.speech) < MAX_SPEECH_SECONDS * 48000:
@@ -73,6 +131,8 @@ class Recorder(Node):
         self.speech_info = message
         if self.ready_at is None:
             self.ready_at = time.monotonic()
+            if self.inputs:
+                self._subscribe_inputs()
 
     def summary(self) -> dict:
         rate = self.speech_info.sample_rate if self.speech_info else 24000
@@ -137,6 +197,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="give up if omni_node is not up within this time")
     parser.add_argument("--window-sec", type=float, default=1.0)
     parser.add_argument("--output", default=None, help="folder for summary.json and speech.wav")
+    parser.add_argument("--timeline", default=None, metavar="FILE",
+                        help="draw a timeline PNG of the run into FILE")
     return parser.parse_args(argv)
 
 
@@ -144,7 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     own_args, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
     options = parse_args(own_args)
     rclpy.init(args=[sys.argv[0], *ros_args])
-    recorder = Recorder(keep_speech=options.output is not None)
+    recorder = Recorder(keep_speech=options.output is not None,
+                        inputs=options.timeline is not None, window_sec=options.window_sec)
     started = time.monotonic()
     try:
         while rclpy.ok():
@@ -156,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             if recorder.ready_at is not None and now - recorder.ready_at >= options.duration_sec:
                 break
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     summary = recorder.summary()
     print(format_summary(summary, options.window_sec), flush=True)
@@ -169,9 +232,76 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rate = recorder.speech_info.sample_rate if recorder.speech_info else 24000
             soundfile.write(str(folder / "speech.wav"),
                             np.frombuffer(bytes(recorder.speech), dtype="<i2"), rate)
+    if options.timeline:
+        path = draw_timeline(recorder, options.timeline)
+        print(f"[omni_ros_recorder] timeline in {path}", flush=True)
     recorder.destroy_node()
     rclpy.try_shutdown()
     return 0
+
+
+def draw_timeline(recorder: Recorder, path: str) -> Path:
+    """One PNG: windows on the x axis; a row per signal; compute time against the window below."""
+    import matplotlib  # noqa: PLC0415 - only for --timeline
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.patches import Patch  # noqa: PLC0415
+
+    window_ms = recorder.window_ns / 1e6
+    states = {int(s.window_index): s for s in recorder.states}
+    keys = set(states) | set(recorder.frame_windows) | set(recorder.mic_energy) | \
+        set(recorder.speech_windows)
+    if states:   # inputs stamped long before or after the model ran are not the run
+        keys = {k for k in keys if min(states) - 2 <= k <= max(states) + 2}
+    first, last = (min(keys), max(keys)) if keys else (0, 1)
+    windows = np.arange(first, last + 1)
+    x = windows - first
+    colors = {DuplexState.LISTENING: "#9ecae1", DuplexState.SPEAKING: "#31a354",
+              DuplexState.INTERRUPTED: "#de2d26"}
+    fig, (ax, ax_t) = plt.subplots(2, 1, figsize=(max(8.0, 0.22 * len(x) + 3), 5.6),
+                                   sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    rows = ["alerts", "speech out", "model state", "camera frames", "mic speech"]
+    for row, name in enumerate(rows):
+        ax.axhline(row, color="#eeeeee", lw=0.8, zorder=0)
+    mic = np.array([recorder.mic_energy.get(k, [0.0, 0])[0] for k in windows])
+    ax.bar(x, 0.8 * mic, bottom=4 - 0.4, width=0.9, color="#756bb1", label="mic speech activity")
+    frames = np.array([recorder.frame_windows.get(k, 0) for k in windows], dtype=float)
+    if frames.max(initial=0) > 0:
+        ax.bar(x, 0.8 * frames / frames.max(), bottom=3 - 0.4, width=0.9, color="#636363")
+        rows[3] = f"camera frames\n(full = {int(frames.max())}/window)"
+    for k, s in states.items():
+        ax.bar(k - first, 0.8, bottom=2 - 0.4, width=0.9, color=colors.get(s.state, "#cccccc"))
+        if s.proactive:
+            ax.plot(k - first, 2, marker="*", color="black", ms=6)
+    speech = np.array([recorder.speech_windows.get(k, 0) for k in windows], dtype=float)
+    rate = recorder.speech_info.sample_rate if recorder.speech_info else 24000
+    ax.bar(x, 0.8 * np.clip(speech / (rate * window_ms / 1000.0), 0, 1), bottom=1 - 0.4,
+           width=0.9, color="#fd8d3c")
+    for alert in recorder.alerts:
+        ax.plot(int(alert.window_index) - first, 0, marker="v", color="#de2d26", ms=9)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.legend(handles=[Patch(color=colors[DuplexState.LISTENING], label="listen"),
+                       Patch(color=colors[DuplexState.SPEAKING], label="speak"),
+                       Patch(color=colors[DuplexState.INTERRUPTED], label="interrupted"),
+                       plt.Line2D([], [], marker="*", color="black", ls="", label="proactive"),
+                       plt.Line2D([], [], marker="v", color="#de2d26", ls="", label="alert")],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.set_title("omni_ros run timeline (one column per Omni-Flow window)")
+    compute = np.array([states[k].compute_ms if k in states else np.nan for k in windows])
+    ax_t.bar(x, compute, width=0.9, color=np.where(compute > window_ms, "#de2d26", "#3182bd"))
+    ax_t.axhline(window_ms, color="black", ls="--", lw=1, label=f"window ({window_ms:.0f} ms)")
+    ax_t.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax_t.set_ylabel("compute ms")
+    ax_t.set_xlabel(f"window (first = {first})")
+    ax_t.set_ylim(0, max(window_ms * 1.15, np.nanmax(compute, initial=0) * 1.1))
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out.resolve()
 
 
 if __name__ == "__main__":

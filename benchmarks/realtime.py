@@ -1,0 +1,550 @@
+"""Real-time benchmarks of omni_node on the tiny model, each in one run over real DDS (or, for
+`soak`, in process): prints a table and appends it, with date and machine, to
+benchmarks/results/<name>.md.
+
+    .venv/bin/python benchmarks/realtime.py overhead   [--seconds 30]
+    .venv/bin/python benchmarks/realtime.py latency    [--requests 6]
+    .venv/bin/python benchmarks/realtime.py barge_in   [--trials 6]
+    .venv/bin/python benchmarks/realtime.py camera     [--seconds 10]
+    .venv/bin/python benchmarks/realtime.py soak       [--windows 1800]
+
+overhead: node CPU outside the model per window (the executor thread: conversions, buffering,
+  barge-in echo cancelling and VAD, publishing; plus the unit's own time outside
+  session.run_unit: frame decode, window VAD) as a fraction of the window.
+latency:  from the last sample of a spoken request on the mic topic to the first speech sample
+  published by a unit that heard it.
+barge_in: from the voiced onset of a person talking over the robot to the last speech chunk
+  published.
+camera:   CPU per received 1920x1080 rgb8 frame at 30 fps in omni_node's executor thread
+  against a bare rclpy subscriber's (same topic, same run).
+soak:     1,800 windows through the flow (buffers, conversions, loop, pacer) and the tiny model
+  session in process: resident memory and per-window time, first 100 against last 100.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+NS = 1_000_000_000
+RATE = 16000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def thread_cpu(pid: int, tid: int = None) -> float:
+    """CPU seconds (user + system) of one thread (default: the main thread)."""
+    tid = pid if tid is None else tid
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def record(name: str, title: str, rows, notes: str = "") -> None:
+    width = max(len(r[0]) for r in rows)
+    table = "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)
+    header = f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|"
+    text = (f"\n## {title}: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
+            f"Machine: {machine()}\n\n{header}\n{table}\n" + (f"\n{notes}\n" if notes else ""))
+    print(text)
+    out = ROOT / "benchmarks" / "results" / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write(text)
+    print(f"appended to {out}")
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    from omni_ros.model.checkpoint import write_checkpoint
+    if not (folder / "config.json").exists():
+        write_checkpoint(folder, seed=0)
+    return folder
+
+
+class Graph:
+    """omni_flow_clock + omni_node as processes in a private DDS domain, and a driver node."""
+
+    def __init__(self, checkpoint: Path, window_sec: float, *extra: str) -> None:
+        import rclpy
+        env = os.environ.copy()
+        env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+        os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+        self.env = env
+        self.logs = Path(tempfile.mkdtemp(prefix="omni_bench_"))
+        window = ["-p", f"window_sec:={window_sec}"]
+        self.processes = [
+            self.start("omni_ros.ros.clock_node", window, "clock"),
+            self.start("omni_ros.ros.omni_node", [*window, "-p", f"model_path:={checkpoint}",
+                                                  *extra], "omni_node")]
+        self.node_pid = self.processes[1].pid
+        rclpy.init()
+
+    def start(self, module, args, name):
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
+        return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args],
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def stop(self) -> None:
+        import rclpy
+        for p in self.processes:
+            if p.poll() is None:
+                p.send_signal(2)
+        for p in self.processes:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        rclpy.try_shutdown()
+
+
+def make_driver(echo_gain: float = 0.0):
+    """A node with a mic (16 kHz mono, hearing the robot's speech at echo_gain and a scripted
+    person), a camera publisher and recorders of omni_node's outputs."""
+    import rclpy
+    import soxr
+    from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from omni_ros.flow.bargein import ReferenceBuffer
+    from omni_ros.msg import DuplexState
+    from omni_ros.ros import qos
+    from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
+
+    class Driver(Node):
+        def __init__(self):
+            super().__init__("bench_driver")
+            self.lock = threading.Lock()
+            self.states, self.speech, self.diagnostics = [], [], []
+            self.heard = ReferenceBuffer(seconds=30.0)
+            self.person = None
+            self.mic = self.create_publisher(AudioDataStamped, "mic/audio_stamped", qos.MIC_AUDIO)
+            self.camera = self.create_publisher(Image, "camera/image_raw", qos.CAMERA)
+            self.info = self.create_publisher(AudioInfo, "mic/audio_info", qos.AUDIO_INFO)
+            self.info.publish(AudioInfo(channels=1, sample_rate=RATE, sample_format="S16LE",
+                                        bitrate=RATE * 16, coding_format="wave"))
+            self.create_subscription(DuplexState, "omni/state", self._keep(self.states), qos.OUTPUT)
+            self.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.diagnostics),
+                                     qos.OUTPUT)
+            self.create_subscription(AudioDataStamped, "speech/audio_stamped", self._speech,
+                                     qos.SPEECH)
+
+        def _keep(self, into):
+            def cb(m):
+                with self.lock:
+                    into.append(m)
+            return cb
+
+        def _speech(self, m):
+            pcm = np.frombuffer(bytes(m.audio.data), "<i2").astype(np.float32) / 32768.0
+            stamp = stamp_to_ns(m.header.stamp)
+            with self.lock:
+                self.speech.append((stamp, pcm.shape[0], m.header.frame_id, time.monotonic()))
+                if echo_gain:
+                    self.heard.add(stamp, soxr.resample(pcm, 24000, RATE))
+
+        def values(self):
+            with self.lock:
+                for array in reversed(self.diagnostics):
+                    for status in array.status:
+                        if status.name.startswith("omni_node"):
+                            return {kv.key: kv.value for kv in status.values}
+            return {}
+
+        def mic_chunk(self, start_ns, n):
+            with self.lock:
+                audio = echo_gain * self.heard.get(self.heard.index(start_ns), n)
+            if self.person is not None:
+                p_start, p = self.person
+                off = (start_ns - p_start) * RATE // NS
+                lo, hi = max(0, off), min(p.shape[0], off + n)
+                if hi > lo:
+                    audio[lo - off:hi - off] += 0.7 * p[lo:hi]
+            return audio
+
+        def feed(self, seconds, chunk_ms=20, frame=None, fps=10.0):
+            n = RATE * chunk_ms // 1000
+            next_ns = self.get_clock().now().nanoseconds
+            start = time.monotonic()
+            frames = 0
+            while time.monotonic() - start < seconds:
+                now = self.get_clock().now().nanoseconds
+                while next_ns + chunk_ms * 1_000_000 <= now:
+                    m = AudioDataStamped()
+                    m.header.stamp = ns_to_stamp(next_ns)
+                    m.audio.data = (np.clip(self.mic_chunk(next_ns, n), -1, 1) * 32767
+                                    ).astype("<i2").tobytes()
+                    self.mic.publish(m)
+                    next_ns += chunk_ms * 1_000_000
+                if frame is not None and frames / fps <= time.monotonic() - start:
+                    frame.header.stamp = ns_to_stamp(now)
+                    self.camera.publish(frame)
+                    frames += 1
+                time.sleep(0.003)
+            return frames
+
+    return Driver()
+
+
+def spin_in_background(node):
+    from rclpy.executors import SingleThreadedExecutor
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return executor
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def speech_16k(text, voice="en-us"):
+    import soxr
+    from omni_ros.tools.scene_player import synthesize_speech
+    samples, rate = synthesize_speech(text, voice=voice)
+    return soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
+
+
+# -- benchmarks ------------------------------------------------------------------------------
+BARE_CODE = """import rclpy
+from sensor_msgs.msg import Image
+from audio_common_msgs.msg import AudioDataStamped
+from omni_ros.ros import qos
+rclpy.init()
+node = rclpy.create_node('bare_subscriber')
+count = {'camera': 0, 'mic': 0}
+def camera(m):
+    count['camera'] += 1
+def mic(m):
+    count['mic'] += 1
+node.create_subscription(Image, 'camera/image_raw', camera, qos.CAMERA)
+if WITH_MIC:
+    node.create_subscription(AudioDataStamped, 'mic/audio_stamped', mic, qos.MIC_AUDIO)
+try:
+    rclpy.spin(node)
+except BaseException:
+    pass
+print('received', count['camera'], count['mic'], flush=True)
+"""
+
+
+def start_bare(graph, mic: bool):
+    log = open(graph.logs / "bare.log", "w")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-c", BARE_CODE.replace("WITH_MIC", str(mic))],
+                            env=graph.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def bench_overhead(args, checkpoint):
+    from omni_ros.ros.conversions import rgb_to_image
+    graph = Graph(checkpoint, args.window_sec, "-p", "diagnostics_period_sec:=1.0",
+                  "-p", "listen_prob_scale:=0.3", "-p", "force_listen_count:=0")
+    bare = start_bare(graph, mic=True)
+    driver = make_driver(echo_gain=0.3)
+    executor = spin_in_background(driver)
+    try:
+        wait_for(lambda: driver.mic.get_subscription_count() > 1, 120, "omni_node")
+        frame = rgb_to_image(np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8),
+                             "rgb8", 0, "camera")
+        driver.feed(3.0, frame=frame)           # warm up
+        cpu0, states0 = thread_cpu(graph.node_pid), len(driver.states)
+        bare0 = thread_cpu(bare.pid)
+        t0 = time.monotonic()
+        driver.feed(args.seconds, frame=frame)
+        cpu1, elapsed = thread_cpu(graph.node_pid), time.monotonic() - t0
+        bare_ms = (thread_cpu(bare.pid) - bare0) / (elapsed / args.window_sec) * 1000
+        windows = elapsed / args.window_sec
+        values = driver.values()
+    finally:
+        executor.shutdown()
+        bare.send_signal(2)
+        bare.wait(10)
+        graph.stop()
+    executor_ms = (cpu1 - cpu0) / windows * 1000
+    unit_ms = float(values.get("unit_overhead_ms_mean", "nan"))
+    window_ms = args.window_sec * 1000
+    total = executor_ms + unit_ms
+    beyond = executor_ms - bare_ms + unit_ms
+    record("node_overhead", "Node overhead per window (everything except model compute)", [
+        ("window", f"{window_ms:.0f} ms"),
+        ("inputs", "640x480 rgb8 at 10 fps, 16 kHz mono mic in 20 ms chunks, robot echo 0.3"),
+        ("run", f"{elapsed:.1f} s, {len(driver.states) - states0} states"),
+        ("executor thread CPU per window", f"{executor_ms:.2f} ms"),
+        ("unit time outside session.run_unit", f"{unit_ms:.2f} ms"),
+        ("compute_ms mean (whole unit)", values.get("compute_ms_mean", "?") + " ms"),
+        ("speech chunks published", values.get("speech_chunks_published", "?")),
+        ("barge-in frames scored (AEC + VAD)", values.get("barge_in_frames_scored", "?")),
+        ("bare rclpy subscriber of mic + camera, CPU per window", f"{bare_ms:.2f} ms"),
+        ("node overhead / window", f"{100 * total / window_ms:.2f} % (target < 2 %)"),
+        ("node overhead beyond a bare subscriber", f"{100 * beyond / window_ms:.2f} % of the window"),
+    ], "Executor thread = all callbacks (mic decode/resample/buffer, barge-in echo cancelling "
+       "and VAD while the robot speaks, camera header checks, tick hand-over, speech release "
+       "and publishing, diagnostics); measured from /proc per-thread CPU.")
+
+
+def bench_latency(args, checkpoint):
+    graph = Graph(checkpoint, args.window_sec, "-p", "listen_prob_scale:=0.02",
+                  "-p", "force_listen_count:=0", "-p", "barge_in:=false",
+                  "-p", "speech_chunk_ms:=100")
+    driver = make_driver()
+    executor = spin_in_background(driver)
+    request = speech_16k("Robot, what do you see on the table?")
+    voiced = np.nonzero(np.abs(request) > 0.02)[0]
+    latencies = []
+    try:
+        wait_for(lambda: driver.mic.get_subscription_count() > 0, 120, "omni_node")
+        driver.feed(2.0)
+        for _ in range(args.requests):
+            start_ns = driver.get_clock().now().nanoseconds + 100_000_000
+            driver.person = (start_ns, request)
+            last_ns = start_ns + int(voiced[-1]) * NS // RATE
+            driver.feed(request.shape[0] / RATE + 2.5)
+            last_window = last_ns // int(args.window_sec * NS)
+            with driver.lock:
+                firsts = [stamp for stamp, _, frame_id, _ in driver.speech
+                          if int(frame_id.split("_")[1]) >= last_window and stamp >= last_ns]
+            if firsts:
+                latencies.append((min(firsts) - last_ns) / 1e9)
+            driver.person = None
+            driver.feed(0.7)
+        values = driver.values()
+    finally:
+        executor.shutdown()
+        graph.stop()
+    lat = np.array(latencies)
+    record("end_to_end_latency", "End-to-end latency: last request sample on the mic -> first "
+           "speech sample published", [
+               ("window", f"{args.window_sec * 1000:.0f} ms (input_grace_ms 100)"),
+               ("requests answered", f"{lat.size} of {args.requests}"),
+               ("latency min / median / max", f"{lat.min():.3f} / {np.median(lat):.3f} / "
+                                              f"{lat.max():.3f} s" if lat.size else "n/a"),
+               ("compute_ms mean", values.get("compute_ms_mean", "?") + " ms"),
+           ], "Expected: the wait until the window holding the last sample closes (uniform 0 .. "
+              "one window) + input_grace_ms + the unit's compute, then its speech starts as soon "
+              "as the speech already queued ends. The random-weight model is forced to speak "
+              "(listen_prob_scale 0.02) so it talks all the time: the answering unit's speech "
+              "queues behind up to one window of the previous unit's speech, which this figure "
+              "includes (barge-in is off here, so the request does not silence the robot).")
+
+
+def bench_barge_in(args, checkpoint):
+    graph = Graph(checkpoint, args.window_sec, "-p", "listen_prob_scale:=0.02",
+                  "-p", "force_listen_count:=0", "-p", "speech_chunk_ms:=100",
+                  "-p", "diagnostics_period_sec:=0.5")
+    driver = make_driver(echo_gain=0.5)
+    executor = spin_in_background(driver)
+    person = speech_16k("Stop, stop! Wait a moment please.", voice="en-us+f3")
+    voiced = int(np.argmax(np.abs(person) > 0.02))
+    stops, detect = [], []
+    try:
+        wait_for(lambda: driver.mic.get_subscription_count() > 0, 120, "omni_node")
+        driver.feed(4.0)
+        for _ in range(args.trials):
+            wait_for(lambda: driver.speech and time.monotonic() - driver.speech[-1][3] < 0.2,
+                     20, "the robot to speak")
+            start_ns = driver.get_clock().now().nanoseconds + 50_000_000
+            onset = start_ns + voiced * NS // RATE
+            driver.person = (start_ns, person)
+            barge0 = int(driver.values().get("barge_ins", 0))
+            driver.feed(person.shape[0] / RATE + 0.3)
+            end = start_ns + person.shape[0] * NS // RATE
+            with driver.lock:
+                during = [s for s, *_ in driver.speech if onset - 2 * NS < s <= end]
+            last = max([s for s in during], default=None)
+            if last is not None:
+                stops.append(max(0.0, (last - onset) / 1e9))
+            driver.person = None
+            driver.feed(3.0)
+            detect.append(int(driver.values().get("barge_ins", 0)) - barge0)
+        values = driver.values()
+    finally:
+        executor.shutdown()
+        graph.stop()
+    s = np.array(stops)
+    record("barge_in_latency", "Barge-in stop latency: voiced onset on the mic -> last speech "
+           "chunk published", [
+               ("speech chunk", "100 ms; target <= one chunk + 50 ms = 150 ms"),
+               ("trials / barge-ins detected", f"{len(stops)} / {sum(1 for d in detect if d)}"),
+               ("stop latency min / median / max", f"{s.min():.3f} / {np.median(s):.3f} / "
+                                                   f"{s.max():.3f} s" if s.size else "n/a"),
+               ("echo canceller", "auto (webrtc if installed, else fdaf); robot echo 0.5 in mic"),
+               ("barge_ins counted by the node (whole run)", values.get("barge_ins", "?")),
+               ("false barge-ins (outside the trials)",
+                str(int(values.get("barge_ins", 0)) - sum(detect))),
+           ], "Detection needs barge_in_min_speech_ms (96) of voiced speech scored in 32 ms "
+              "frames after each 20 ms mic chunk arrives; the chunk already published when "
+              "the barge-in is detected plays out (the stop latency counts its publish time).")
+
+
+def bench_camera(args, checkpoint):
+    from omni_ros.ros.conversions import rgb_to_image
+    graph = Graph(checkpoint, args.window_sec, "-p", "barge_in:=false")
+    bare_code = ("import rclpy,sys\nfrom sensor_msgs.msg import Image\nfrom omni_ros.ros import qos\n"
+                 "rclpy.init()\nn=rclpy.create_node('bare_camera')\nc=[0]\n"
+                 "def cb(m):\n    c[0]+=1\n"
+                 "n.create_subscription(Image,'camera/image_raw',cb,qos.CAMERA)\n"
+                 "try:\n    rclpy.spin(n)\nexcept BaseException:\n    pass\n"
+                 "print('received',c[0],flush=True)\n")
+    bare_log = open(graph.logs / "bare.log", "w")  # noqa: SIM115
+    bare = subprocess.Popen([sys.executable, "-c", bare_code], env=graph.env, cwd=ROOT,
+                            stdout=bare_log, stderr=subprocess.STDOUT)
+    driver = make_driver()
+    executor = spin_in_background(driver)
+    frame = rgb_to_image(np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), np.uint8),
+                         "rgb8", 0, "camera")
+    try:
+        wait_for(lambda: driver.camera.get_subscription_count() >= 2, 120, "subscribers")
+        time.sleep(2.0)
+        idle_t0 = time.monotonic()
+        node0, bare0, bare_p0 = thread_cpu(graph.node_pid), thread_cpu(bare.pid), process_cpu(bare.pid)
+        time.sleep(3.0)
+        idle = time.monotonic() - idle_t0
+        node_idle = (thread_cpu(graph.node_pid) - node0) / idle
+        bare_idle = (thread_cpu(bare.pid) - bare0) / idle
+        values0 = driver.values()
+        node0, bare0, bare_p0 = thread_cpu(graph.node_pid), thread_cpu(bare.pid), process_cpu(bare.pid)
+        t0 = time.monotonic()
+        sent = driver.feed(args.seconds, frame=frame, fps=30.0)
+        time.sleep(0.5)
+        elapsed = time.monotonic() - t0
+        node_cpu = thread_cpu(graph.node_pid) - node0 - node_idle * elapsed
+        bare_cpu = thread_cpu(bare.pid) - bare0 - bare_idle * elapsed
+        bare_process = process_cpu(bare.pid) - bare_p0
+        values = driver.values()
+    finally:
+        executor.shutdown()
+        bare.send_signal(2)
+        bare.wait(10)
+        graph.stop()
+    received_node = int(values.get("frames_received", 0)) - int(values0.get("frames_received", 0))
+    bare_received = int((graph.logs / "bare.log").read_text().split("received")[-1].split()[0])
+    per_node = node_cpu / max(received_node, 1) * 1000
+    per_bare = bare_cpu / max(bare_received, 1) * 1000
+    record("camera_ingest", "Camera ingest: CPU per received 1920x1080 rgb8 frame at 30 fps", [
+        ("frames sent", str(sent)),
+        ("omni_node: frames received", str(received_node)),
+        ("bare subscriber: frames received (whole run)", str(bare_received)),
+        ("omni_node executor thread CPU per frame", f"{per_node:.2f} ms"),
+        ("bare rclpy subscriber thread CPU per frame", f"{per_bare:.2f} ms"),
+        ("bare subscriber whole-process CPU per frame", f"{bare_process / max(bare_received, 1) * 1000:.2f} ms"),
+        ("ratio omni_node / bare", f"{per_node / per_bare:.2f}x (target <= 1.2x)"),
+    ], "Idle CPU of each thread (measured 3 s before the frames) is subtracted. omni_node "
+       "checks the header and data length of every frame and decodes only the newest frame of "
+       "each window, when its unit runs (on the unit worker, not counted here).")
+
+
+def bench_soak(args, checkpoint):
+    from omni_ros.flow.buffers import WindowBuffer
+    from omni_ros.flow.duplex import DuplexLoop, DuplexParams
+    from omni_ros.flow.speech import SpeechPacer
+    from omni_ros.flow.audio import AudioInputStream
+    from omni_ros.ros.conversions import image_to_rgb, rgb_to_image
+    from omni_ros.runtime.registry import BackendSettings, create_session
+
+    def rss_mb():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    window_ns = NS
+    session = create_session("torch", BackendSettings(model_path=str(checkpoint), device="cpu",
+                                                      dtype="float32", session_options={
+                                                          "listen_prob_scale": 0.3,
+                                                          "force_listen_count": 0}))
+    buffer = WindowBuffer(window_ns)
+    loop = DuplexLoop(session, buffer, params=DuplexParams(window_ns=window_ns))
+    pacer = SpeechPacer(24000, 200)
+    mic = AudioInputStream(48000, 2, "S16LE")
+    rng = np.random.default_rng(0)
+    frame = rgb_to_image(rng.integers(0, 255, (480, 640, 3), np.uint8), "rgb8", 0, "camera")
+    times, rss, speaking = [], [], 0
+    for k in range(args.windows):
+        started = time.perf_counter()
+        for c in range(50):     # one window of 20 ms stereo 48 kHz mic chunks
+            stamp = k * window_ns + c * 20_000_000
+            pcm = (rng.normal(0, 0.05, (960, 2)) * 32767).astype("<i2").tobytes()
+            out_stamp, samples = mic.push(stamp, pcm)
+            buffer.add_audio(out_stamp, samples)
+        for f in range(3):
+            frame.header.stamp.sec, frame.header.stamp.nanosec = k, f * 300_000_000
+            buffer.add_frame(k * window_ns + f * 300_000_000, image_to_rgb(frame))
+        report = loop.on_tick(k, 0)
+        if report.speech.size:
+            speaking += 1
+            pacer.enqueue(k, report.speech, k * window_ns)
+        pacer.due((k + 1) * window_ns)
+        times.append(time.perf_counter() - started)
+        rss.append(rss_mb())
+        if (k + 1) % 100 == 0:
+            print(f"window {k + 1}: last 100 mean {1000 * np.mean(times[-100:]):.1f} ms, "
+                  f"RSS {rss[-1]:.1f} MB", flush=True)
+    t = np.array(times) * 1000
+    n = min(100, args.windows // 4)
+    record("soak", f"Soak: {args.windows} simulated windows (flow + tiny model, in process)", [
+        ("windows / speaking", f"{args.windows} / {speaking}"),
+        (f"per-window time, first {n}", f"mean {t[:n].mean():.1f} ms, p95 {np.percentile(t[:n], 95):.1f} ms"),
+        (f"per-window time, last {n}", f"mean {t[-n:].mean():.1f} ms, p95 {np.percentile(t[-n:], 95):.1f} ms"),
+        (f"resident memory, after first {n}", f"{rss[n - 1]:.1f} MB"),
+        ("resident memory, at the end", f"{rss[-1]:.1f} MB"),
+        ("resident memory, max", f"{max(rss):.1f} MB"),
+        ("units failed", str(loop.counters.units_failed)),
+    ], "Each window: 50 stereo 48 kHz mic chunks decoded and resampled, 3 640x480 frames "
+       "converted, one unit run, speech paced.")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=["overhead", "latency", "barge_in", "camera", "soak"])
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--window-sec", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--requests", type=int, default=6)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--windows", type=int, default=1800)
+    args = parser.parse_args()
+    if args.seconds is None:
+        args.seconds = 10.0 if args.name == "camera" else 30.0
+    checkpoint = Path(args.checkpoint) if args.checkpoint else \
+        tiny_checkpoint(Path(tempfile.gettempdir()) / "omni_ros_bench_tiny")
+    {"overhead": bench_overhead, "latency": bench_latency, "barge_in": bench_barge_in,
+     "camera": bench_camera, "soak": bench_soak}[args.name](args, checkpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

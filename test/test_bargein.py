@@ -1,0 +1,135 @@
+"""Barge-in detection chunk by chunk: a person speaking over the robot triggers it; the robot's
+own voice coming back into the microphone does not, thanks to the echo canceller."""
+import numpy as np
+import pytest
+import soxr
+
+from omni_ros.flow.bargein import (BargeInDetector, FdafEchoCanceller, ReferenceBuffer,
+                                   make_echo_canceller)
+from omni_ros.flow.vad import VoiceActivity
+from omni_ros.tools.scene_player import synthesize_speech
+
+RATE = 16000
+NS = 1_000_000_000
+
+
+def speech(text, voice="en-us"):
+    samples, rate = synthesize_speech(text, voice=voice)
+    return soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def voices():
+    robot = speech("Hello there, I am the robot and I am telling you about the weather today "
+                   "in the city and what I saw in the kitchen.")
+    person = speech("Stop! Wait a moment please.", voice="en-us+f3")
+    return robot, person
+
+
+@pytest.fixture(scope="module")
+def vad():
+    return VoiceActivity()
+
+
+def available(kind):
+    try:
+        make_echo_canceller(kind)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+CANCELLERS = [k for k in ("fdaf", "webrtc") if available(k)]
+
+
+def run(detector, mic, chunk=320, start_ns=5 * NS):
+    """Feed the mic in 20 ms chunks; the stamps of triggered onsets, in seconds from start."""
+    hits = []
+    for i in range(0, mic.shape[0], chunk):
+        onset = detector.push_mic(start_ns + i * NS // RATE, mic[i:i + chunk])
+        if onset is not None:
+            hits.append((onset - start_ns) / NS)
+    return hits
+
+
+def scene(robot, person=None, onset_s=2.0, echo_gain=0.5, delay=80):
+    mic = echo_gain * np.concatenate([np.zeros(delay, np.float32), robot])[:robot.shape[0]]
+    mic = mic + np.random.default_rng(0).normal(0, 1e-3, mic.shape[0]).astype(np.float32)
+    if person is not None:
+        at = int(onset_s * RATE)
+        n = min(person.shape[0], mic.shape[0] - at)
+        mic[at:at + n] += 0.7 * person[:n]
+    return mic.astype(np.float32)
+
+
+def detector_for(kind, vad):
+    vad.reset()
+    return BargeInDetector(vad, make_echo_canceller(kind), threshold=0.5, min_speech_ms=96)
+
+
+@pytest.mark.parametrize("kind", CANCELLERS)
+def test_own_voice_in_the_mic_does_not_trigger(kind, vad, voices):
+    robot, _ = voices
+    detector = detector_for(kind, vad)
+    detector.push_reference(5 * NS, robot)
+    assert run(detector, scene(robot)) == []
+    assert detector.counters.frames_scored > 100
+
+
+def test_without_echo_cancelling_own_voice_would_trigger(vad, voices):
+    """The scene above is a real test: with no canceller the robot interrupts itself."""
+    robot, _ = voices
+    vad.reset()
+    detector = BargeInDetector(vad, None, threshold=0.5, min_speech_ms=96)
+    detector.push_reference(5 * NS, robot)
+    assert run(detector, scene(robot)) != []
+
+
+@pytest.mark.parametrize("kind", CANCELLERS)
+def test_person_talking_over_the_robot_triggers_soon_after_onset(kind, vad, voices):
+    robot, person = voices
+    detector = detector_for(kind, vad)
+    detector.push_reference(5 * NS, robot)
+    mic = scene(robot, person, onset_s=2.0)
+    hits = run(detector, mic)
+    voiced = 2.0 + np.argmax(np.abs(person) > 0.02) / RATE   # espeak starts with a short silence
+    assert hits, "the person was not heard"
+    assert voiced - 0.1 <= hits[0] <= voiced + 0.35
+
+
+def test_no_trigger_while_the_robot_is_silent(vad, voices):
+    _, person = voices
+    detector = detector_for("fdaf", vad)
+    assert run(detector, np.concatenate([np.zeros(RATE, np.float32), person])) == []
+
+
+def test_reference_buffer_by_stamp():
+    ref = ReferenceBuffer(seconds=1.0)
+    ref.add(NS, np.arange(100, dtype=np.float32))
+    first = ref.index(NS)
+    got = ref.get(first - 10, 30)
+    assert np.all(got[:10] == 0) and np.array_equal(got[10:], np.arange(20))
+    ref.add(NS + 2 * NS, np.ones(10, np.float32))   # wraps around the ring
+    assert np.all(ref.get(first, 10) == 0)          # overwritten slots are not returned
+
+
+def test_fdaf_converges_on_an_echo():
+    rng = np.random.default_rng(1)
+    far = rng.normal(0, 0.1, 16000 * 3).astype(np.float32)
+    near = 0.6 * np.concatenate([np.zeros(37, np.float32), far])[:far.shape[0]]
+    aec = FdafEchoCanceller()
+    out = np.concatenate([aec.process(near[i:i + 256], far[i:i + 256])
+                          for i in range(0, far.shape[0] - 255, 256)])
+    tail = slice(-16000, None)
+    erle = 10 * np.log10(np.mean(near[:out.shape[0]][tail] ** 2) / np.mean(out[tail] ** 2))
+    assert erle > 20
+
+
+def test_reference_from_before_a_backward_clock_jump_is_forgotten(vad, voices):
+    robot, person = voices
+    detector = detector_for("fdaf", vad)
+    detector.push_reference(100 * NS, robot)          # spoken at t = 100 s
+    assert detector.robot_speaking_at(detector.reference.index(101 * NS))
+    # the clock jumped back to t = 5 s: the robot is not speaking there
+    assert run(detector, np.concatenate([np.zeros(RATE, np.float32), person])) == []
+    assert detector.reference.newest_end is None

@@ -1,0 +1,327 @@
+"""Real time under pressure over real DDS: barge-in and the robot's own echo, a burst of bad
+input, the sim clock jumping backwards, corrupt checkpoints."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+import soxr
+from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import Image
+
+from graph import REPO, isolated_ros_environment, spinning, start_node, stop, wait_until
+from omni_ros.flow.bargein import ReferenceBuffer
+from omni_ros.msg import DuplexState, FlowTick
+from omni_ros.ros import qos
+from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns
+from omni_ros.tools.scene_player import synthesize_speech
+
+WINDOW_SEC = 0.5
+CHUNK_MS = 100
+RATE = 16000
+NS = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def ros_env():
+    env = isolated_ros_environment()
+    rclpy.init()
+    yield env
+    rclpy.try_shutdown()
+
+
+class Robot(Node):
+    """A microphone (16 kHz mono) that hears the robot's published speech and a scripted person,
+    and a recorder of what omni_node says."""
+
+    def __init__(self, echo_gain: float = 0.5, use_sim_time: bool = False) -> None:
+        super().__init__("robot_mic", parameter_overrides=[
+            rclpy.parameter.Parameter("use_sim_time", value=use_sim_time)])
+        self.lock = threading.Lock()
+        self.states, self.speech, self.diagnostics, self.ticks = [], [], [], []
+        self.echo_gain = echo_gain
+        self.heard = ReferenceBuffer(seconds=30.0)     # robot speech by publish stamp, 16 kHz
+        self.person = None                             # (start_ns, samples)
+        self.mic = self.create_publisher(AudioDataStamped, "mic/audio_stamped", qos.MIC_AUDIO)
+        self.camera = self.create_publisher(Image, "camera/image_raw", qos.CAMERA)
+        info = self.create_publisher(AudioInfo, "mic/audio_info", qos.AUDIO_INFO)
+        info.publish(AudioInfo(channels=1, sample_rate=RATE, sample_format="S16LE",
+                               bitrate=RATE * 16, coding_format="wave"))
+        self._info = info
+        self.create_subscription(DuplexState, "omni/state", self._keep(self.states), qos.OUTPUT)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.diagnostics),
+                                 qos.OUTPUT)
+        self.create_subscription(FlowTick, "omni_flow/tick", self._keep(self.ticks), qos.TICK)
+        self.create_subscription(AudioDataStamped, "speech/audio_stamped", self._on_speech,
+                                 qos.SPEECH)
+
+    def _keep(self, into):
+        def callback(message):
+            with self.lock:
+                into.append(message)
+        return callback
+
+    def _on_speech(self, message):
+        pcm = np.frombuffer(bytes(message.audio.data), "<i2").astype(np.float32) / 32768.0
+        stamp = stamp_to_ns(message.header.stamp)
+        with self.lock:
+            self.speech.append((stamp, pcm.shape[0]))
+            self.heard.add(stamp, soxr.resample(pcm, 24000, RATE))
+
+    def omni_status(self):
+        """The newest omni_node status on /diagnostics (other nodes publish there too)."""
+        with self.lock:
+            for array in reversed(self.diagnostics):
+                for status in array.status:
+                    if status.name.startswith("omni_node"):
+                        return status
+        raise AssertionError("no omni_node diagnostics")
+
+    def values(self):
+        return {kv.key: kv.value for kv in self.omni_status().values}
+
+    def mic_chunk(self, start_ns: int, n: int) -> np.ndarray:
+        with self.lock:
+            audio = self.echo_gain * self.heard.get(self.heard.index(start_ns), n)
+        if self.person is not None:
+            p_start, p = self.person
+            offset = (start_ns - p_start) * RATE // NS
+            lo, hi = max(0, offset), min(p.shape[0], offset + n)
+            if hi > lo:
+                audio[lo - offset:hi - offset] += 0.7 * p[lo:hi]
+        audio += np.random.default_rng(start_ns % 2**32).normal(0, 1e-3, n).astype(np.float32)
+        return audio
+
+    def feed(self, seconds: float, chunk_ms: int = 20, fps: float = 5.0) -> None:
+        """Real-time mic (each chunk published when its capture ends) and a few camera frames."""
+        n = RATE * chunk_ms // 1000
+        frame = np.zeros((48, 64, 3), np.uint8)
+        t0 = self.get_clock().now().nanoseconds
+        start = time.monotonic()
+        next_ns, sent_frames = t0, 0
+        while time.monotonic() - start < seconds:
+            now = self.get_clock().now().nanoseconds
+            while next_ns + chunk_ms * 1_000_000 <= now:
+                message = AudioDataStamped()
+                message.header.stamp = ns_to_stamp(next_ns)
+                pcm = np.clip(self.mic_chunk(next_ns, n), -1, 1)
+                message.audio.data = (pcm * 32767).astype("<i2").tobytes()
+                self.mic.publish(message)
+                next_ns += chunk_ms * 1_000_000
+            if sent_frames / fps <= time.monotonic() - start:
+                self.camera.publish(rgb_to_image(frame, "rgb8", now, "camera"))
+                sent_frames += 1
+            time.sleep(0.004)
+
+
+def node_args(checkpoint, *extra):
+    return ["-p", f"window_sec:={WINDOW_SEC}", "-p", f"model_path:={checkpoint}",
+            "-p", "force_listen_count:=0", "-p", "listen_prob_scale:=0.02",
+            "-p", f"speech_chunk_ms:={CHUNK_MS}", "-p", "seed:=1",
+            "-p", "diagnostics_period_sec:=0.5", *extra]
+
+
+# -- barge-in and echo -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def barge_in_run(ros_env, tiny_checkpoint, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("bargein_logs")
+    clock = start_node("omni_ros.ros.clock_node", ["-p", f"window_sec:={WINDOW_SEC}"], ros_env,
+                       logs / "clock.log")
+    node = start_node("omni_ros.ros.omni_node", node_args(tiny_checkpoint), ros_env,
+                      logs / "omni_node.log")
+    robot = Robot(echo_gain=0.5)
+    samples, rate = synthesize_speech("Stop, stop! Wait a moment please, listen to me.",
+                                      voice="en-us+f3")
+    person = soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
+    voiced = int(np.argmax(np.abs(person) > 0.02))
+    files = [logs / "clock.log", logs / "omni_node.log"]
+    try:
+        with spinning(robot):
+            wait_until(lambda: robot.mic.get_subscription_count() > 0, 90, "omni_node", files)
+            robot.feed(4.0)                     # the robot talks; only its echo is in the mic
+            wait_until(lambda: len(robot.speech) > 0, 10, "robot speech", files)
+            robot.feed(0.5)
+            start_ns = robot.get_clock().now().nanoseconds + 200_000_000
+            robot.person = (start_ns, person)
+            onset_ns = start_ns + voiced * NS // RATE
+            robot.feed(person.shape[0] / RATE + 3.0)
+            time.sleep(0.5)
+        codes = stop([node, clock])
+    finally:
+        stop([node, clock])
+        robot.destroy_node()
+    return robot, onset_ns, start_ns + person.shape[0] * NS // RATE, codes, files
+
+
+def test_own_echo_does_not_trigger_barge_in(barge_in_run):
+    robot, onset_ns, _, _, files = barge_in_run
+    before = [s for s in robot.states if stamp_to_ns(s.header.stamp) < onset_ns]
+    spoke_before = [t for t, _ in robot.speech if t < onset_ns]
+    assert len(spoke_before) >= 5, "the robot must have spoken (its echo was in the mic)"
+    assert DuplexState.INTERRUPTED not in [s.state for s in before], files[1].read_text()[-3000:]
+
+
+def test_person_speaking_stops_speech_within_one_chunk(barge_in_run):
+    robot, onset_ns, end_ns, codes, files = barge_in_run
+    states = [s.state for s in robot.states if stamp_to_ns(s.header.stamp) >= onset_ns]
+    assert DuplexState.INTERRUPTED in states, files[1].read_text()[-3000:]
+    after = [t for t, _ in robot.speech if onset_ns <= t <= end_ns]
+    last = max(after, default=onset_ns)
+    # detection needs barge_in_min_speech_ms (96) of speech + a 32 ms VAD frame + a 20 ms mic
+    # chunk; within one speech chunk of that, speech stops.
+    assert (last - onset_ns) / 1e9 <= CHUNK_MS / 1000 + 0.25, \
+        f"speech went on {(last - onset_ns) / 1e9:.3f} s after the person started"
+    index = states.index(DuplexState.INTERRUPTED)
+    assert DuplexState.LISTENING in states[index + 1:], "later units listen"
+    values = robot.values()
+    assert int(values["barge_ins"]) >= 1 and int(values["speech_chunks_dropped_barge_in"]) >= 1
+    assert codes == [0, 0]
+
+
+# -- bad input, clock jumps (sim time) ---------------------------------------------------------
+class SimClock(Node):
+    def __init__(self) -> None:
+        super().__init__("sim_clock")
+        self.publisher = self.create_publisher(ClockMsg, "/clock", 10)
+        self.now_ns = 1000 * NS
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while self.running:
+            self.publisher.publish(ClockMsg(clock=ns_to_stamp(self.now_ns)))
+            time.sleep(0.01)
+            self.now_ns += 10_000_000
+
+    def jump_back(self, seconds: float) -> None:
+        self.now_ns -= int(seconds * NS)
+
+
+def bad_messages(robot: Robot, now_ns: int):
+    """One of each kind of bad input, stamped around now (sim time)."""
+    def image(encoding="rgb8", height=4, width=4, step=None, data=None, stamp=now_ns):
+        m = Image(height=height, width=width, encoding=encoding,
+                  step=width * 3 if step is None else step)
+        m.header.stamp = ns_to_stamp(stamp)
+        m.data = bytes(height * m.step) if data is None else data
+        return m
+    images = [image("yuv422"), image(data=bytes(10)), image(data=bytes(4 * 12 + 100)),
+              image(height=0, width=0, data=b""), image(step=2),
+              image(stamp=now_ns - 3600 * NS), image(stamp=now_ns + 3600 * NS),
+              rgb_to_image(np.zeros((2200, 3000, 3), np.uint8), "rgb8", now_ns)]
+    audio = []
+    for data, stamp in [(bytes(641), now_ns), (bytes(640), now_ns - 3600 * NS),
+                        (bytes(640), now_ns + 3600 * NS), (bytes(640), now_ns),
+                        (bytes(640), now_ns), (b"", now_ns)]:
+        m = AudioDataStamped()
+        m.header.stamp = ns_to_stamp(stamp)
+        m.audio.data = data
+        audio.append(m)
+    return images, audio
+
+
+@pytest.fixture(scope="module")
+def sim_run(ros_env, tiny_checkpoint, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("sim_logs")
+    sim = ["-p", "use_sim_time:=true"]
+    clock_node = start_node("omni_ros.ros.clock_node", ["-p", f"window_sec:={WINDOW_SEC}", *sim],
+                            ros_env, logs / "clock.log")
+    node = start_node("omni_ros.ros.omni_node", node_args(tiny_checkpoint, *sim,
+                      "-p", "input_silence_warn_sec:=0.6", "-p", "barge_in:=false"), ros_env,
+                      logs / "omni_node.log")
+    sim_clock = SimClock()
+    robot = Robot(use_sim_time=True)
+    files = [logs / "clock.log", logs / "omni_node.log"]
+    result = {}
+    try:
+        with spinning(sim_clock), spinning(robot):
+            wait_until(lambda: robot.mic.get_subscription_count() > 0, 90, "omni_node", files)
+            robot.feed(1.5)
+            images, audio = bad_messages(robot, robot.get_clock().now().nanoseconds)
+            for message in images + audio:
+                (robot.camera if isinstance(message, Image) else robot.mic).publish(message)
+                time.sleep(0.01)
+            robot.feed(1.5)
+            result["before_jump"] = len(robot.states)
+            result["values_after_burst"] = robot.values()
+            sim_clock.jump_back(30.0)
+            robot.feed(2.5)
+            time.sleep(1.2)                      # camera and mic silent
+            result["values_silent"] = robot.values()
+            result["diag_silent"] = robot.omni_status()
+        sim_clock.running = False
+        result["codes"] = stop([node, clock_node])
+    finally:
+        sim_clock.running = False
+        stop([node, clock_node])
+        robot.destroy_node()
+        sim_clock.destroy_node()
+    return robot, result, files
+
+
+def test_bad_input_burst_counted_and_one_state_per_window(sim_run):
+    robot, result, files = sim_run
+    values = result["values_after_burst"]
+    assert int(values["frames_refused"]) >= 4, values        # encoding, short, zero, step
+    assert int(values["frames_oversized_data"]) >= 1
+    assert int(values["audio_partial_frame_bytes"]) >= 1
+    assert int(values["buffer_samples_late"]) + int(values["buffer_samples_future"]) > 0
+    assert int(values["buffer_frames_late"]) + int(values["buffer_frames_future"]) > 0
+    assert int(values["audio_duplicate_chunks"]) >= 1          # the same chunk twice
+    log = files[1].read_text()
+    assert "Traceback" not in log and "camera frame refused" in log
+    with robot.lock:
+        epoch0 = [int(s.window_index) for s in robot.states[:result["before_jump"]]]
+        ticks = {int(t.index) for t in robot.ticks if t.epoch == 0}
+    assert len(epoch0) >= 4 and epoch0 == sorted(set(epoch0))
+    assert set(epoch0) == {k for k in ticks if epoch0[0] <= k <= epoch0[-1]}
+
+
+def test_clock_jump_back_starts_a_new_epoch_and_units_go_on(sim_run):
+    robot, result, files = sim_run
+    with robot.lock:
+        before = [int(s.window_index) for s in robot.states[:result["before_jump"]]]
+        after = [int(s.window_index) for s in robot.states[result["before_jump"]:]]
+        epochs = {int(t.epoch) for t in robot.ticks}
+    assert 1 in epochs, "the clock node started a new epoch"
+    jumped = [k for k in after if k < max(before) - 30]   # 30 s back = 60 windows back
+    assert len(jumped) >= 3, f"units after the jump: {after}"
+    assert jumped == sorted(set(jumped)), "one state per window, in order, in the new epoch"
+    assert int(result["values_silent"]["loop_epochs"]) >= 1
+    assert result["codes"] == [0, 0]
+
+
+def test_silent_camera_and_mic_warn(sim_run):
+    _, result, _ = sim_run
+    status = result["diag_silent"]
+    assert status.level in (b"\x01", 1), status      # WARN
+    assert "no input from the camera and microphone" in status.message, status.message
+
+
+# -- start-up faults -------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncated_shard", "bad_config"])
+def test_corrupt_checkpoint_is_a_clear_startup_error(ros_env, tiny_checkpoint, tmp_path, damage):
+    broken = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, broken)
+    shard = sorted(broken.glob("*.safetensors"))[0]
+    if damage == "truncated_shard":
+        shard.write_bytes(shard.read_bytes()[:1000])
+    else:
+        (broken / "config.json").write_text("{ not json")
+    result = subprocess.run(
+        [sys.executable, "-m", "omni_ros.ros.omni_node", "--ros-args", "-p",
+         f"model_path:={broken}"], env=ros_env, capture_output=True, text=True, timeout=120,
+        cwd=REPO)
+    assert result.returncode != 0
+    assert "cannot start" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
