@@ -183,7 +183,10 @@ def test_person_speaking_stops_speech_within_one_chunk(barge_in_run):
     index = states.index(DuplexState.INTERRUPTED)
     assert DuplexState.LISTENING in states[index + 1:], "later units listen"
     values = robot.values()
-    assert int(values["barge_ins"]) >= 1 and int(values["speech_chunks_dropped_barge_in"]) >= 1
+    assert int(values["barge_ins"]) >= 1
+    # Speech the robot still had queued at the onset is dropped, and units it computes while the
+    # person talks are muted. (Whether anything was queued at that instant depends on timing.)
+    assert int(values["speech_chunks_dropped_barge_in"]) + int(values["loop_units_suppressed"]) >= 1
     assert codes == [0, 0]
 
 
