@@ -50,9 +50,10 @@ def stop(processes: List[subprocess.Popen], timeout: float = 10.0) -> List[int]:
 
 
 @contextmanager
-def spinning(node: Node):
-    """Spin a test-side node in a background thread while the block runs."""
-    executor = SingleThreadedExecutor()
+def spinning(node: Node, context=None):
+    """Spin a test-side node (in `context`, default the global one) in a background thread
+    while the block runs."""
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
@@ -61,6 +62,14 @@ def spinning(node: Node):
     finally:
         executor.shutdown()
         thread.join(5)
+
+
+def appender(lock: threading.Lock, into: list):
+    """A subscription callback that appends each message to `into` under `lock`."""
+    def callback(message):
+        with lock:
+            into.append(message)
+    return callback
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,

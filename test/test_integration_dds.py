@@ -19,7 +19,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from graph import REPO, isolated_ros_environment, spinning, start_node, stop, wait_until
+from graph import REPO, appender, isolated_ros_environment, spinning, start_node, stop, wait_until
 from omni_ros.msg import DuplexState, FlowTick, OmniText
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import rgb_to_image
@@ -43,21 +43,14 @@ class RobotClient(Node):
         self.mic_info.publish(AudioInfo(channels=MIC_CHANNELS, sample_rate=MIC_RATE,
                                         sample_format="S16LE", bitrate=MIC_RATE * 32,
                                         coding_format="wave"))
-        record = self._recorder
-        self.create_subscription(FlowTick, "omni_flow/tick", record(self.ticks), qos.TICK)
-        self.create_subscription(DuplexState, "omni/state", record(self.states), qos.OUTPUT)
-        self.create_subscription(OmniText, "omni/text", record(self.texts), qos.OUTPUT)
-        self.create_subscription(AudioDataStamped, "speech/audio_stamped", record(self.speech),
+        self.create_subscription(FlowTick, "omni_flow/tick", appender(self.lock, self.ticks), qos.TICK)
+        self.create_subscription(DuplexState, "omni/state", appender(self.lock, self.states), qos.OUTPUT)
+        self.create_subscription(OmniText, "omni/text", appender(self.lock, self.texts), qos.OUTPUT)
+        self.create_subscription(AudioDataStamped, "speech/audio_stamped", appender(self.lock, self.speech),
                                  qos.SPEECH)
-        self.create_subscription(DiagnosticArray, "/diagnostics", record(self.diagnostics),
+        self.create_subscription(DiagnosticArray, "/diagnostics", appender(self.lock, self.diagnostics),
                                  qos.OUTPUT)
         self.create_subscription(AudioInfo, "speech/audio_info", self._on_info, qos.AUDIO_INFO)
-
-    def _recorder(self, into):
-        def callback(message):
-            with self.lock:
-                into.append(message)
-        return callback
 
     def _on_info(self, message):
         self.speech_info = message

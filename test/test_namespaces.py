@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from graph import REPO, isolated_ros_environment, wait_until
+from graph import REPO, isolated_ros_environment, spinning, wait_until
 from omni_ros.msg import DuplexState, FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import rgb_to_image
@@ -92,21 +91,6 @@ class Observer(Node):
                                                  self.get_clock().now().nanoseconds, "camera"))
                 frames += 1
             time.sleep(0.005)
-
-
-@contextmanager
-def spinning(node: Node, context):
-    """Spin the node (in its own context) in a background thread while the block runs."""
-    from rclpy.executors import SingleThreadedExecutor
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
-        yield executor
-    finally:
-        executor.shutdown()
-        thread.join(5)
 
 
 @pytest.fixture

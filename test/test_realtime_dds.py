@@ -18,7 +18,7 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image
 
-from graph import REPO, isolated_ros_environment, spinning, start_node, stop, wait_until
+from graph import REPO, appender, isolated_ros_environment, spinning, start_node, stop, wait_until
 from omni_ros.flow.bargein import ReferenceBuffer
 from omni_ros.msg import DuplexState, FlowTick
 from omni_ros.ros import qos
@@ -57,18 +57,12 @@ class Robot(Node):
         info.publish(AudioInfo(channels=1, sample_rate=RATE, sample_format="S16LE",
                                bitrate=RATE * 16, coding_format="wave"))
         self._info = info
-        self.create_subscription(DuplexState, "omni/state", self._keep(self.states), qos.OUTPUT)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.diagnostics),
+        self.create_subscription(DuplexState, "omni/state", appender(self.lock, self.states), qos.OUTPUT)
+        self.create_subscription(DiagnosticArray, "/diagnostics", appender(self.lock, self.diagnostics),
                                  qos.OUTPUT)
-        self.create_subscription(FlowTick, "omni_flow/tick", self._keep(self.ticks), qos.TICK)
+        self.create_subscription(FlowTick, "omni_flow/tick", appender(self.lock, self.ticks), qos.TICK)
         self.create_subscription(AudioDataStamped, "speech/audio_stamped", self._on_speech,
                                  qos.SPEECH)
-
-    def _keep(self, into):
-        def callback(message):
-            with self.lock:
-                into.append(message)
-        return callback
 
     def _on_speech(self, message):
         pcm = np.frombuffer(bytes(message.audio.data), "<i2").astype(np.float32) / 32768.0

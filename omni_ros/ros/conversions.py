@@ -165,22 +165,11 @@ def image_to_rgb(msg: Image) -> np.ndarray:
 
     For rgb8 without row padding the result shares memory with the message data (no copy).
     """
+    check_image(msg)
     encoding = str(msg.encoding).strip().lower()
-    if encoding not in _CHANNELS:
-        raise ImageFormatError(f"unsupported image encoding {msg.encoding!r}: supported are "
-                               f"{', '.join(SUPPORTED_ENCODINGS)}")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageFormatError(f"empty image: {width}x{height} ({msg.encoding})")
-    bytes_per_pixel = _CHANNELS[encoding] * _BYTES_PER_CHANNEL.get(encoding, 1)
-    row_bytes = width * bytes_per_pixel
-    if step < row_bytes:
-        raise ImageFormatError(f"image step {step} is smaller than width * bytes per pixel "
-                               f"({width} * {bytes_per_pixel} = {row_bytes}) for {encoding}")
+    row_bytes = width * _CHANNELS[encoding] * _BYTES_PER_CHANNEL.get(encoding, 1)
     data = np.frombuffer(_as_buffer(msg.data), dtype=np.uint8)
-    if data.shape[0] < height * step:
-        raise ImageFormatError(f"image data has {data.shape[0]} bytes, expected height * step = "
-                               f"{height} * {step} = {height * step} ({width}x{height} {encoding})")
     rows = data[:height * step].reshape(height, step)[:, :row_bytes]
     if encoding == "mono16":
         dtype = ">u2" if msg.is_bigendian else "<u2"
