@@ -99,7 +99,7 @@ class OmniNode(Node):
                                "ticks_wrong_window": 0, "speech_chunks_published": 0,
                                "barge_ins": 0, "speech_chunks_dropped_barge_in": 0,
                                "speech_chunks_dropped_turn_end": 0, "session_resets_after_failures": 0,
-                               "worker_errors": 0}
+                               "worker_errors": 0, "executor_errors": 0}
         self._last_frame_at = self._last_audio_at = time.monotonic()
         self._logged_counts = {}
         self.buffer = WindowBuffer(self.window_ns,
@@ -538,6 +538,10 @@ class OmniNode(Node):
                     self.barge_in.push_reference(stamp_to_ns(stamped.header.stamp), reference)
 
     # -- diagnostics ---------------------------------------------------------------------------
+    def on_executor_error(self, error: Exception) -> None:
+        """A message that rclpy could not take, or a callback that raised (see runner.py)."""
+        self.input_counters["executor_errors"] += 1
+
     def diagnostic_values(self) -> dict:
         values = dict(self.input_counters)
         values.update(self.pending_ticks.counters.snapshot())   # ticks_put, ticks_superseded, ...

@@ -2,10 +2,16 @@
 
 Ctrl-C and an external shutdown end the process normally; a startup error that the node raises
 as `StartupError` is printed as one clear line and exits with status 2, without a traceback.
+
+Once running, a node survives whatever one executor step raises: rclpy can fail to convert a
+received message into Python (a malformed sample from a foreign publisher), and a callback can
+raise. The step's message is lost, the error is logged (throttled) and counted through the
+node's `on_executor_error(error)` hook when it has one, and spinning goes on.
 """
 from __future__ import annotations
 
 import sys
+import time
 from typing import Callable, Sequence
 
 import rclpy
@@ -24,7 +30,7 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
         node = node_factory()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        spin_resiliently(executor, node)
     except StartupError as error:
         print(f"[{getattr(node_factory, '__name__', 'node')}] cannot start: {error}", file=sys.stderr)
         return 2
@@ -41,6 +47,33 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
         if rclpy.ok():
             rclpy.try_shutdown()
     return 0
+
+
+ERROR_LOG_PERIOD_SEC = 5.0
+
+
+def spin_resiliently(executor, node) -> None:
+    """`executor.spin()`, except that an exception from one step is reported and spinning goes on."""
+    failures = 0
+    last_logged = float("-inf")
+    hook = getattr(node, "on_executor_error", None)
+    while executor.context.ok():
+        try:
+            executor.spin_once(timeout_sec=0.5)
+        except ExternalShutdownException:
+            return
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:          # noqa: BLE001 - the node must outlive one bad step
+            failures += 1
+            if hook is not None:
+                hook(error)
+            now = time.monotonic()
+            if now - last_logged >= ERROR_LOG_PERIOD_SEC:
+                last_logged = now
+                node.get_logger().error(
+                    f"an executor step failed and was skipped ({type(error).__name__}: {error}); "
+                    f"{failures} such failure(s) so far; the node goes on")
 
 
 def split_ros_args(argv: Sequence[str]):

@@ -1,0 +1,55 @@
+"""A node keeps spinning when one executor step raises (real rclpy, real intra-process DDS)."""
+import threading
+import time
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from std_msgs.msg import String
+
+from omni_ros.ros.runner import spin_resiliently
+
+
+class Fragile(Node):
+    """Raises in the callback of any message that reads "bad"; records the others."""
+
+    def __init__(self, context):
+        super().__init__("fragile", context=context)
+        self.received = []
+        self.errors = []
+        self.create_subscription(String, "words", self.on_word, 10)
+        self.publisher = self.create_publisher(String, "words", 10)
+
+    def on_word(self, message):
+        if message.data == "bad":
+            raise ValueError("a message this node cannot handle")
+        self.received.append(message.data)
+
+    def on_executor_error(self, error):
+        self.errors.append(error)
+
+
+def test_a_failing_step_is_counted_and_spinning_goes_on():
+    context = Context()
+    rclpy.init(context=context)
+    node = Fragile(context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=spin_resiliently, args=(executor, node), daemon=True)
+    thread.start()
+    try:
+        for word in ["first", "bad", "bad", "after"]:
+            node.publisher.publish(String(data=word))
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while "after" not in node.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert node.received == ["first", "after"]
+        assert len(node.errors) == 2 and all(isinstance(e, ValueError) for e in node.errors)
+        assert thread.is_alive(), "the spin loop survived both failures"
+    finally:
+        rclpy.shutdown(context=context)
+        thread.join(5)
+        node.destroy_node()
+    assert not thread.is_alive(), "shutting the context down ends the spin loop"
