@@ -16,7 +16,9 @@ def generate_launch_description():
     share = get_package_share_directory("omni_ros")
     arguments = {
         "model_path": ("", "checkpoint folder (released MiniCPM-o 4.5 or a tiny one)"),
-        "backend": ("torch", "execution backend plugin"),
+        "backend": ("torch", "execution backend plugin: torch, onnxruntime, tensorrt"),
+        "engine_dir": ("", "exported graphs / engines (omni_ros_build_engines); empty: "
+                           "<model_path>/engines/<backend>"),
         "params_file": (os.path.join(share, "config", "omni.yaml"), "parameter file"),
         "namespace": ("", "namespace for both nodes"),
         "camera_topic": ("camera/image_raw", "sensor_msgs/Image input"),
@@ -34,7 +36,8 @@ def generate_launch_description():
     model = Node(package="omni_ros", executable="omni_node", name="omni_node",
                  namespace=config["namespace"], output="screen",
                  parameters=[*common, {"model_path": config["model_path"],
-                                       "backend": config["backend"]}],
+                                       "backend": config["backend"],
+                                       "engine_dir": config["engine_dir"]}],
                  remappings=[("camera/image_raw", config["camera_topic"]),
                              ("mic/audio_stamped", config["mic_topic"]),
                              ("mic/audio_info", config["mic_info_topic"]),

@@ -4,6 +4,8 @@ import math
 import numpy as np
 import torch
 
+from omni_ros.runtime.compute import StackedKV
+from omni_ros.runtime.graphs import audio_kv_shape
 from omni_ros.model.audio import (LogMel, StreamingAudioEncoder, StreamingMel, embed_audio,
                                   pooled_length)
 from omni_ros.model.config import OmniConfig
@@ -99,9 +101,8 @@ def test_audio_tokens_per_second_streaming_and_offline(tiny_model):
         assert counts == [10] * 3                         # first (1035 ms) chunk included
         assert enc.cache_length == 150 and enc.mel.chunks == 3
         # near the 1500-position table the encoder cache restarts (as released)
-        h = tiny_model.config.audio_config.encoder_attention_heads
-        dh = tiny_model.config.audio_config.d_model // h
-        enc.cache = [(torch.zeros(1, h, 1460, dh), torch.zeros(1, h, 1460, dh)) for _ in enc.cache]
+        shape = audio_kv_shape(tiny_model.config, 1460)
+        enc.cache = StackedKV(torch.zeros(shape), torch.zeros(shape))
         assert enc.embed_unit(np.zeros(16000, np.float32)).shape[0] == 10
         assert enc.cache_length == 50
         half = StreamingAudioEncoder(tiny_model, chunk_ms=500)     # 0.5 s units: 5 tokens each

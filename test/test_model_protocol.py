@@ -85,22 +85,26 @@ def test_speak_unit_and_tts_condition(make, tiny_model, monkeypatch):
     tok = tiny_model.tokenizer
     a, b = words(tok, 2)
     seen = {}
-    real = tiny_model.tts.condition
-
-    def spy(text_ids, hidden, text_eos=False):
-        seen["ids"] = text_ids.tolist()
-        seen["hidden"] = hidden.shape
-        return real(text_ids, hidden, text_eos=text_eos)
-
-    monkeypatch.setattr(tiny_model.tts, "condition", spy)
     s = make(["<|speak|>", a, b, "<|chunk_eos|>"])
+    real = s.compute.tts_condition
+
+    def spy(text_ids, hidden, semantic_mask):
+        seen["ids"] = text_ids.tolist()
+        seen["mask"] = semantic_mask.tolist()
+        seen["hidden"] = tuple(hidden.shape)
+        return real(text_ids, hidden, semantic_mask)
+
+    monkeypatch.setattr(s.compute, "tts_condition", spy)
     out = s.run_unit(_unit())
     assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|speak|>", a, b, "<|chunk_eos|>", "</unit>")
     assert not out.is_listen and not out.end_of_turn
     assert out.speech.shape == (24000,) and out.speech.dtype == np.float32
     assert out.text == tok.decode([a, b])
     # condition: every fed token after the first (the <|speak|>), with its hidden state
-    assert seen["ids"] == [a, b] and seen["hidden"] == (2, tiny_model.config.hidden_size)
+    # then audio BOS without the semantic term
+    bos = tiny_model.config.tts_config.audio_bos_token_id
+    assert seen["ids"] == [a, b, bos] and seen["mask"] == [1.0, 1.0, 0.0]
+    assert seen["hidden"] == (3, tiny_model.config.hidden_size)
 
 
 def test_turn_end_then_listen(make, tiny_model):

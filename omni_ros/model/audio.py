@@ -178,24 +178,42 @@ def pooled_length(mel_frames: int, pool_step: int = 5) -> int:
     return (cnn - pool_step) // pool_step + 1
 
 
-def _project_pool(model, feats: torch.Tensor) -> torch.Tensor:
-    proj = model.audio_projection_layer(feats)                 # [B, n, D]
-    return model.audio_avg_pooler(proj.transpose(1, 2)).transpose(1, 2)
+def _compute(model_or_compute):
+    from omni_ros.runtime.compute import as_compute
+
+    return as_compute(model_or_compute)
+
+
+def _encode(compute, mel: torch.Tensor, cut_left: int, cut_right: int, cache, bias_fn):
+    """Run the `audio` graph on mel [80, T] with `cut_left`/`cut_right` encoder frames removed
+    after the stride-2 conv; bias_fn(new, past) gives the attention bias."""
+    conv = (mel.shape[-1] - 1) // 2 + 1
+    hi = conv - cut_right if 0 < cut_right < conv - cut_left else conv
+    keep = torch.arange(cut_left, hi)
+    past = 0 if cache is None else cache.get_seq_length()
+    return compute.audio(mel[None], keep, torch.arange(past, past + keep.numel()),
+                         bias_fn(keep.numel(), past), cache)
 
 
 def embed_audio(model, wav: torch.Tensor) -> torch.Tensor:
-    """Offline: [1, S] 16 kHz audio -> [1, n_tokens, hidden] (10 per second; 30 s pieces)."""
+    """Offline: [1, S] 16 kHz audio -> [1, n_tokens, hidden] (10 per second; 30 s pieces).
+    `model` is an OmniModel or any omni_ros.runtime.compute.Compute."""
+    from omni_ros.runtime.graphs import chunked_bias
+
+    compute = _compute(model)
+    logmel = LogMel(compute.config.audio_config.num_mel_bins)
     piece = 30 * SAMPLE_RATE
     outs = []
+    wav = wav.float().cpu()
     for start in range(0, max(1, wav.shape[1]), piece):
         seg = wav[:, start: start + piece]
         n_frames = max(1, math.ceil(seg.shape[1] / HOP_LENGTH))
         padded = F.pad(seg, (0, piece - seg.shape[1]))             # the processor pads to 30 s
-        mel = model.mel(padded)[:, :, :n_frames]
-        feats, _ = model.apm(mel, chunk_frames=OFFLINE_CHUNK_FRAMES)
-        pooled = _project_pool(model, feats)
-        outs.append(pooled[:, : pooled_length(n_frames, model.config.audio_pool_step)])
-    return torch.cat(outs, dim=1)
+        mel = logmel(padded)[0, :, :n_frames]
+        pooled, _ = _encode(compute, mel, 0, 0, None,
+                            lambda new, past: chunked_bias(new, past, OFFLINE_CHUNK_FRAMES))
+        outs.append(pooled[: pooled_length(n_frames, compute.config.audio_pool_step)])
+    return torch.cat(outs)[None]
 
 
 class StreamingMel:
@@ -284,10 +302,13 @@ class StreamingMel:
 
 
 class StreamingAudioEncoder:
-    """Per-session streaming audio state: unit audio in, 10 LLM tokens per second out."""
+    """Per-session streaming audio state: unit audio in, 10 LLM tokens per second out.
+    `model` is an OmniModel or any omni_ros.runtime.compute.Compute."""
 
     def __init__(self, model, chunk_ms: int = CHUNK_MS):
-        self.model = model
+        self.compute = _compute(model)
+        self.logmel = LogMel(self.compute.config.audio_config.num_mel_bins)
+        self.positions = int(self.compute.config.audio_config.max_source_positions)
         self.reset(chunk_ms)
 
     def reset(self, chunk_ms: Optional[int] = None) -> None:
@@ -296,18 +317,20 @@ class StreamingAudioEncoder:
         if chunk_ms is not None or not hasattr(self, "mel"):
             chunk_ms = int(chunk_ms or CHUNK_MS)
             self.first_ms = chunk_ms + (FIRST_CHUNK_MS - CHUNK_MS)
-            self.mel = StreamingMel(self.model.mel, chunk_ms=chunk_ms, first_chunk_ms=self.first_ms)
+            self.mel = StreamingMel(self.logmel, chunk_ms=chunk_ms, first_chunk_ms=self.first_ms)
         self.mel.reset()
         self.pending = np.zeros(0, np.float32)
-        self.cache: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        self.cache = None                      # the encoder's keys/values over past chunks
 
     @property
     def cache_length(self) -> int:
-        return 0 if not self.cache else int(self.cache[0][0].shape[2])
+        return 0 if self.cache is None else self.cache.get_seq_length()
 
     def embed_unit(self, audio: np.ndarray) -> torch.Tensor:
         """One unit of 16 kHz audio -> [n, hidden] (n = 10 per second; empty if not enough audio)."""
-        m = self.model
+        from omni_ros.runtime.graphs import chunked_bias
+
+        c = self.compute
         self.pending = np.concatenate([self.pending, np.asarray(audio, np.float32).reshape(-1)])
         need = self.mel.next_chunk_samples()
         first = int(self.first_ms * SAMPLE_RATE / 1000)           # 16560: padded to, 16480 consumed
@@ -321,11 +344,13 @@ class StreamingAudioEncoder:
             if mel.shape[-1] == 0:
                 continue
             n_enc = (mel.shape[-1] - 1) // 2 + 1
-            if self.cache_length + n_enc >= m.apm.embed_positions.num_embeddings:
+            if self.cache_length + n_enc >= self.positions:
                 self.cache = None                      # the released code restarts the cache
-            feats, self.cache = m.apm(mel[None], cache=self.cache, prefix_extra=prefix, suffix_extra=suffix)
-            pooled = _project_pool(m, feats)[0]
-            outs.append(pooled[: pooled_length(mel.shape[-1], m.config.audio_pool_step)])
+            cut_l = (prefix + 1) // 2 if prefix > 0 else 0
+            cut_r = (suffix + 1) // 2 if suffix > 0 else 0
+            pooled, self.cache = _encode(c, mel, cut_l, cut_r, self.cache,
+                                         lambda new, past: chunked_bias(new, past, 0))
+            outs.append(pooled[: pooled_length(mel.shape[-1], c.config.audio_pool_step)])
         if not outs:
-            return torch.zeros(0, m.config.hidden_size, device=m.device, dtype=m.dtype)
-        return torch.cat(outs).to(m.dtype)
+            return torch.zeros(0, c.config.hidden_size, device=c.device, dtype=c.dtype)
+        return torch.cat(outs).to(c.dtype)

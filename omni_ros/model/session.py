@@ -47,14 +47,13 @@ from typing import Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 import torch
-from transformers import DynamicCache
-from transformers.models.qwen3.modeling_qwen3 import rotate_half
 
 from omni_ros.flow.types import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, UnitInput, UnitOutput
+from omni_ros.runtime.compute import Compute, as_compute
 
-from .audio import StreamingAudioEncoder
-from .omni import OmniModel
-from .tts import TTSTurnState
+from .audio import StreamingAudioEncoder, embed_audio
+from .token2wav import decode_with_context
+from .tts import TTSTurnState, condition_rows, generate_codes
 
 MODES = ("duplex", "turn_based")
 THINK_EMPTY = "<think>\n\n</think>\n\n"
@@ -144,19 +143,19 @@ def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor
 class OmniDuplexSession:
     """Satisfies omni_ros.flow.types.DuplexSession (both modes)."""
 
-    def __init__(self, model: OmniModel, options: Optional[SessionOptions] = None):
-        if model.tokenizer is None or model.token2wav is None or model.special is None:
-            raise ValueError("model has no tokenizer/token2wav attached; load it with omni_ros.model.loader.load_model")
-        self.model = model
+    def __init__(self, model, options: Optional[SessionOptions] = None):
+        """`model`: a loaded OmniModel (run eagerly by TorchCompute) or any backend's Compute."""
+        self.compute: Compute = as_compute(model)
         self.options = options or SessionOptions()
-        self.sp = model.special
-        self.tok = model.tokenizer
-        # The LLM output head. Tests replace it with a scripted double (hidden [D] -> logits [V]).
-        self.head: Callable[[torch.Tensor], torch.Tensor] = model.llm.lm_head
+        self.sp = self.compute.special
+        self.tok = self.compute.tokenizer
+        # None: logits come from the backend's LLM graph. Tests set a scripted double of the
+        # output head here (hidden [D] -> logits [V]).
+        self.head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         # When a list, every fed token id (int) and embedding span (("embeds", n)) is appended.
         self.trace: Optional[list] = None
         self._decision_override: Optional[bool] = None   # warm-up only: force listen/speak
-        self.audio = StreamingAudioEncoder(model)
+        self.audio = StreamingAudioEncoder(self.compute)
         self.reset()
 
     def warmup(self) -> None:
@@ -179,7 +178,7 @@ class OmniDuplexSession:
 
     # --- public ---
     def reset(self) -> None:
-        self.cache: Optional[DynamicCache] = None
+        self.cache = None                                     # the backend's LLM cache
         self.position = 0                                     # next LLM position == cache length
         self.prefix_len = 0
         self.unit_spans: Deque[Tuple[int, int]] = deque()     # cache spans of the kept units
@@ -221,15 +220,17 @@ class OmniDuplexSession:
     def _feed_ids(self, ids: List[int], need_logits: bool = True):
         if self.trace is not None:
             self.trace.extend(int(i) for i in ids)
-        return self._feed(self.model.embed_tokens(ids), need_logits, _traced=True)
+        return self._feed(self.compute.embed_tokens(ids), need_logits, _traced=True)
 
     def _feed(self, embeds: torch.Tensor, need_logits: bool = True, _traced: bool = False):
         """Append embeds [n, D]; returns (hidden [n, D] after the final norm, logits [V] or None)."""
         if self.trace is not None and not _traced:
             self.trace.append(("embeds", int(embeds.shape[0])))
-        hidden, _ = self.model.llm_step(embeds, self.position, self.cache, need_logits=False)
+        hidden, logits = self.compute.llm_step(embeds, self.position, self.cache,
+                                               need_logits=need_logits and self.head is None)
         self.position += embeds.shape[0]
-        logits = self.head(hidden[-1]).float() if need_logits else None
+        if need_logits and self.head is not None:
+            logits = self.head(hidden[-1]).float()
         return hidden, logits
 
     def system_text(self) -> str:
@@ -248,15 +249,15 @@ class OmniDuplexSession:
         return None
 
     def _prefill(self) -> None:
-        m = self.model
-        self.cache = DynamicCache()
+        self.cache = self.compute.new_llm_cache()
         prompt = self.system_text()
         voice = self._reference_voice()
         if voice is None:
             self._feed_ids(self._ids(f"<|im_start|>system\n{prompt}\n<|im_end|>"), need_logits=False)
         else:
             self._feed_ids(self._ids(f"<|im_start|>system\n{prompt}\n<|audio_start|>"), need_logits=False)
-            self._feed(m.embed_audio(voice), need_logits=False)
+            wav = torch.from_numpy(np.ascontiguousarray(voice, dtype=np.float32))[None]
+            self._feed(embed_audio(self.compute, wav)[0].to(self.compute.dtype), need_logits=False)
             self._feed_ids(self._ids("<|audio_end|><|im_end|>"), need_logits=False)
         self.prefix_len = self.position
 
@@ -264,17 +265,8 @@ class OmniDuplexSession:
     def _drop_oldest_unit(self) -> None:
         start, end = self.unit_spans.popleft()
         delta = end - start
-        # keys after the span move back by delta positions: rotate them by -delta (RoPE composes)
-        rot = self.model.llm.model.rotary_emb
-        probe = self.cache.layers[0].keys
-        cos, sin = rot(probe, torch.tensor([[-delta]], device=probe.device))   # [1, 1, Dh]
-        cos, sin = cos[:, None].float(), sin[:, None].float()
-        for layer in self.cache.layers:
-            k, v = layer.keys, layer.values                                       # [B, H, T, Dh]
-            tail = k[:, :, end:].float()
-            tail = (tail * cos + rotate_half(tail) * sin).to(k.dtype)
-            layer.keys = torch.cat([k[:, :, :start], tail], dim=2)
-            layer.values = torch.cat([v[:, :, :start], v[:, :, end:]], dim=2)
+        # keys after the span move back by delta positions: rotated by -delta (RoPE composes)
+        self.compute.llm_drop_span(self.cache, start, end)
         self.unit_spans = deque((s - delta, e - delta) for s, e in self.unit_spans)
         self.position -= delta
 
@@ -349,22 +341,25 @@ class OmniDuplexSession:
     def _speech(self, ids: List[int], hidden: List[torch.Tensor], end_of_turn: bool,
                 text_eos: bool = False) -> np.ndarray:
         """One window of speech for this unit's condition tokens (released duplex TTS step)."""
-        o, m = self.options, self.model
-        t = m.config.tts_config
-        ids_t = torch.tensor(ids, dtype=torch.long, device=m.device)
-        hid = torch.stack(hidden) if hidden else torch.zeros(0, m.config.hidden_size, device=m.device, dtype=m.dtype)
-        cond = m.tts.condition(ids_t, hid, text_eos=text_eos)
+        o, c = self.options, self.compute
+        t = c.config.tts_config
+        rows = condition_rows(ids, torch.stack(hidden) if hidden else None, text_eos, t,
+                              c.config.hidden_size)
+        cond = c.tts_condition(*rows)
         n_codes = int(round(o.window_sec * t.codes_per_second))
         if self.tts_state.position + cond.shape[0] + n_codes + 1 > t.max_position_embeddings:
             self.tts_state = TTSTurnState()       # a very long turn: restart the decoder context
         turn_start = self.tts_state.position == 0
-        codes = m.tts.generate_unit(cond, self.tts_state, self.generator, max_new_tokens=n_codes + 1,
-                                    min_new_tokens=0 if (turn_start or end_of_turn) else n_codes + 1,
-                                    temperature=o.tts_temperature,
-                                    repetition_penalty=o.tts_repetition_penalty)
+        codes = generate_codes(c.tts_step, c.tts_code_embed, c.new_tts_cache, cond, self.tts_state,
+                               self.generator, max_new_tokens=n_codes + 1,
+                               min_new_tokens=0 if (turn_start or end_of_turn) else n_codes + 1,
+                               temperature=o.tts_temperature,
+                               repetition_penalty=o.tts_repetition_penalty, eos=t.audio_eos_code)
         n = int(round(o.window_sec * OUTPUT_SAMPLE_RATE))
         if codes:
-            wav = m.token2wav.decode_stream(codes, self.t2w_context).cpu().numpy().astype(np.float32)[:n]
+            wav = decode_with_context(c.token2wav, codes, self.t2w_context, c.token2wav_context,
+                                      c.samples_per_code)
+            wav = wav.cpu().numpy().astype(np.float32)[:n]
             self.t2w_context = (self.t2w_context + codes)[-8:]
         else:
             wav = np.zeros(0, np.float32)
@@ -380,7 +375,7 @@ class OmniDuplexSession:
         n_in = int(round(self.options.window_sec * INPUT_SAMPLE_RATE))
         audio = np.nan_to_num(np.asarray(unit.audio, dtype=np.float32).reshape(-1))
         audio = np.pad(audio, (0, max(0, n_in - audio.shape[0])))[:n_in]
-        image = self.model.embed_image(unit.image) if unit.image is not None else None
+        image = self.compute.vision(unit.image) if unit.image is not None else None
         return audio, self.audio.embed_unit(audio), image
 
     def _run_unit(self, unit: UnitInput) -> UnitOutput:
@@ -421,7 +416,7 @@ class OmniDuplexSession:
             self.turn_ended = True
 
     def _duplex_unit(self, unit: UnitInput) -> UnitOutput:
-        o, m, sp = self.options, self.model, self.sp
+        o, sp = self.options, self.sp
         _, audio_emb, image_emb = self._unit_inputs(unit)
         has_audio = audio_emb.shape[0] > 0
         _, logits = self._feed_ids([sp.unit_start], need_logits=image_emb is None and not has_audio)

@@ -49,6 +49,14 @@ class Token2WavConfig:
         return n
 
 
+def decode_with_context(decode, codes: List[int], context: Optional[List[int]], context_codes: int,
+                        samples_per_code: int) -> torch.Tensor:
+    """`decode(ids)` -> samples over up to `context_codes` previous codes followed by `codes`;
+    returns the samples of `codes` only (float32)."""
+    ctx = list(context or [])[-context_codes:] if context_codes else []
+    return decode(ctx + list(codes))[len(ctx) * samples_per_code:].float()
+
+
 class UpBlock(nn.Module):
     """Transposed-conv upsampling by `rate` then a residual conv."""
 
@@ -88,10 +96,11 @@ class Token2Wav(nn.Module):
 
         Returns exactly len(codes) * samples_per_code float32 samples.
         """
-        ctx = list(context or [])[-self.config.context_codes:] if self.config.context_codes else []
-        ids = torch.tensor([ctx + list(codes)], dtype=torch.long, device=self.embed.weight.device)
-        wav = self(ids)[0, len(ctx) * self.config.samples_per_code:]
-        return wav.float()
+        def decode(ids: List[int]) -> torch.Tensor:
+            return self(torch.tensor([ids], dtype=torch.long, device=self.embed.weight.device))[0]
+
+        return decode_with_context(decode, codes, context, self.config.context_codes,
+                                   self.config.samples_per_code)
 
     # --- files ---
     @classmethod

@@ -5,7 +5,7 @@ LLM's hidden states, drawing 25 speech codes per 1 s unit with a KV cache kept f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -70,48 +70,68 @@ class MiniCPMTTS(nn.Module):
         parts.append(self.emb_text(torch.tensor([self.config.audio_bos_token_id], device=dev)))
         return torch.cat(parts, dim=0)
 
-    def _step(self, embeds: torch.Tensor, state: TTSTurnState, position: int) -> torch.Tensor:
-        # embeds [n, H] at positions position.. -> logits of the last position [num_audio_tokens]
+    def step(self, embeds: torch.Tensor, position: int, cache) -> torch.Tensor:
+        """embeds [n, H] at positions position.. appended to `cache` -> logits of the last
+        position [num_audio_tokens]."""
         n = embeds.shape[0]
         pos = torch.arange(position, position + n, device=embeds.device)[None]
-        out = self.model(inputs_embeds=embeds[None], position_ids=pos, cache=state.cache,
-                         use_cache=True)
+        out = self.model(inputs_embeds=embeds[None], position_ids=pos, cache=cache, use_cache=True)
         return self.head_code[0](out.last_hidden_state[0, -1]).float()
 
     def generate_unit(self, cond: torch.Tensor, state: TTSTurnState, generator: torch.Generator,
                       max_new_tokens: int = 26, min_new_tokens: int = 26, temperature: float = 0.8,
                       repetition_penalty: float = 1.05, penalty_window: int = 16) -> List[int]:
-        """The released `generate_chunk`: feed `cond` at the turn's next positions, then draw up to
-        `max_new_tokens` codes (EOS blocked for the first `min_new_tokens` draws), feeding each drawn
-        code before drawing the next. The last drawn code (or EOS) is neither returned nor fed, so
-        at most max_new_tokens - 1 (= 25) codes come back, and the turn position advances by
-        len(cond) + len(codes)."""
-        with P.cached():                     # the weight-normed head computed once per call
-            return self._generate_unit(cond, state, generator, max_new_tokens, min_new_tokens,
-                                       temperature, repetition_penalty, penalty_window)
+        """`generate_codes` on this module (the weight-normed head computed once per call)."""
+        def code_embed(codes):
+            return self.emb_code[0](torch.as_tensor(codes, dtype=torch.long, device=cond.device))
 
-    def _generate_unit(self, cond, state, generator, max_new_tokens, min_new_tokens, temperature,
-                       repetition_penalty, penalty_window) -> List[int]:
-        if state.cache is None:
-            state.cache = DynamicCache()
-        eos = self.config.audio_eos_code
-        codes: List[int] = []
-        start = state.position
-        for t in range(max_new_tokens):
-            if t == 0:
-                logits = self._step(cond, state, start)
-            else:
-                emb = self.emb_code[0](torch.tensor([codes[-1]], device=cond.device))
-                logits = self._step(emb, state, start + cond.shape[0] + t - 1)
-            logits = logits / max(float(temperature), 1e-5)
-            if t > 0:
-                logits = repetition_penalty_(logits, codes, repetition_penalty, penalty_window)
-            if t < min_new_tokens:
-                logits[eos] = float("-inf")
-            probs = torch.softmax(logits, dim=-1)
-            code = int(torch.multinomial(probs.cpu(), 1, generator=generator).item())
-            if code == eos or t == max_new_tokens - 1:
-                break
-            codes.append(code)
-        state.position = start + cond.shape[0] + len(codes)
-        return codes
+        with P.cached():
+            return generate_codes(self.step, code_embed, DynamicCache, cond, state, generator,
+                                  max_new_tokens, min_new_tokens, temperature, repetition_penalty,
+                                  penalty_window, self.config.audio_eos_code)
+
+
+def condition_rows(ids: List[int], hidden: Optional[torch.Tensor], text_eos: bool, tts_config,
+                   llm_dim: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `tts_condition` graph's inputs for one unit: the fed tokens with their LLM hidden
+    states, then (turn-based, last chunk) text EOS, then audio BOS, the last two without the
+    semantic term. Returns (text_ids [n], llm_hidden [n, llm_dim] float32, semantic_mask [n])."""
+    extra = ([tts_config.text_eos_token_id] if text_eos else []) + [tts_config.audio_bos_token_id]
+    rows = list(ids) + extra
+    llm_hidden = torch.zeros(len(rows), llm_dim)
+    if ids:
+        llm_hidden[: len(ids)] = hidden.float().cpu()
+    mask = torch.tensor([1.0] * len(ids) + [0.0] * len(extra))
+    return torch.tensor(rows, dtype=torch.long), llm_hidden, mask
+
+
+def generate_codes(step: Callable, code_embed: Callable, new_cache: Callable, cond: torch.Tensor,
+                   state: TTSTurnState, generator: torch.Generator, max_new_tokens: int = 26,
+                   min_new_tokens: int = 26, temperature: float = 0.8, repetition_penalty: float = 1.05,
+                   penalty_window: int = 16, eos: int = 6561) -> List[int]:
+    """The released `generate_chunk`: feed `cond` at the turn's next positions, then draw up to
+    `max_new_tokens` codes (EOS blocked for the first `min_new_tokens` draws), feeding each drawn
+    code before drawing the next. The last drawn code (or EOS) is neither returned nor fed, so
+    at most max_new_tokens - 1 (= 25) codes come back, and the turn position advances by
+    len(cond) + len(codes). `step(embeds, position, cache)` -> logits; `code_embed([code])` ->
+    [1, H]; `new_cache()` starts the turn's cache."""
+    if state.cache is None:
+        state.cache = new_cache()
+    codes: List[int] = []
+    start = state.position
+    for t in range(max_new_tokens):
+        if t == 0:
+            logits = step(cond, start, state.cache)
+        else:
+            logits = step(code_embed([codes[-1]]), start + cond.shape[0] + t - 1, state.cache)
+        logits = logits.float().cpu() / max(float(temperature), 1e-5)
+        if t > 0:
+            logits = repetition_penalty_(logits, codes, repetition_penalty, penalty_window)
+        if t < min_new_tokens:
+            logits[eos] = float("-inf")
+        code = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).item())
+        if code == eos or t == max_new_tokens - 1:
+            break
+        codes.append(code)
+    state.position = start + cond.shape[0] + len(codes)
+    return codes

@@ -18,7 +18,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from rcl_interfaces.msg import SetParametersResult
-from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
+from omni_ros.ros import audio_flavours
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
@@ -131,19 +131,21 @@ class OmniNode(Node):
         self.last_error: Optional[str] = None
 
         # outputs
-        self.speech_publisher = self.create_publisher(AudioData, "speech/audio", qos.SPEECH)
-        self.speech_stamped_publisher = self.create_publisher(AudioDataStamped,
+        # audio_common_msgs of either flavour (ros-drivers or mgonzs13): see audio_flavours
+        self.speech_publisher = self.create_publisher(audio_flavours.SPEECH_TYPE, "speech/audio",
+                                                      qos.SPEECH)
+        self.speech_stamped_publisher = self.create_publisher(audio_flavours.SPEECH_STAMPED_TYPE,
                                                               "speech/audio_stamped", qos.SPEECH)
-        self.speech_info_publisher = self.create_publisher(AudioInfo, "speech/audio_info",
-                                                           qos.AUDIO_INFO)
+        self.speech_info_publisher = self.create_publisher(audio_flavours.AudioInfo,
+                                                           "speech/audio_info", qos.AUDIO_INFO)
         self.text_publisher = self.create_publisher(OmniText, "omni/text", qos.OUTPUT)
         self.state_publisher = self.create_publisher(DuplexState, "omni/state", qos.OUTPUT)
         self.alert_publisher = self.create_publisher(ProactiveAlert, "omni/alerts", qos.OUTPUT)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics",
                                                            qos.OUTPUT)
-        self.speech_info_publisher.publish(AudioInfo(
-            channels=1, sample_rate=OUTPUT_SAMPLE_RATE, sample_format="S16LE",
-            bitrate=OUTPUT_SAMPLE_RATE * 16, coding_format="wave"))
+        self.speech_info_publisher.publish(audio_flavours.speech_info(
+            OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE * self.settings["speech_chunk_ms"] // 1000))
+        self.get_logger().info(audio_flavours.describe())
 
         # inputs (one executor thread: a multi-threaded executor's GIL contention slowed the
         # unit worker several-fold; callbacks here are short, the model runs on the worker)
@@ -153,9 +155,11 @@ class OmniNode(Node):
         if self.settings["use_compressed_image"]:
             self.create_subscription(CompressedImage, "camera/image_raw/compressed",
                                      self.on_image, qos.CAMERA)
-        self.create_subscription(AudioDataStamped, "mic/audio_stamped", self.on_audio,
+        self.create_subscription(audio_flavours.MIC_TYPE, "mic/audio_stamped", self.on_audio,
                                  qos.MIC_AUDIO)
-        self.create_subscription(AudioInfo, "mic/audio_info", self.on_audio_info, qos.AUDIO_INFO)
+        if audio_flavours.MIC_INFO_TYPE is not None:   # mgonzs13: the format is in each message
+            self.create_subscription(audio_flavours.MIC_INFO_TYPE, "mic/audio_info",
+                                     self.on_audio_info, qos.AUDIO_INFO)
         self.create_subscription(FlowTick, "omni_flow/tick", self.on_tick, qos.TICK)
         self.create_service(Trigger, "omni/reset", self.on_reset)
         self.add_on_set_parameters_callback(self.on_set_parameters)
@@ -192,7 +196,8 @@ class OmniNode(Node):
         try:
             return create_session(self.settings["backend"], BackendSettings(
                 model_path=self.settings["model_path"], device=self.settings["device"],
-                dtype=self.settings["dtype"], session_options=options))
+                dtype=self.settings["dtype"], engine_dir=self.settings["engine_dir"],
+                session_options=options))
         except BackendError as error:
             raise StartupError(str(error)) from error
         except Exception as error:  # noqa: BLE001 - a corrupt checkpoint must not end in a traceback
@@ -306,10 +311,9 @@ class OmniNode(Node):
                                       throttle_duration_sec=LOG_THROTTLE_SEC)
             return None
 
-    def on_audio_info(self, message: AudioInfo) -> None:
+    def on_audio_info(self, message) -> None:
         try:
-            self.audio_input.set_format(message.sample_rate, message.channels,
-                                        message.sample_format)
+            self.audio_input.set_format(*audio_flavours.info_format(message))
             self.get_logger().info(f"microphone format: {message.sample_format} "
                                    f"{message.channels} ch {message.sample_rate} Hz")
         except AudioFormatError as error:
@@ -317,12 +321,15 @@ class OmniNode(Node):
             self.get_logger().error(f"mic/audio_info refused, keeping the previous format: {error}",
                                     throttle_duration_sec=LOG_THROTTLE_SEC)
 
-    def on_audio(self, message: AudioDataStamped) -> None:
+    def on_audio(self, message) -> None:
         self.input_counters["audio_messages_received"] += 1
         self._last_audio_at = time.monotonic()
         try:
-            stamp_ns, samples = self.audio_input.push(stamp_to_ns(message.header.stamp),
-                                                      message.audio.data)
+            chunk = audio_flavours.mic_chunk(message)   # mgonzs13: the format comes with it
+            if audio_flavours.apply_format(self.audio_input, chunk):
+                self.get_logger().info(f"microphone format: {chunk.sample_format} "
+                                       f"{chunk.channels} ch {chunk.sample_rate} Hz")
+            stamp_ns, samples = self.audio_input.push(chunk.stamp_ns, chunk.data)
         except AudioFormatError as error:
             self.input_counters["audio_messages_refused"] += 1
             self.get_logger().warning(f"microphone audio refused: {error}",
@@ -522,8 +529,7 @@ class OmniNode(Node):
         with self.pacer_lock:
             chunks = self.pacer.due(time.monotonic_ns())
         for chunk in chunks:
-            audio = AudioData(data=chunk.data_bytes)
-            stamped = AudioDataStamped(audio=audio)
+            audio, stamped = audio_flavours.speech_messages(chunk.data_bytes, OUTPUT_SAMPLE_RATE)
             stamped.header.stamp = self.get_clock().now().to_msg()
             stamped.header.frame_id = f"window_{chunk.window_index}"
             self.speech_publisher.publish(audio)

@@ -39,8 +39,11 @@ OMNI_NODE_PARAMETERS = (
     # model and backend
     ParameterSpec("model_path", "", "Checkpoint folder: the released MiniCPM-o 4.5 or one written "
                   "by omni_ros_tiny_checkpoint."),
-    ParameterSpec("backend", "torch", "Execution backend plugin (entry-point group "
-                  "omni_ros.backends)."),
+    ParameterSpec("backend", "torch", "Execution backend plugin: torch, onnxruntime, tensorrt "
+                  "or one a package registers under the entry-point group omni_ros.backends."),
+    ParameterSpec("engine_dir", "", "Folder of exported graphs / built engines for the "
+                  "onnxruntime and tensorrt backends (written by omni_ros_build_engines); empty: "
+                  "<model_path>/engines/<backend>."),
     ParameterSpec("device", "cpu", "Torch device for the model, e.g. cpu, cuda, cuda:1."),
     ParameterSpec("dtype", "float32", "Weight and activation dtype.",
                   choices=("float32", "bfloat16", "float16")),

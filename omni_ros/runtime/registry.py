@@ -16,6 +16,8 @@ ENTRY_POINT_GROUP = "omni_ros.backends"
 # Backends shipped with omni_ros, also found where no package metadata is installed (colcon).
 BUILTIN_BACKENDS = {
     "torch": "omni_ros.runtime.torch_backend:TorchBackend",
+    "onnxruntime": "omni_ros.runtime.onnxruntime_backend:OrtBackend",
+    "tensorrt": "omni_ros.runtime.tensorrt_backend:TrtBackend",
 }
 
 
@@ -28,6 +30,8 @@ class BackendSettings:
     model_path: str
     device: str = "cpu"
     dtype: str = "float32"
+    # Exported graphs / engines (onnxruntime, tensorrt); "" = the backend's default folder.
+    engine_dir: str = ""
     # Session options by name (see omni_ros.model.session.SessionOptions).
     session_options: Dict[str, Any] = field(default_factory=dict)
 

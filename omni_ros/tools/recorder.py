@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
-from audio_common_msgs.msg import AudioDataStamped, AudioInfo
+from omni_ros.ros import audio_flavours
 from rclpy.node import Node
 
 from omni_ros.flow.audio import AudioFormatError, AudioInputStream
@@ -58,17 +58,17 @@ class Recorder(Node):
         self.alerts: list = []
         self.speech_chunks = 0
         self.speech_bytes = 0
-        self.speech_info: Optional[AudioInfo] = None
+        self.speech_info = None   # audio_flavours.info_view of speech/audio_info
         self.keep_speech = keep_speech
         self.speech = bytearray()
         self.ready_at: Optional[float] = None
         self.create_subscription(DuplexState, "omni/state", self.on_state, qos.OUTPUT)
         self.create_subscription(OmniText, "omni/text", self.on_text, qos.OUTPUT)
         self.create_subscription(ProactiveAlert, "omni/alerts", self.on_alert, qos.OUTPUT)
-        self.create_subscription(AudioDataStamped, "speech/audio_stamped", self.on_speech,
-                                 qos.SPEECH)
-        self.create_subscription(AudioInfo, "speech/audio_info", self.on_speech_info,
-                                 qos.AUDIO_INFO)
+        self.create_subscription(audio_flavours.SPEECH_STAMPED_TYPE, "speech/audio_stamped",
+                                 self.on_speech, qos.SPEECH)
+        self.create_subscription(audio_flavours.AudioInfo, "speech/audio_info",
+                                 self.on_speech_info, qos.AUDIO_INFO)
         self.inputs = inputs
 
     def _subscribe_inputs(self) -> None:
@@ -76,9 +76,11 @@ class Recorder(Node):
         omni_node is up, so a scene player waiting for subscribers still waits for the node."""
         from sensor_msgs.msg import Image  # noqa: PLC0415
         self.create_subscription(Image, "camera/image_raw", self.on_frame, qos.CAMERA, raw=True)
-        self.create_subscription(AudioDataStamped, "mic/audio_stamped", self.on_mic,
+        self.create_subscription(audio_flavours.MIC_TYPE, "mic/audio_stamped", self.on_mic,
                                  qos.MIC_AUDIO)
-        self.create_subscription(AudioInfo, "mic/audio_info", self.on_mic_info, qos.AUDIO_INFO)
+        if audio_flavours.MIC_INFO_TYPE is not None:
+            self.create_subscription(audio_flavours.MIC_INFO_TYPE, "mic/audio_info",
+                                     self.on_mic_info, qos.AUDIO_INFO)
 
     def on_frame(self, raw: bytes) -> None:
         stamp = _cdr_stamp_ns(raw)
@@ -86,21 +88,22 @@ class Recorder(Node):
             k = stamp // self.window_ns
             self.frame_windows[k] = self.frame_windows.get(k, 0) + 1
 
-    def on_mic_info(self, message: AudioInfo) -> None:
+    def on_mic_info(self, message) -> None:
         try:
-            self.mic_stream = AudioInputStream(message.sample_rate, message.channels,
-                                               message.sample_format)
+            self.mic_stream = AudioInputStream(*audio_flavours.info_format(message))
         except AudioFormatError:
             self.mic_stream = None
 
-    def on_mic(self, message: AudioDataStamped) -> None:
+    def on_mic(self, message) -> None:
         if self.mic_stream is None:
             self.mic_stream = AudioInputStream(16000, 1, "S16LE")
         try:
-            mono = self.mic_stream.decode(message.audio.data)
+            chunk = audio_flavours.mic_chunk(message)
+            audio_flavours.apply_format(self.mic_stream, chunk)
+            mono = self.mic_stream.decode(chunk.data)
         except Exception:  # noqa: BLE001 - a recorder never dies of bad input
             return
-        k = stamp_to_ns(message.header.stamp) // self.window_ns
+        k = chunk.stamp_ns // self.window_ns
         if len(self.mic_energy) < MAX_WINDOWS:
             entry = self.mic_energy.setdefault(k, [0.0, 0])
             entry[0] = max(entry[0], energy_speech_probability(mono))
@@ -117,8 +120,11 @@ class Recorder(Node):
         if len(self.alerts) < MAX_WINDOWS:
             self.alerts.append(message)
 
-    def on_speech(self, message: AudioDataStamped) -> None:
-        data = bytes(message.audio.data)
+    def on_speech(self, message) -> None:
+        try:
+            data = audio_flavours.speech_pcm(message)[0]
+        except AudioFormatError:
+            return
         k = stamp_to_ns(message.header.stamp) // self.window_ns
         if len(self.speech_windows) < MAX_WINDOWS:
             self.speech_windows[k] = self.speech_windows.get(k, 0) + len(data) // 2
@@ -127,8 +133,8 @@ class Recorder(Node):
         if self.keep_speech and len(self.speech) < MAX_SPEECH_SECONDS * 48000:
             self.speech.extend(data)
 
-    def on_speech_info(self, message: AudioInfo) -> None:
-        self.speech_info = message
+    def on_speech_info(self, message) -> None:
+        self.speech_info = audio_flavours.info_view(message)
         if self.ready_at is None:
             self.ready_at = time.monotonic()
             if self.inputs:

@@ -18,11 +18,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import rclpy
-from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from omni_ros.ros import qos
+from omni_ros.ros import audio_flavours, qos
 from omni_ros.ros.runner import split_ros_args
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image
 
@@ -64,9 +63,11 @@ class ScenePlayer(Node):
         super().__init__("omni_scene_player")
         self.options = options
         self.image_publisher = self.create_publisher(Image, "camera/image_raw", qos.CAMERA)
-        self.audio_publisher = self.create_publisher(AudioDataStamped, "mic/audio_stamped",
+        self.audio_publisher = self.create_publisher(audio_flavours.MIC_TYPE, "mic/audio_stamped",
                                                      qos.MIC_AUDIO)
-        self.info_publisher = self.create_publisher(AudioInfo, "mic/audio_info", qos.AUDIO_INFO)
+        self.info_publisher = (None if audio_flavours.MIC_INFO_TYPE is None else   # mgonzs13
+                               self.create_publisher(audio_flavours.MIC_INFO_TYPE,
+                                                     "mic/audio_info", qos.AUDIO_INFO))
         speech, self.sample_rate = synthesize_speech(options.request)
         total = int(options.duration_sec * self.sample_rate)
         self.track = np.zeros(total, dtype=np.int16)
@@ -76,9 +77,8 @@ class ScenePlayer(Node):
         self.speech_span_sec = (options.request_at_sec,
                                 options.request_at_sec + speech.shape[0] / self.sample_rate)
         self.chunk_samples = self.sample_rate * options.chunk_ms // 1000
-        self.info_publisher.publish(AudioInfo(channels=1, sample_rate=self.sample_rate,
-                                              sample_format="S16LE",
-                                              bitrate=self.sample_rate * 16, coding_format="wave"))
+        if self.info_publisher is not None:
+            self.info_publisher.publish(audio_flavours.mic_info(self.sample_rate, 1, "S16LE"))
 
     def wait_for_subscribers(self, timeout_sec: float) -> bool:
         deadline = time.monotonic() + timeout_sec
@@ -101,10 +101,9 @@ class ScenePlayer(Node):
             elapsed = time.monotonic() - t0
             while next_chunk < chunks and (next_chunk + 1) * options.chunk_ms / 1000.0 <= elapsed:
                 begin = next_chunk * self.chunk_samples
-                message = AudioDataStamped()
-                message.header.stamp = ns_to_stamp(t0_ros + begin * NS_PER_S // self.sample_rate)
-                message.header.frame_id = "mic"
-                message.audio.data = self.track[begin:begin + self.chunk_samples].tobytes()
+                message = audio_flavours.mic_message(
+                    ns_to_stamp(t0_ros + begin * NS_PER_S // self.sample_rate),
+                    self.track[begin:begin + self.chunk_samples], self.sample_rate, 1, "mic")
                 self.audio_publisher.publish(message)
                 next_chunk += 1
             while next_frame * frame_period <= elapsed:

@@ -1,0 +1,363 @@
+"""The model's compute graphs: what an execution backend runs.
+
+Every heavy computation of a unit goes through one of these graphs; everything else (mel front
+end, image resize, sampling, the duplex protocol) is host code shared by all backends. Each graph
+is an `nn.Module` over the loaded `OmniModel`'s own submodules with tensor-only inputs and outputs:
+no cache objects, no Python branches on tensor values, every shape decision taken by the host and
+passed in as a tensor (index lists, position ids, attention biases). The same module is what the
+torch backend runs, what `omni_ros.runtime.onnx_export` traces and what TensorRT compiles.
+
+| graph            | inputs                                                        | outputs |
+|------------------|---------------------------------------------------------------|---------|
+| `vision`         | pixel_values [1,3,H,W], patch_position_ids [N], query_pos_embed [N,D] | image_embeds [Q,D] |
+| `audio`          | mel [1,80,T], keep_index [n], position_ids [n], attention_bias [n,P+n], past_keys/values [La,1,Ha,P,Dha] | audio_embeds [n//5,D], present_keys/values [La,1,Ha,P+n,Dha] |
+| `embed_tokens`   | input_ids [n]                                                 | embeds [n,D] |
+| `llm_step`       | inputs_embeds [1,n,D], position_ids [1,n], attention_bias [1,1,n,P+n], past_keys/values [L,1,Hkv,P,Dh] | hidden [1,n,D], logits [1,V], present_keys/values [L,1,Hkv,P+n,Dh] |
+| `tts_condition`  | text_ids [n], llm_hidden [n,D], semantic_mask [n]             | condition [n,Ht] |
+| `tts_code_embed` | codes [n]                                                     | embeds [n,Ht] |
+| `tts_step`       | inputs_embeds [1,n,Ht], position_ids [1,n], attention_bias [1,1,n,P+n], past_keys/values [Lt,1,Ht_kv,P,Dht] | logits [1,C], present_keys/values |
+| `token2wav`      | codes [1,T]                                                   | wav [1,T*960] |
+
+`hidden` is the last decoder state after the final norm (what the speech decoder's semantic
+projector reads); `logits` are those of the last position only. Present keys and values hold the
+past followed by the new positions, so a backend keeps them as the next step's past.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+
+from omni_ros.model.vision import preprocess_image, sincos_2d
+
+NEG_INF = float("-inf")
+
+
+# --- host-side shape decisions, shared by every backend -------------------------------------------
+def navit_position_ids(grid_h: int, grid_w: int, patches_per_side: int) -> torch.Tensor:
+    """NaViT-style bucketized position ids [grid_h*grid_w] into a patches_per_side^2 table."""
+    n = patches_per_side
+    boundaries = torch.arange(1 / n, 1.0, 1 / n)
+    bucket_h = torch.bucketize(torch.arange(0, 1 - 1e-6, 1 / grid_h), boundaries, right=True)
+    bucket_w = torch.bucketize(torch.arange(0, 1 - 1e-6, 1 / grid_w), boundaries, right=True)
+    return (bucket_h[:, None] * n + bucket_w[None, :]).flatten()
+
+
+def vision_inputs(image: np.ndarray, config) -> Dict[str, torch.Tensor]:
+    """HxWx3 uint8 RGB -> the `vision` graph's inputs (float32, CPU)."""
+    patch = config.vision_config.patch_size
+    scale = int(config.slice_config.get("scale_resolution", config.image_size))
+    pixels = preprocess_image(image, scale, patch)
+    grid_h, grid_w = pixels.shape[-2] // patch, pixels.shape[-1] // patch
+    return {"pixel_values": pixels,
+            "patch_position_ids": navit_position_ids(grid_h, grid_w,
+                                                     config.vision_config.num_patches_per_side),
+            "query_pos_embed": sincos_2d(config.hidden_size, grid_h, grid_w)}
+
+
+def causal_bias(new: int, past: int, dtype=torch.float32) -> torch.Tensor:
+    """[new, past+new] additive mask: new position i sees every past position and new ones <= i."""
+    cols = torch.arange(past + new)
+    rows = torch.arange(new)[:, None] + past
+    return torch.zeros(new, past + new, dtype=dtype).masked_fill(cols[None, :] > rows, NEG_INF)
+
+
+def chunked_bias(new: int, past: int, chunk_frames: int, dtype=torch.float32) -> torch.Tensor:
+    """[new, past+new]: every past frame visible; a new frame sees new frames up to the end of its
+    own `chunk_frames` chunk (the released offline audio mask); chunk_frames <= 0: all visible."""
+    bias = torch.zeros(new, past + new, dtype=dtype)
+    if chunk_frames > 0 and new > chunk_frames:
+        idx = torch.arange(new)
+        hidden = idx[None, :] >= ((idx[:, None] // chunk_frames) + 1) * chunk_frames
+        bias[:, past:] = bias[:, past:].masked_fill(hidden, NEG_INF)
+    return bias
+
+
+def rope_rotation(head_dim: int, theta: float, delta: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [head_dim] that move a rotary-embedded key by `delta` positions (default RoPE)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angle = torch.cat([inv_freq, inv_freq]) * float(delta)
+    return torch.cos(angle).float(), torch.sin(angle).float()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+# --- the graphs -----------------------------------------------------------------------------------
+class VisionGraph(nn.Module):
+    """SigLIP (patch conv + bucketized positions + encoder + post-LN) then the resampler."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.vpm, self.resampler = model.vpm, model.resampler
+
+    def forward(self, pixel_values, patch_position_ids, query_pos_embed):
+        emb = self.vpm.embeddings
+        w = emb.patch_embedding.weight
+        x = emb.patch_embedding(pixel_values.to(w.dtype)).flatten(2).transpose(1, 2)   # [1, N, Cv]
+        x = x + emb.position_embedding(patch_position_ids)[None]
+        x = self.vpm.post_layernorm(self.vpm.encoder(inputs_embeds=x).last_hidden_state)
+        r = self.resampler
+        x = r.ln_kv(r.kv_proj(x))                                                         # [1, N, D]
+        q = r.ln_q(r.query)[:, None]                                                      # [Q, 1, D]
+        kv = x.transpose(0, 1)
+        out = r.attn(q, kv + query_pos_embed.to(x.dtype)[:, None], kv, need_weights=False)[0]
+        return (r.ln_post(out.transpose(0, 1)) @ r.proj)[0]                              # [Q, D]
+
+
+class AudioGraph(nn.Module):
+    """Whisper encoder over one mel chunk with a key/value cache of earlier chunks, then the
+    projector and AvgPool(5)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.apm = model.apm
+        self.projector = model.audio_projection_layer
+        self.pool = model.audio_avg_pooler
+
+    def forward(self, mel, keep_index, position_ids, attention_bias, past_keys, past_values):
+        apm = self.apm
+        x = F.gelu(apm.conv1(mel.to(apm.conv1.weight.dtype)))
+        x = F.gelu(apm.conv2(x))                                          # [1, D, ceil(T/2)]
+        x = x.index_select(2, keep_index).transpose(1, 2)                 # [1, n, D]
+        x = x + apm.embed_positions(position_ids)[None]
+        bias = attention_bias.to(x.dtype)
+        h = apm.num_heads
+        keys: List[torch.Tensor] = []
+        values: List[torch.Tensor] = []
+        for i, layer in enumerate(apm.layers):
+            attn = layer.self_attn
+            y = layer.self_attn_layer_norm(x)
+            b, n, d = y.shape
+            q = attn.q_proj(y).view(b, n, h, d // h).transpose(1, 2)
+            k = torch.cat([past_keys[i].to(y.dtype), attn.k_proj(y).view(b, n, h, d // h).transpose(1, 2)], 2)
+            v = torch.cat([past_values[i].to(y.dtype), attn.v_proj(y).view(b, n, h, d // h).transpose(1, 2)], 2)
+            keys.append(k)
+            values.append(v)
+            a = torch.softmax((q @ k.transpose(-1, -2)) * attn.scaling + bias, dim=-1) @ v
+            x = x + attn.out_proj(a.transpose(1, 2).reshape(b, n, d))
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
+        feats = self.projector(apm.layer_norm(x))                         # [1, n, D_llm]
+        pooled = self.pool(feats.transpose(1, 2)).transpose(1, 2)[0]      # [n // 5, D_llm]
+        return pooled, torch.stack(keys), torch.stack(values)
+
+
+class TokenEmbedGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.table = model.llm.model.embed_tokens
+
+    def forward(self, input_ids):
+        return self.table(input_ids)
+
+
+class CodeEmbedGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.table = model.tts.emb_code[0]
+
+    def forward(self, codes):
+        return self.table(codes)
+
+
+def _decoder(model, embeds, position_ids, attention_bias, past_keys, past_values):
+    """A transformers Qwen3Model / LlamaModel run over explicit stacked past keys/values.
+
+    Returns (hidden after the final norm [1, n, D], present keys, present values)."""
+    x = embeds
+    cos, sin = model.rotary_emb(x, position_ids)
+    bias = attention_bias.to(x.dtype)
+    keys: List[torch.Tensor] = []
+    values: List[torch.Tensor] = []
+    for i, layer in enumerate(model.layers):
+        attn = layer.self_attn
+        y = layer.input_layernorm(x)
+        b, n, _ = y.shape
+        shape = (b, n, -1, attn.head_dim)
+        q, k, v = attn.q_proj(y).view(shape), attn.k_proj(y).view(shape), attn.v_proj(y).view(shape)
+        if hasattr(attn, "q_norm"):                  # Qwen3's QK-norm (Llama has none)
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        k = torch.cat([past_keys[i].to(k.dtype), k], dim=2)
+        v = torch.cat([past_values[i].to(v.dtype), v], dim=2)
+        keys.append(k)
+        values.append(v)
+        groups = q.shape[1] // k.shape[1]
+        kr = k.repeat_interleave(groups, dim=1) if groups > 1 else k
+        vr = v.repeat_interleave(groups, dim=1) if groups > 1 else v
+        a = torch.softmax((q @ kr.transpose(-1, -2)) * attn.scaling + bias, dim=-1) @ vr
+        x = x + attn.o_proj(a.transpose(1, 2).reshape(b, n, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return model.norm(x), torch.stack(keys), torch.stack(values)
+
+
+class LLMStepGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.lm_head = model.llm.model, model.llm.lm_head
+
+    def forward(self, inputs_embeds, position_ids, attention_bias, past_keys, past_values):
+        hidden, keys, values = _decoder(self.model, inputs_embeds, position_ids, attention_bias,
+                                        past_keys, past_values)
+        return hidden, self.lm_head(hidden[:, -1]).float(), keys, values
+
+
+class TTSConditionGraph(nn.Module):
+    """emb_text(id) + semantic_mask * L2norm(projector_semantic(llm_hidden)) per row."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.emb_text, self.projector = model.tts.emb_text, model.tts.projector_semantic
+
+    def forward(self, text_ids, llm_hidden, semantic_mask):
+        sem = F.normalize(self.projector(llm_hidden.to(self.emb_text.weight.dtype)), p=2, dim=-1)
+        return self.emb_text(text_ids) + semantic_mask.to(sem.dtype)[:, None] * sem
+
+
+class TTSStepGraph(nn.Module):
+    """The speech-token decoder (Llama) step and its weight-normed code head."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.head = model.tts.model, model.tts.head_code[0]
+
+    def forward(self, inputs_embeds, position_ids, attention_bias, past_keys, past_values):
+        hidden, keys, values = _decoder(self.model, inputs_embeds, position_ids, attention_bias,
+                                        past_keys, past_values)
+        return self.head(hidden[:, -1]).float(), keys, values
+
+
+class Token2WavGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.token2wav
+
+    def forward(self, codes):
+        return self.decoder(codes).float()
+
+
+# --- what an exporter or engine builder needs to know about each graph ---------------------------
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    build: Callable[[object], nn.Module]
+    inputs: Sequence[str]
+    outputs: Sequence[str]
+    # axis name per (tensor, dim) that varies between calls
+    dynamic: Dict[str, Dict[int, str]]
+
+
+def _kv_axes(prefix: str, length: str) -> Dict[str, Dict[int, str]]:
+    return {f"{prefix}_keys": {3: length}, f"{prefix}_values": {3: length}}
+
+
+GRAPHS: Dict[str, GraphSpec] = {spec.name: spec for spec in [
+    GraphSpec("vision", VisionGraph, ["pixel_values", "patch_position_ids", "query_pos_embed"],
+              ["image_embeds"],
+              {"pixel_values": {2: "height", 3: "width"}, "patch_position_ids": {0: "patches"},
+               "query_pos_embed": {0: "patches"}}),
+    GraphSpec("audio", AudioGraph,
+              ["mel", "keep_index", "position_ids", "attention_bias", "past_keys", "past_values"],
+              ["audio_embeds", "present_keys", "present_values"],
+              {"mel": {2: "mel_frames"}, "keep_index": {0: "frames"}, "position_ids": {0: "frames"},
+               "attention_bias": {0: "frames", 1: "total_frames"}, "audio_embeds": {0: "tokens"},
+               **_kv_axes("past", "past_frames"), **_kv_axes("present", "total_frames")}),
+    GraphSpec("embed_tokens", TokenEmbedGraph, ["input_ids"],
+              ["embeds"], {"input_ids": {0: "tokens"}, "embeds": {0: "tokens"}}),
+    GraphSpec("llm_step", LLMStepGraph,
+              ["inputs_embeds", "position_ids", "attention_bias", "past_keys", "past_values"],
+              ["hidden", "logits", "present_keys", "present_values"],
+              {"inputs_embeds": {1: "tokens"}, "position_ids": {1: "tokens"},
+               "attention_bias": {2: "tokens", 3: "total"}, "hidden": {1: "tokens"},
+               **_kv_axes("past", "past"), **_kv_axes("present", "total")}),
+    GraphSpec("tts_condition", TTSConditionGraph, ["text_ids", "llm_hidden", "semantic_mask"],
+              ["condition"], {"text_ids": {0: "tokens"}, "llm_hidden": {0: "tokens"},
+                              "semantic_mask": {0: "tokens"}, "condition": {0: "tokens"}}),
+    GraphSpec("tts_code_embed", CodeEmbedGraph, ["codes"], ["embeds"],
+              {"codes": {0: "codes"}, "embeds": {0: "codes"}}),
+    GraphSpec("tts_step", TTSStepGraph,
+              ["inputs_embeds", "position_ids", "attention_bias", "past_keys", "past_values"],
+              ["logits", "present_keys", "present_values"],
+              {"inputs_embeds": {1: "tokens"}, "position_ids": {1: "tokens"},
+               "attention_bias": {2: "tokens", 3: "total"},
+               **_kv_axes("past", "past"), **_kv_axes("present", "total")}),
+    GraphSpec("token2wav", Token2WavGraph, ["codes"], ["wav"], {"codes": {1: "codes"},
+                                                                 "wav": {1: "samples"}}),
+]}
+
+
+# --- shapes of the caches ---------------------------------------------------------------------------
+def llm_kv_shape(config, past: int) -> Tuple[int, ...]:
+    return (config.num_hidden_layers, 1, config.num_key_value_heads, past, config.head_dim)
+
+
+def tts_kv_shape(config, past: int) -> Tuple[int, ...]:
+    t = config.tts_config
+    heads = t.num_key_value_heads or t.num_attention_heads
+    return (t.num_hidden_layers, 1, heads, past, t.hidden_size // t.num_attention_heads)
+
+
+def audio_kv_shape(config, past: int) -> Tuple[int, ...]:
+    a = config.audio_config
+    return (a.encoder_layers, 1, a.encoder_attention_heads, past, a.d_model // a.encoder_attention_heads)
+
+
+def example_inputs(name: str, config, sizes: Dict[str, int] = None) -> Dict[str, torch.Tensor]:
+    """Random inputs of plausible unit shapes for graph `name` (export, parity tests, benchmarks).
+    Every dynamic size is at least 2 (an exporter may pin a dimension whose example size is 1)."""
+    s = {"tokens": 3, "past": 5, "mel_frames": 104, "height": 70, "width": 84, "codes": 4}
+    s.update(sizes or {})
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=g)
+    d, n, p = config.hidden_size, s["tokens"], s["past"]
+    if name == "vision":
+        patch = config.vision_config.patch_size
+        gh, gw = s["height"] // patch, s["width"] // patch
+        return {"pixel_values": rand(1, 3, gh * patch, gw * patch),
+                "patch_position_ids": navit_position_ids(gh, gw, config.vision_config.num_patches_per_side),
+                "query_pos_embed": sincos_2d(d, gh, gw)}
+    if name == "audio":
+        t = s["mel_frames"]
+        conv = (t - 1) // 2 + 1
+        keep = torch.arange(1, conv - 1)
+        return {"mel": rand(1, config.audio_config.num_mel_bins, t), "keep_index": keep,
+                "position_ids": torch.arange(p, p + keep.numel()),
+                "attention_bias": causal_bias(keep.numel(), p) * 0,
+                "past_keys": rand(*audio_kv_shape(config, p)), "past_values": rand(*audio_kv_shape(config, p))}
+    if name == "embed_tokens":
+        return {"input_ids": torch.randint(0, config.vocab_size, (n,), generator=g)}
+    if name in ("llm_step", "tts_step"):
+        shape = llm_kv_shape if name == "llm_step" else tts_kv_shape
+        width = d if name == "llm_step" else config.tts_config.hidden_size
+        return {"inputs_embeds": rand(1, n, width), "position_ids": torch.arange(p, p + n)[None],
+                "attention_bias": causal_bias(n, p)[None, None],
+                "past_keys": rand(*shape(config, p)) * 0.5, "past_values": rand(*shape(config, p))}
+    if name == "tts_condition":
+        t = config.tts_config
+        return {"text_ids": torch.randint(0, t.num_text_tokens, (n,), generator=g),
+                "llm_hidden": rand(n, t.llm_dim), "semantic_mask": torch.tensor([1.0] * (n - 1) + [0.0])}
+    if name == "tts_code_embed":
+        return {"codes": torch.randint(0, config.tts_config.num_audio_tokens, (s["codes"],), generator=g)}
+    if name == "token2wav":
+        return {"codes": torch.randint(0, 6561, (1, s["codes"]), generator=g)}
+    raise KeyError(f"unknown graph {name!r}; graphs: {', '.join(GRAPHS)}")
+
+
+def build_graphs(model) -> Dict[str, nn.Module]:
+    """Every graph of a loaded OmniModel (sharing its weights)."""
+    return {name: spec.build(model).eval() for name, spec in GRAPHS.items()}
+
+
+def pooled_tokens(mel_frames: int, pool_step: int = 5) -> int:
+    """LLM audio tokens for a chunk's core mel length (the released output-length rule)."""
+    cnn = (mel_frames - 1) // 2 + 1
+    return max(0, (cnn - pool_step) // pool_step + 1)
+
