@@ -254,3 +254,46 @@ def test_system_prefix_with_reference_voice_wav(tiny_model, tmp_path):
     head = tok.encode("<|im_start|>system\nStreaming Omni Conversation.\n<|audio_start|>", add_special_tokens=False)
     assert s.trace == head + [("embeds", 15)] + tok.encode("<|audio_end|><|im_end|>", add_special_tokens=False)
     assert s.prefix_len == len(head) + 15 + 2
+
+
+# --- barge-in -------------------------------------------------------------------------------
+
+def test_interrupt_closes_the_duplex_turn(make, tiny_model):
+    tok = tiny_model.tokenizer
+    (a,) = words(tok, 1)
+    s = make(["<|speak|>", a, "<|chunk_eos|>", "<|listen|>"])
+    assert not s.run_unit(_unit()).is_listen
+    assert not s.turn_ended and s.tts_state.position > 0
+    assert s.interrupt() is True
+    assert s.turn_ended and s.tts_state.position == 0 and s.t2w_context == []
+    s.trace.clear()
+    # without the interrupt a mid-turn <|listen|> becomes <|tts_bos|>; now it is a listen unit
+    out = s.run_unit(_unit(1, level=0.2))
+    assert out.is_listen
+    assert s.trace == [ids(tok, "<unit>")[0], audio_span()] + ids(tok, "<|listen|>", "</unit>")
+    assert s.interrupt() is False                        # nothing open any more
+
+
+def test_mid_turn_listen_without_interrupt_continues_the_turn(make, tiny_model):
+    tok = tiny_model.tokenizer
+    (a,) = words(tok, 1)
+    s = make(["<|speak|>", a, "<|chunk_eos|>", "<|listen|>", "<|chunk_eos|>"])
+    s.run_unit(_unit())
+    s.trace.clear()
+    s.run_unit(_unit(1))
+    assert s.trace[2] == ids(tok, "<|tts_bos|>")[0]      # the contrast case of the test above
+
+
+def test_interrupt_stops_a_turn_based_answer(make, tiny_model):
+    tok = tiny_model.tokenizer
+    w = words(tok, 10)
+    s = make([], mode="turn_based")
+    s.run_unit(_unit(1, level=0.2))                      # user speaks
+    s.head.script = list(w) * 3
+    s.run_unit(_unit(2, level=0.0))                      # silence: the answer starts
+    assert not s.run_unit(_unit(3)).is_listen            # one answer unit
+    assert s.interrupt() is True and s.tb_phase == "idle"
+    s.trace.clear()
+    assert s.run_unit(_unit(4, level=0.2)).is_listen     # the person's words: a user message
+    nxt = tok.encode("<|tts_eos|><|im_end|>\n<|im_start|>user\n", add_special_tokens=False)
+    assert s.trace[: len(nxt)] == nxt

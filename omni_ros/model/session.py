@@ -201,6 +201,24 @@ class OmniDuplexSession:
         self.tb_logits: Optional[torch.Tensor] = None
         self.tb_text_ids: List[int] = []
 
+    def interrupt(self) -> bool:
+        """The person spoke over the robot (barge-in): close the robot's turn now.
+
+        duplex: the open turn is marked ended, so the next unit may start with `<|listen|>`
+        (mid-turn it would be turned into `<|tts_bos|>`), and the speech decoder's turn cache and
+        waveform context are dropped. The units already fed stay in the LLM context, and the
+        person's audio keeps arriving as the following units: the model listens with their words
+        in context. No token is fed for the cut (the released protocol has none).
+        turn_based: an answer in progress stops; the next unit opens a user message, closing the
+        cut answer first with `<|tts_eos|><|im_end|>` as after a finished answer.
+        Returns True when a turn was open."""
+        was_open = self.in_turn or not self.turn_ended or self.tb_phase == "answer"
+        if self.tb_phase == "answer":
+            self.tb_phase, self.tb_answered, self.tb_logits = "idle", True, None
+        self.turn_ended = True
+        self._end_speech_turn()
+        return was_open
+
     @property
     def cache_length(self) -> int:
         return 0 if self.cache is None else int(self.cache.get_seq_length())
