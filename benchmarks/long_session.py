@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import machine  # noqa: E402 - benchmarks/ is the script's folder
 
 
 def vm_rss_mb() -> float:
@@ -30,21 +30,6 @@ def vm_rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import torch
-    return (f"{platform.node()} / {cpu} / {os.cpu_count()} CPUs / torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads) / Python {platform.python_version()}")
 
 
 def summarize(values):

@@ -23,9 +23,7 @@ soak:     1,800 windows through the flow (buffers, conversions, loop, pacer) and
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,24 +35,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import append_result  # noqa: E402 - benchmarks/ is the script's folder
 NS = 1_000_000_000
 RATE = 16000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def thread_cpu(pid: int, tid: int = None) -> float:
     """CPU seconds (user + system) of one thread (default: the main thread)."""
     tid = pid if tid is None else tid
@@ -71,14 +58,7 @@ def record(name: str, title: str, rows, notes: str = "") -> None:
     width = max(len(r[0]) for r in rows)
     table = "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)
     header = f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|"
-    text = (f"\n## {title}: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
-            f"Machine: {machine()}\n\n{header}\n{table}\n" + (f"\n{notes}\n" if notes else ""))
-    print(text)
-    out = ROOT / "benchmarks" / "results" / f"{name}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        f.write(text)
-    print(f"appended to {out}")
+    append_result(name, title, f"{header}\n{table}\n" + (f"\n{notes}\n" if notes else ""))
 
 
 def tiny_checkpoint(folder: Path) -> Path:

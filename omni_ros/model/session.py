@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import wave
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Deque, List, Optional, Tuple
 
 import numpy as np
@@ -98,6 +98,12 @@ class SessionOptions:
     max_user_units: int = 30
     turn_based_text_tokens: int = 10
     max_answer_units: int = 30
+
+    @classmethod
+    def from_mapping(cls, values) -> "SessionOptions":
+        """Options from a name -> value mapping (e.g. node parameters); other names are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(values).items() if k in known})
 
 
 def load_wav_16k(path: str) -> np.ndarray:

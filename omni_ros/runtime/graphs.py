@@ -330,7 +330,7 @@ def example_inputs(name: str, config, sizes: Dict[str, int] = None) -> Dict[str,
         keep = torch.arange(1, conv - 1)
         return {"mel": rand(1, config.audio_config.num_mel_bins, t), "keep_index": keep,
                 "position_ids": torch.arange(p, p + keep.numel()),
-                "attention_bias": causal_bias(keep.numel(), p) * 0,
+                "attention_bias": chunked_bias(keep.numel(), p, 0),   # all visible (streaming)
                 "past_keys": rand(*audio_kv_shape(config, p)), "past_values": rand(*audio_kv_shape(config, p))}
     if name == "embed_tokens":
         return {"input_ids": torch.randint(0, config.vocab_size, (n,), generator=g)}

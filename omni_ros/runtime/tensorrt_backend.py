@@ -8,7 +8,6 @@ TensorRT version and this GPU, or the backend refuses to start and says how to r
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Dict, List
 
@@ -100,7 +99,4 @@ class TrtBackend:
             compute = TrtCompute(self.settings.model_path, self.engine_dir(), device=device)
         except TensorRTUnavailable as error:
             raise BackendError(f"backend tensorrt: {error}") from error
-        known = {f.name for f in dataclasses.fields(SessionOptions)}
-        return OmniDuplexSession(compute, SessionOptions(**{k: v for k, v in
-                                                            self.settings.session_options.items()
-                                                            if k in known}))
+        return OmniDuplexSession(compute, SessionOptions.from_mapping(self.settings.session_options))

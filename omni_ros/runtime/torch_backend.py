@@ -1,8 +1,6 @@
 """The portable PyTorch backend: eager execution on CPU or CUDA of the model in omni_ros.model."""
 from __future__ import annotations
 
-import dataclasses
-
 from omni_ros.runtime.registry import BackendError, BackendSettings
 
 
@@ -21,7 +19,4 @@ class TorchBackend:
                                dtype=self.settings.dtype)
         except CheckpointError as error:
             raise BackendError(str(error)) from error
-        known = {f.name for f in dataclasses.fields(SessionOptions)}
-        options = SessionOptions(**{k: v for k, v in self.settings.session_options.items()
-                                    if k in known})
-        return OmniDuplexSession(model, options)
+        return OmniDuplexSession(model, SessionOptions.from_mapping(self.settings.session_options))

@@ -1,0 +1,45 @@
+"""Helpers shared by the benchmark scripts: the machine line and the results files."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> str:
+    """One line naming the host, its CPU, core count and the torch build."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    text = f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    try:
+        import torch
+        text += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def append_result(name: str, title: str, body: str) -> Path:
+    """Print a dated section and append it to benchmarks/results/<name>.md."""
+    text = (f"\n## {title}: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
+            f"Machine: {machine()}\n\n{body.rstrip()}\n")
+    print(text)
+    out = RESULTS / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write(text)
+    print(f"appended to {out}")
+    return out
