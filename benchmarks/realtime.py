@@ -249,10 +249,11 @@ def start_bare(graph, mic: bool):
                             env=graph.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
-def bench_overhead(args, checkpoint):
+def measure_overhead(args, checkpoint, executor_kind: str) -> dict:
     from omni_ros.ros.conversions import rgb_to_image
     graph = Graph(checkpoint, args.window_sec, "-p", "diagnostics_period_sec:=1.0",
-                  "-p", "listen_prob_scale:=0.3", "-p", "force_listen_count:=0")
+                  "-p", "listen_prob_scale:=0.3", "-p", "force_listen_count:=0",
+                  "-p", f"executor:={executor_kind}")
     bare = start_bare(graph, mic=True)
     driver = make_driver(echo_gain=0.3)
     executor = spin_in_background(driver)
@@ -267,33 +268,49 @@ def bench_overhead(args, checkpoint):
         driver.feed(args.seconds, frame=frame)
         cpu1, elapsed = thread_cpu(graph.node_pid), time.monotonic() - t0
         bare_ms = (thread_cpu(bare.pid) - bare0) / (elapsed / args.window_sec) * 1000
-        windows = elapsed / args.window_sec
         values = driver.values()
     finally:
         executor.shutdown()
         bare.send_signal(2)
         bare.wait(10)
         graph.stop()
-    executor_ms = (cpu1 - cpu0) / windows * 1000
-    unit_ms = float(values.get("unit_overhead_ms_mean", "nan"))
+    windows = elapsed / args.window_sec
+    return {"executor_ms": (cpu1 - cpu0) / windows * 1000, "bare_ms": bare_ms,
+            "unit_ms": float(values.get("unit_overhead_ms_mean", "nan")), "values": values,
+            "elapsed": elapsed, "states": len(driver.states) - states0}
+
+
+def bench_overhead(args, checkpoint):
+    kinds = [k.strip() for k in args.executors.split(",") if k.strip()]
+    runs = {kind: measure_overhead(args, checkpoint, kind) for kind in kinds}
     window_ms = args.window_sec * 1000
-    total = executor_ms + unit_ms
-    beyond = executor_ms - bare_ms + unit_ms
-    record("node_overhead", "Node overhead per window (everything except model compute)", [
-        ("window", f"{window_ms:.0f} ms"),
-        ("inputs", "640x480 rgb8 at 10 fps, 16 kHz mono mic in 20 ms chunks, robot echo 0.3"),
-        ("run", f"{elapsed:.1f} s, {len(driver.states) - states0} states"),
-        ("executor thread CPU per window", f"{executor_ms:.2f} ms"),
-        ("unit time outside session.run_unit", f"{unit_ms:.2f} ms"),
-        ("compute_ms mean (whole unit)", values.get("compute_ms_mean", "?") + " ms"),
-        ("speech chunks published", values.get("speech_chunks_published", "?")),
-        ("barge-in frames scored (AEC + VAD)", values.get("barge_in_frames_scored", "?")),
-        ("bare rclpy subscriber of mic + camera, CPU per window", f"{bare_ms:.2f} ms"),
-        ("node overhead / window", f"{100 * total / window_ms:.2f} % (target < 2 %)"),
-        ("node overhead beyond a bare subscriber", f"{100 * beyond / window_ms:.2f} % of the window"),
-    ], "Executor thread = all callbacks (mic decode/resample/buffer, barge-in echo cancelling "
-       "and VAD while the robot speaks, camera header checks, tick hand-over, speech release "
-       "and publishing, diagnostics); measured from /proc per-thread CPU.")
+    rows = [("window", f"{window_ms:.0f} ms"),
+            ("inputs", "640x480 rgb8 at 10 fps, 16 kHz mono mic in 20 ms chunks, robot echo 0.3")]
+    for kind, r in runs.items():
+        v = r["values"]
+        total = r["executor_ms"] + r["unit_ms"]
+        beyond = r["executor_ms"] - r["bare_ms"] + r["unit_ms"]
+        rows += [
+            (f"[{kind}] run", f"{r['elapsed']:.1f} s, {r['states']} states, "
+                              f"{v.get('speech_chunks_published', '?')} speech chunks, "
+                              f"{v.get('barge_in_frames_scored', '?')} barge-in frames scored"),
+            (f"[{kind}] executor thread CPU per window", f"{r['executor_ms']:.2f} ms"),
+            (f"[{kind}] unit time outside session.run_unit", f"{r['unit_ms']:.2f} ms"),
+            (f"[{kind}] bare rclpy subscriber (single) of mic + camera, CPU per window",
+             f"{r['bare_ms']:.2f} ms"),
+            (f"[{kind}] node overhead / window", f"{100 * total / window_ms:.2f} % (target < 2 %)"),
+            (f"[{kind}] node overhead beyond the bare subscriber",
+             f"{100 * beyond / window_ms:.2f} % of the window")]
+    if len(runs) > 1:
+        first, *others = kinds
+        for kind in others:
+            rows.append((f"executor CPU {first} / {kind}",
+                         f"{runs[first]['executor_ms'] / runs[kind]['executor_ms']:.2f}x"))
+    record("node_overhead", "Node overhead per window (everything except model compute)", rows,
+           "Executor thread = all callbacks (mic decode/resample/buffer, barge-in echo cancelling "
+           "and VAD while the robot speaks, camera header checks, tick hand-over, speech publishing, "
+           "diagnostics); measured from /proc per-thread CPU. One omni_node per executor kind "
+           "(`executor` parameter), one after the other in this run.")
 
 
 def bench_latency(args, checkpoint):
@@ -516,6 +533,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--windows", type=int, default=1800)
+    parser.add_argument("--executors", default="events,single",
+                        help="overhead: executor kinds to compare, in one run")
     args = parser.parse_args()
     if args.seconds is None:
         args.seconds = 10.0 if args.name == "camera" else 30.0

@@ -23,3 +23,17 @@ def tiny_model(tiny_checkpoint):
     from omni_ros.model.loader import load_model
 
     return load_model(tiny_checkpoint, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def ros_env():
+    """An isolated DDS environment for the module's node processes, and rclpy initialised for
+    its test-side nodes."""
+    import rclpy
+
+    from graph import isolated_ros_environment
+
+    env = isolated_ros_environment()
+    rclpy.init()
+    yield env
+    rclpy.try_shutdown()

@@ -12,14 +12,13 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-import rclpy
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from graph import REPO, appender, isolated_ros_environment, spinning, start_node, stop, wait_until
+from graph import REPO, appender, spinning, start_node, stop, wait_until
 from omni_ros.msg import DuplexState, FlowTick, OmniText
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import rgb_to_image
@@ -80,39 +79,37 @@ class RobotClient(Node):
             time.sleep(0.004)
 
 
-@pytest.fixture(scope="module")
-def ros_env():
-    env = isolated_ros_environment()
-    rclpy.init()
-    yield env
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def duplex_run(ros_env, tiny_checkpoint, tmp_path_factory):
-    """Clock + omni_node (camera remapped) fed for a few seconds; what came out."""
-    logs = tmp_path_factory.mktemp("logs")
+def run_duplex_graph(ros_env, checkpoint, logs, node_args=(), camera_topic="camera/image_raw",
+                     feed_seconds=7.0):
+    """Clock + omni_node (speaking readily, 100 ms speech chunks) fed camera and mic for
+    `feed_seconds`; returns (client, exit codes, log files)."""
     window = ["-p", f"window_sec:={WINDOW_SEC}"]
     clock = start_node("omni_ros.ros.clock_node", window, ros_env, logs / "clock.log")
     node = start_node("omni_ros.ros.omni_node", [
-        *window, "-p", f"model_path:={tiny_checkpoint}", "-p", "force_listen_count:=0",
+        *window, "-p", f"model_path:={checkpoint}", "-p", "force_listen_count:=0",
         "-p", "listen_prob_scale:=0.02", "-p", "speech_chunk_ms:=100", "-p", "seed:=1",
-        "-p", "diagnostics_period_sec:=0.5",
-        "-r", "camera/image_raw:=front_camera/image"], ros_env, logs / "omni_node.log")
-    client = RobotClient("front_camera/image")
+        "-p", "diagnostics_period_sec:=0.5", *node_args], ros_env, logs / "omni_node.log")
+    client = RobotClient(camera_topic)
     log_files = [logs / "clock.log", logs / "omni_node.log"]
     try:
         with spinning(client):
             wait_until(lambda: client.mic.get_subscription_count() > 0
                        and client.camera.get_subscription_count() > 0, 90,
                        "omni_node to subscribe", log_files)
-            client.feed(seconds=7.0)
+            client.feed(seconds=feed_seconds)
             time.sleep(1.5)   # let the last speech play out
         codes = stop([node, clock])
     finally:
         stop([node, clock])
         client.destroy_node()
     return client, codes, log_files
+
+
+@pytest.fixture(scope="module")
+def duplex_run(ros_env, tiny_checkpoint, tmp_path_factory):
+    """Clock + omni_node (camera remapped) fed for a few seconds; what came out."""
+    return run_duplex_graph(ros_env, tiny_checkpoint, tmp_path_factory.mktemp("logs"),
+                            ["-r", "camera/image_raw:=front_camera/image"], "front_camera/image")
 
 
 def test_each_tick_gives_one_state_in_order(duplex_run):

@@ -18,7 +18,7 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image
 
-from graph import REPO, appender, isolated_ros_environment, spinning, start_node, stop, wait_until
+from graph import REPO, appender, spinning, start_node, stop, wait_until
 from omni_ros.flow.bargein import ReferenceBuffer
 from omni_ros.msg import DuplexState, FlowTick
 from omni_ros.ros import qos
@@ -29,14 +29,6 @@ WINDOW_SEC = 0.5
 CHUNK_MS = 100
 RATE = 16000
 NS = 1_000_000_000
-
-
-@pytest.fixture(scope="module")
-def ros_env():
-    env = isolated_ros_environment()
-    rclpy.init()
-    yield env
-    rclpy.try_shutdown()
 
 
 class Robot(Node):

@@ -4,6 +4,8 @@ import time
 
 import rclpy
 from rclpy.context import Context
+import pytest
+from rclpy.experimental import EventsExecutor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -30,11 +32,12 @@ class Fragile(Node):
         self.errors.append(error)
 
 
-def test_a_failing_step_is_counted_and_spinning_goes_on():
+@pytest.mark.parametrize("make_executor", [SingleThreadedExecutor, EventsExecutor])
+def test_a_failing_step_is_counted_and_spinning_goes_on(make_executor):
     context = Context()
     rclpy.init(context=context)
     node = Fragile(context)
-    executor = SingleThreadedExecutor(context=context)
+    executor = make_executor(context=context)
     executor.add_node(node)
     thread = threading.Thread(target=spin_resiliently, args=(executor, node), daemon=True)
     thread.start()

@@ -74,3 +74,21 @@ def test_spoken_sentence_is_speech(vad, tmp_path):
     vad.reset()
     windows = [audio[i:i + SR] for i in range(0, audio.shape[0], SR)]
     assert max(vad(w) for w in windows) > 0.8
+
+
+def test_onnx_model_gives_the_torchscript_probabilities(vad):
+    """The ONNX model run here and silero's own TorchScript model agree chunk by chunk."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    jit = load_silero_vad()
+    audio = np.concatenate([np.zeros(SR // 2, np.float32), synthetic_vowels(1.0),
+                            0.05 * np.random.default_rng(0).standard_normal(SR // 2).astype(np.float32)])
+    vad.reset()
+    ours, theirs = [], []
+    with torch.no_grad():
+        for chunk in audio[: len(audio) // 512 * 512].reshape(-1, 512):
+            ours.append(vad(chunk))
+            theirs.append(float(jit(torch.from_numpy(chunk)[None], SR)))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert max(theirs) > 0.5 and min(theirs) < 0.1          # speech and silence both present

@@ -1,12 +1,13 @@
-"""Voice activity on 16 kHz windows: silero-vad (torch JIT, imported lazily) or a plain energy gate.
+"""Voice activity on 16 kHz audio: silero-vad's ONNX model in onnxruntime, or a plain energy gate.
 
-Used by the duplex loop to know whether a person spoke in recent windows. torch is imported only
-inside this module's functions, so the rest of omni_ros.flow stays torch-free.
+Used by the duplex loop (did a person speak in recent windows?) and by barge-in (is a person
+talking over the robot, every 32 ms while it speaks). The ONNX model shipped inside the silero-vad
+wheel gives the same probabilities as its TorchScript one (checked in the tests) at about 0.08 ms
+per 512-sample chunk instead of about 2 ms, and keeps torch out of omni_ros.flow.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional
 
 import numpy as np
@@ -14,40 +15,50 @@ import numpy as np
 from .types import INPUT_SAMPLE_RATE
 
 CHUNK_SAMPLES = 512   # what silero-vad takes at 16 kHz
+CONTEXT_SAMPLES = 64  # the tail of the previous chunk that silero-vad prepends at 16 kHz
+STATE_SHAPE = (2, 1, 128)
+MODEL_FILE = "silero_vad.onnx"
+
+
+def silero_onnx_path() -> str:
+    from importlib.resources import files  # noqa: PLC0415
+
+    return str(files("silero_vad.data") / MODEL_FILE)
 
 
 class VoiceActivity:
     """Streaming speech probability with silero-vad; state is kept across calls until reset().
 
-    Each call feeds the window's audio in 512-sample chunks; samples that do not fill a chunk are
-    carried over to the next call (at most 511), so consecutive windows form one stream.
+    Each call feeds the audio in 512-sample chunks; samples that do not fill a chunk are carried
+    over to the next call (at most 511), so consecutive calls form one stream.
     """
 
     def __init__(self, num_threads: Optional[int] = None) -> None:
-        import torch  # noqa: PLC0415 - keep torch out of the flow package's import time
-        from silero_vad import load_silero_vad  # noqa: PLC0415
+        import onnxruntime as ort  # noqa: PLC0415 - imported when voice activity is wanted
 
-        if num_threads is not None:
-            torch.set_num_threads(int(num_threads))
-        self._torch = torch
-        with warnings.catch_warnings():   # silero's importlib/jit.load deprecations are noise
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._model = load_silero_vad()   # the JIT model shipped inside the wheel
-        self._model.eval()
-        self._carry = np.zeros(0, dtype=np.float32)
-        self.last_probability = 0.0
-        self.chunks_processed = 0
-        # TorchScript optimises the graph during its first calls (hundreds of ms each): pay that
-        # now, not on the first real windows.
-        for _ in range(3):
-            self.speech_probability(np.zeros(CHUNK_SAMPLES, dtype=np.float32))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(num_threads or 1)   # one small model, called often
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(silero_onnx_path(), options,
+                                             providers=["CPUExecutionProvider"])
+        self._rate = np.array(INPUT_SAMPLE_RATE, dtype=np.int64)
+        self._input = np.zeros((1, CONTEXT_SAMPLES + CHUNK_SAMPLES), dtype=np.float32)
         self.chunks_processed = 0
         self.reset()
 
     def reset(self) -> None:
-        self._model.reset_states()
+        self._state = np.zeros(STATE_SHAPE, dtype=np.float32)
+        self._input[:] = 0.0                      # the context of the first chunk is silence
         self._carry = np.zeros(0, dtype=np.float32)
         self.last_probability = 0.0
+
+    def _chunk(self, chunk: np.ndarray) -> float:
+        x = self._input
+        x[0, :CONTEXT_SAMPLES] = x[0, -CONTEXT_SAMPLES:]       # previous chunk's tail
+        x[0, CONTEXT_SAMPLES:] = chunk
+        out, self._state = self._session.run(None, {"input": x, "state": self._state,
+                                                    "sr": self._rate})
+        return float(out[0, 0])
 
     def speech_probability(self, window_audio_16k: np.ndarray) -> float:
         """Highest speech probability over the chunks completed by this audio (0..1)."""
@@ -58,14 +69,12 @@ class VoiceActivity:
         self._carry = audio[whole:].copy()
         if whole == 0:
             return self.last_probability
-        chunks = np.nan_to_num(audio[:whole]).reshape(-1, CHUNK_SAMPLES)
-        torch = self._torch
         best = 0.0
-        with torch.no_grad():
-            for chunk in chunks:
-                p = float(self._model(torch.from_numpy(chunk).unsqueeze(0), INPUT_SAMPLE_RATE))
-                best = max(best, p)
-        self.chunks_processed += chunks.shape[0]
+        p = 0.0
+        for chunk in np.nan_to_num(audio[:whole]).reshape(-1, CHUNK_SAMPLES):
+            p = self._chunk(chunk)
+            best = max(best, p)
+        self.chunks_processed += whole // CHUNK_SAMPLES
         self.last_probability = p
         return best
 

@@ -369,6 +369,7 @@ class OmniNode(Node):
         self.input_counters["speech_chunks_dropped_barge_in"] += dropped
         self.get_logger().info(f"barge-in at {onset_ns / 1e9:.3f} s: {dropped} speech chunks "
                                f"dropped", throttle_duration_sec=1.0)
+
     def on_tick(self, tick: FlowTick) -> None:
         self.input_counters["ticks_received"] += 1
         length_ns = stamp_to_ns(tick.end) - stamp_to_ns(tick.start)

@@ -35,6 +35,14 @@ class ParameterSpec:
         return descriptor
 
 
+EXECUTOR_PARAMETER = ParameterSpec(
+    "executor", "events", "rclpy executor that runs the node's callbacks: events "
+    "(rclpy.experimental.EventsExecutor, a C++ event loop: about 30% less executor CPU per "
+    "window than single, measured in benchmarks/results/node_overhead.md) or single "
+    "(SingleThreadedExecutor). events falls back to single where rclpy lacks it.",
+    choices=("events", "single"))
+
+
 OMNI_NODE_PARAMETERS = (
     # model and backend
     ParameterSpec("model_path", "", "Checkpoint folder: the released MiniCPM-o 4.5 or one written "
@@ -129,6 +137,7 @@ OMNI_NODE_PARAMETERS = (
                   (0.0, 2000.0)),
     ParameterSpec("residual_echo_gate_db", 6.0, "A mic frame counts as the person only if "
                   "the echo canceller removed less than this much of its power.", (0.0, 60.0)),
+    EXECUTOR_PARAMETER,
 )
 
 
@@ -155,6 +164,7 @@ CLOCK_NODE_PARAMETERS = (
                   "ROS clock; omni_node must use the same.", (0.1, 10.0)),
     ParameterSpec("poll_period_sec", 0.01, "How often the ROS clock is read (steady time); "
                   "bounds the latency of a tick.", (0.001, 0.1)),
+    EXECUTOR_PARAMETER,
 )
 
 # Every node's table, by node name (the parameter reference renders them in this order).

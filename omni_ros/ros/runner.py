@@ -28,7 +28,7 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
     executor = None
     try:
         node = node_factory()
-        executor = SingleThreadedExecutor()
+        executor = make_executor(node)
         executor.add_node(node)
         spin_resiliently(executor, node)
     except StartupError as error:
@@ -50,6 +50,22 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
 
 
 ERROR_LOG_PERIOD_SEC = 5.0
+
+
+def make_executor(node):
+    """The executor the node's `executor` parameter names (events where rclpy has it)."""
+    kind = "single"
+    if node.has_parameter("executor"):
+        kind = node.get_parameter("executor").value
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:
+            node.get_logger().warning("executor events: this rclpy has no EventsExecutor; "
+                                      "using single")
+        else:
+            return EventsExecutor(context=node.context)
+    return SingleThreadedExecutor(context=node.context)
 
 
 def spin_resiliently(executor, node) -> None:

@@ -8,21 +8,30 @@ stage's rates) from the checkpoint folder, without loading any weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 
-from omni_ros.model.loader import read_config
-from omni_ros.model.token2wav import ASSET_DIR, CONFIG_NAME as T2W_CONFIG
+from omni_ros.model.loader import CheckpointError, read_config, released_token2wav_assets
+from omni_ros.model.token2wav import ASSET_DIR, CONFIG_NAME as T2W_CONFIG, Token2WavConfig
 from omni_ros.model.tokenizer import load_tokenizer, resolve_special_ids
 
 from . import graphs as G
 from .compute import StackedKV, rope_delta
 
-SILENT_SAMPLES_PER_CODE = 960       # 24 kHz / 25 codes per second
+SILENT_SAMPLES_PER_CODE = 960       # 24 kHz / 25 codes per second (as loader.SilentToken2Wav)
+
+
+def required_components(model_path) -> List[str]:
+    """The graphs an engine folder must hold for this checkpoint: all of them, except token2wav
+    for the released Step-Audio2 assets (which run as silence, as with the torch backend)."""
+    silent = released_token2wav_assets(Path(model_path) / ASSET_DIR)
+    return [n for n in G.GRAPHS if not (n == "token2wav" and silent)]
 
 
 class GraphCompute:
@@ -31,21 +40,27 @@ class GraphCompute:
     def __init__(self, model_path, device: str = "cpu", dtype: torch.dtype = torch.float32):
         folder = Path(model_path)
         self.config = read_config(folder)
-        self.tokenizer = load_tokenizer(folder)
-        self.special = resolve_special_ids(self.tokenizer)
+        if not (folder / "tokenizer.json").exists():
+            raise CheckpointError(f"checkpoint tokenizer missing: {folder / 'tokenizer.json'} does not exist")
+        try:
+            self.tokenizer = load_tokenizer(folder)
+            self.special = resolve_special_ids(self.tokenizer)
+        except Exception as error:
+            raise CheckpointError(f"cannot load the tokenizer from {folder}: {error}") from error
         self.device = torch.device(device)
         self.dtype = dtype
-        t2w_config = folder / ASSET_DIR / T2W_CONFIG
-        if t2w_config.exists():
-            raw = json.loads(t2w_config.read_text(encoding="utf-8"))
-            rates = raw.get("upsample_rates", [8, 5, 4, 3, 2])
-            self.samples_per_code = int(np.prod(rates))
-            self.token2wav_context = int(raw.get("context_codes", 3))
-            self.has_token2wav = True
-        else:                              # released Step-Audio2 assets: silent stand-in
-            self.samples_per_code = SILENT_SAMPLES_PER_CODE
-            self.token2wav_context = 0
-            self.has_token2wav = False
+        self.components = required_components(folder)
+        self.has_token2wav = "token2wav" in self.components
+        if self.has_token2wav:
+            raw = json.loads((folder / ASSET_DIR / T2W_CONFIG).read_text(encoding="utf-8"))
+            known = {f.name for f in dataclasses.fields(Token2WavConfig)}
+            t2w = Token2WavConfig(**{k: v for k, v in raw.items() if k in known})
+            self.samples_per_code, self.token2wav_context = t2w.samples_per_code, t2w.context_codes
+        else:
+            logging.getLogger(__name__).warning(
+                "%s holds the released Step-Audio2 token2wav, which omni_ros cannot run; speech "
+                "output will be SILENT", folder / ASSET_DIR)
+            self.samples_per_code, self.token2wav_context = SILENT_SAMPLES_PER_CODE, 0
 
     # -- what a subclass provides --------------------------------------------------------------
     def run(self, name: str, inputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:

@@ -15,7 +15,6 @@ import torch
 
 from .engine_files import check_manifest
 from .graph_compute import GraphCompute
-from .graphs import GRAPHS
 from .registry import BackendError, BackendSettings
 from .tensorrt_build import TensorRTUnavailable, current_gpu, import_tensorrt
 
@@ -50,7 +49,7 @@ class TrtCompute(GraphCompute):
     def __init__(self, model_path, engine_dir, device: str = "cuda"):
         super().__init__(model_path, device=device, dtype=torch.float32)
         trt = import_tensorrt()
-        components = [n for n in GRAPHS if n != "token2wav" or self.has_token2wav]
+        components = self.components
         index = self.device.index if self.device.index is not None else 0
         manifest = check_manifest(engine_dir, model_path, "tensorrt", components,
                                   versions_required={"tensorrt": trt.__version__},

@@ -31,6 +31,23 @@ def ensure_tiny_checkpoint(folder: Path, seed: int) -> None:
     write_checkpoint(folder, seed=seed)
 
 
+def ensure_onnx_files(model_path: Path) -> Path:
+    """The ONNX files of the checkpoint in MODEL/engines/onnxruntime, exported unless the manifest
+    there already matches it."""
+    from omni_ros.runtime.engine_files import EngineMismatch, check_manifest
+    from omni_ros.runtime.onnx_export import export_all
+    from omni_ros.runtime.graph_compute import required_components
+
+    engine_dir = model_path / "engines" / "onnxruntime"
+    try:
+        check_manifest(engine_dir, model_path, "onnx", required_components(model_path))
+        print(f"[omni_ros_demo] ONNX files in {engine_dir} match the checkpoint", flush=True)
+    except EngineMismatch as reason:
+        print(f"[omni_ros_demo] exporting ONNX files ({str(reason).split(';')[0]})", flush=True)
+        export_all(model_path, engine_dir, log=lambda line: print(f"[omni_ros_demo] {line}", flush=True))
+    return engine_dir
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="omni_ros_demo", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", default=None,
@@ -39,16 +56,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", default="demo_output", help="summary.json and speech.wav")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-level", default="warn", help="node log level")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="onnxruntime: export the checkpoint's graphs to ONNX first (once)")
     options = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     model_path = Path(options.model_path or "checkpoints/tiny").resolve()
     if options.model_path is None:
         ensure_tiny_checkpoint(model_path, options.seed)
+    extra = ["-p", f"seed:={options.seed}"]
+    if options.backend == "onnxruntime":
+        extra += ["-p", f"engine_dir:={ensure_onnx_files(model_path)}"]
     env = os.environ.copy()
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     group = ProcessGroup()
     try:
-        for command in graph_commands(str(model_path), extra=["-p", f"seed:={options.seed}"],
+        for command in graph_commands(str(model_path), backend=options.backend, extra=extra,
                                       log_level=options.log_level):
             group.start(command, env=env)
         recorder = group.start(

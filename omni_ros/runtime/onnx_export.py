@@ -1,0 +1,117 @@
+"""Export the compute graphs of omni_ros.runtime.graphs to ONNX (opset 18) with a manifest.
+
+The TorchScript exporter (`torch.onnx.export(..., dynamo=False)`) is used: on these graphs (explicit
+matmul attention in the decoders and the audio encoder, transformers' SDPA without grouped heads in
+SigLIP) it keeps every dynamic axis symbolic, including an empty past (P = 0, the first audio chunk
+and the first LLM/TTS step) and a single new token, which test/test_onnx_export.py checks against the
+torch modules. Files larger than 2 GB are written with their weights in one external-data file
+`<graph>.onnx.data` next to `<graph>.onnx`.
+"""
+from __future__ import annotations
+
+import datetime
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from omni_ros.runtime import graphs as G
+from omni_ros.runtime.engine_files import (Manifest, checkpoint_fingerprint, entry_for_file,
+                                           write_manifest)
+
+OPSET = 18
+_PROTOBUF_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2      # keep a margin below protobuf's 2 GiB
+TOKEN2WAV_SKIPPED = ("not exported: the checkpoint holds the released Step-Audio2 token2wav "
+                     "assets, which omni_ros cannot run; backends produce silence (960 samples "
+                     "per code, no context) as the torch backend does")
+
+
+def has_token2wav_graph(model) -> bool:
+    """True when the checkpoint's waveform stage is this package's decoder (exportable)."""
+    return isinstance(getattr(model, "token2wav", None), torch.nn.Module)
+
+
+def export_graph(model, name: str, path, opset: int = OPSET,
+                 sizes: Optional[Dict[str, int]] = None) -> Path:
+    """Export graph `name` of a loaded OmniModel to `path` (.onnx) and run onnx.checker on it.
+    Returns the path of the external-data file when one was needed, else `path`."""
+    import onnx
+
+    spec = G.GRAPHS[name]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = spec.build(model).eval()
+    device = next(iter(module.parameters())).device
+    example = G.example_inputs(name, model.config, sizes)
+    args = tuple(example[k].to(device) for k in spec.inputs)
+    data_name = path.name + ".data"
+    with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:
+        tmp_path = Path(tmp) / path.name
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(tmp_path), input_names=list(spec.inputs),
+                              output_names=list(spec.outputs),
+                              dynamic_axes={k: dict(v) for k, v in spec.dynamic.items()},
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        written = [p for p in Path(tmp).iterdir() if p.is_file()]
+        total = sum(p.stat().st_size for p in written)
+        for old in (path, path.with_name(data_name)):
+            if old.exists():
+                old.unlink()
+        if len(written) == 1 and total < _PROTOBUF_LIMIT:
+            shutil.move(str(tmp_path), str(path))
+            external = False
+        else:   # the exporter wrote one file per tensor: gather them into one data file
+            proto = onnx.load(str(tmp_path), load_external_data=True)
+            onnx.save_model(proto, str(path), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            del proto
+            external = True
+    onnx.checker.check_model(str(path))          # the path form: works past 2 GB
+    return path.with_name(data_name) if external else path
+
+
+def versions() -> Dict[str, str]:
+    import onnx
+
+    found = {"torch": torch.__version__, "onnx": onnx.__version__, "opset": str(OPSET),
+             "exporter": "torchscript"}
+    try:
+        import onnxruntime
+        found["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return found
+
+
+def export_all(model_path, out_dir, device: str = "cpu", log=print) -> Manifest:
+    """Load the checkpoint (float32), export every graph into `out_dir` and write its manifest."""
+    from omni_ros.model.loader import load_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = checkpoint_fingerprint(model_path)
+    model = load_model(model_path, device=device, dtype="float32")
+    manifest = Manifest(format="onnx", checkpoint=str(Path(model_path).resolve()),
+                        checkpoint_hash=fingerprint,
+                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        versions=versions(), gpu=None)
+    for name in G.GRAPHS:
+        if name == "token2wav" and not has_token2wav_graph(model):
+            manifest.notes[name] = TOKEN2WAV_SKIPPED
+            log(f"[export] {name}: {TOKEN2WAV_SKIPPED}")
+            continue
+        started = time.perf_counter()
+        written = export_graph(model, name, out / f"{name}.onnx")
+        data = written.name if written.suffix == ".data" else ""
+        manifest.components[name] = entry_for_file(out, name, f"{name}.onnx", "fp32", {}, data)
+        size = sum((out / f).stat().st_size for f in (f"{name}.onnx", data) if f)
+        log(f"[export] {name}: {out / f'{name}.onnx'} ({size / 1e6:.1f} MB, "
+            f"{time.perf_counter() - started:.1f} s)")
+    del model
+    write_manifest(out, manifest)
+    return manifest
