@@ -39,6 +39,7 @@ from common import append_result  # noqa: E402 - benchmarks/ is the script's fol
 NS = 1_000_000_000
 RATE = 16000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NODE_PARAMS: list = []          # --param NAME:=VALUE, given to every omni_node of the run
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class Graph:
         self.processes = [
             self.start("omni_ros.ros.clock_node", window, "clock"),
             self.start("omni_ros.ros.omni_node", [*window, "-p", f"model_path:={checkpoint}",
-                                                  *extra], "omni_node")]
+                                                  *extra, *NODE_PARAMS], "omni_node")]
         self.node_pid = self.processes[1].pid
         rclpy.init()
 
@@ -222,6 +223,7 @@ def speech_16k(text, voice="en-us"):
 
 # -- benchmarks ------------------------------------------------------------------------------
 BARE_CODE = """import rclpy
+import rclpy.executors
 from sensor_msgs.msg import Image
 from audio_common_msgs.msg import AudioDataStamped
 from omni_ros.ros import qos
@@ -235,17 +237,24 @@ def mic(m):
 node.create_subscription(Image, 'camera/image_raw', camera, qos.CAMERA)
 if WITH_MIC:
     node.create_subscription(AudioDataStamped, 'mic/audio_stamped', mic, qos.MIC_AUDIO)
+if 'EXECUTOR_KIND' == 'events':
+    from rclpy.experimental import EventsExecutor
+    executor = EventsExecutor()
+else:
+    executor = rclpy.executors.SingleThreadedExecutor()
+executor.add_node(node)
 try:
-    rclpy.spin(node)
+    executor.spin()
 except BaseException:
     pass
 print('received', count['camera'], count['mic'], flush=True)
 """
 
 
-def start_bare(graph, mic: bool):
+def start_bare(graph, mic: bool, executor: str = "single"):
     log = open(graph.logs / "bare.log", "w")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-c", BARE_CODE.replace("WITH_MIC", str(mic))],
+    code = BARE_CODE.replace("WITH_MIC", str(mic)).replace("EXECUTOR_KIND", executor)
+    return subprocess.Popen([sys.executable, "-c", code],
                             env=graph.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -254,7 +263,7 @@ def measure_overhead(args, checkpoint, executor_kind: str) -> dict:
     graph = Graph(checkpoint, args.window_sec, "-p", "diagnostics_period_sec:=1.0",
                   "-p", "listen_prob_scale:=0.3", "-p", "force_listen_count:=0",
                   "-p", f"executor:={executor_kind}")
-    bare = start_bare(graph, mic=True)
+    bare = start_bare(graph, mic=True, executor=executor_kind)
     driver = make_driver(echo_gain=0.3)
     executor = spin_in_background(driver)
     try:
@@ -296,7 +305,7 @@ def bench_overhead(args, checkpoint):
                               f"{v.get('barge_in_frames_scored', '?')} barge-in frames scored"),
             (f"[{kind}] executor thread CPU per window", f"{r['executor_ms']:.2f} ms"),
             (f"[{kind}] unit time outside session.run_unit", f"{r['unit_ms']:.2f} ms"),
-            (f"[{kind}] bare rclpy subscriber (single) of mic + camera, CPU per window",
+            (f"[{kind}] bare rclpy subscriber of mic + camera ({kind} executor), CPU per window",
              f"{r['bare_ms']:.2f} ms"),
             (f"[{kind}] node overhead / window", f"{100 * total / window_ms:.2f} % (target < 2 %)"),
             (f"[{kind}] node overhead beyond the bare subscriber",
@@ -533,9 +542,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--windows", type=int, default=1800)
+    parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="an omni_node parameter for every node of the run (repeatable)")
     parser.add_argument("--executors", default="events,single",
                         help="overhead: executor kinds to compare, in one run")
     args = parser.parse_args()
+    for item in args.param:
+        NODE_PARAMS.extend(["-p", item])
     if args.seconds is None:
         args.seconds = 10.0 if args.name == "camera" else 30.0
     checkpoint = Path(args.checkpoint) if args.checkpoint else \

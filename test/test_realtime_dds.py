@@ -162,8 +162,9 @@ def test_person_speaking_stops_speech_within_one_chunk(barge_in_run):
     assert DuplexState.INTERRUPTED in states, files[1].read_text()[-3000:]
     after = [t for t, _ in robot.speech if onset_ns <= t <= end_ns]
     last = max(after, default=onset_ns)
-    # detection needs barge_in_min_speech_ms (96) of speech + a 32 ms VAD frame + a 20 ms mic
-    # chunk; within one speech chunk of that, speech stops.
+    # detection needs barge_in_min_speech_ms (64) of speech + a 32 ms VAD frame + a 20 ms mic
+    # chunk; within one speech chunk of that, speech stops (the margin absorbs CI load; the
+    # benchmark barge_in measures the latency itself).
     assert (last - onset_ns) / 1e9 <= CHUNK_MS / 1000 + 0.25, \
         f"speech went on {(last - onset_ns) / 1e9:.3f} s after the person started"
     index = states.index(DuplexState.INTERRUPTED)
