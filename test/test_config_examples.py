@@ -10,11 +10,12 @@ from omni_ros.ros.parameters import NODE_PARAMETERS, RCLPY_PARAMETERS, check_val
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 FILES = sorted([CONFIG / "omni.yaml", *(CONFIG / "examples").glob("*.yaml")])
-# The ros-drivers audio_common nodes' parameters (audio_capture, audio_play).
+# The ros-drivers audio_common nodes' parameters, by node name (the nodes are called
+# audio_capture_node and audio_play_node, as their executables).
 DRIVER_PARAMETERS = {
-    "audio_capture": {"dst", "device", "format", "bitrate", "channels", "depth", "sample_rate",
+    "audio_capture_node": {"dst", "device", "format", "bitrate", "channels", "depth", "sample_rate",
                       "sample_format"},
-    "audio_play": {"dst", "device", "do_timestamp", "format", "channels", "depth", "sample_rate",
+    "audio_play_node": {"dst", "device", "do_timestamp", "format", "channels", "depth", "sample_rate",
                    "sample_format"},
 }
 
@@ -89,14 +90,14 @@ def test_clock_and_node_agree_on_the_window(path):
 
 
 def test_audio_play_is_told_the_speech_format():
-    play = sections(CONFIG / "examples" / "audio_play_speaker.yaml")["audio_play"]
+    play = sections(CONFIG / "examples" / "audio_play_speaker.yaml")["audio_play_node"]
     assert (play["format"], play["sample_format"], play["channels"], play["sample_rate"],
             play["dst"]) == ("wave", "S16LE", 1, OUTPUT_SAMPLE_RATE, "alsasink")
 
 
 def test_audio_capture_records_raw_pcm_omni_node_accepts():
     found = sections(CONFIG / "examples" / "audio_capture_mic.yaml")
-    capture, node = found["audio_capture"], found["omni_node"]
+    capture, node = found["audio_capture_node"], found["omni_node"]
     assert capture["format"] == "wave"
     assert (capture["sample_rate"], capture["channels"], capture["sample_format"]) == \
         (node["audio_sample_rate"], node["audio_channels"], node["audio_sample_format"])
