@@ -244,7 +244,8 @@ else:
     executor = rclpy.executors.SingleThreadedExecutor()
 executor.add_node(node)
 try:
-    executor.spin()
+    while rclpy.ok():           # spin_once with a timeout: SIGINT ends either executor
+        executor.spin_once(timeout_sec=0.5)
 except BaseException:
     pass
 print('received', count['camera'], count['mic'], flush=True)
