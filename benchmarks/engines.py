@@ -39,6 +39,7 @@ CASES = [
     ("embed_tokens", "1 token", {"tokens": 1}),
     ("llm_step", "1 token, 1,000 past", {"tokens": 1, "past": 1000}),
     ("llm_step", "12 tokens, 1,000 past", {"tokens": 12, "past": 1000}),
+    ("lm_head", "1 position", {}),
     ("tts_condition", "20 rows", {"tokens": 20}),
     ("tts_code_embed", "1 code", {"codes": 1}),
     ("tts_step", "1 code, 200 past", {"tokens": 1, "past": 200}),
@@ -196,7 +197,7 @@ def run_full_size(args) -> int:
         print("--full-size needs a CUDA GPU; none is visible", file=sys.stderr)
         return 2
     model = full_size_model(args.device)
-    cases = [c for c in CASES if c[0] in ("vision", "audio", "llm_step", "tts_step")]
+    cases = [c for c in CASES if c[0] in ("vision", "audio", "llm_step", "lm_head", "tts_step")]
     sync = torch.cuda.synchronize
     rows = []
     for name, what, sizes in cases:

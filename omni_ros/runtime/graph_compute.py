@@ -109,8 +109,10 @@ class GraphCompute:
         return self._empty_kv(G.llm_kv_shape)
 
     def llm_step(self, embeds, position, cache, need_logits=True):
-        hidden, logits, _, _ = self._step("llm_step", embeds, position, cache)
-        return hidden[0], (logits[0].float() if need_logits else None)
+        hidden = self._step("llm_step", embeds, position, cache)[0][0]
+        if not need_logits:
+            return hidden, None
+        return hidden, self.run("lm_head", {"hidden": hidden[-1:]})[0][0].float()
 
     def llm_drop_span(self, cache: StackedKV, start: int, end: int) -> None:
         cos, sin = rope_delta(self.config, end - start)

@@ -12,14 +12,17 @@ torch backend runs, what `omni_ros.runtime.onnx_export` traces and what TensorRT
 | `vision`         | pixel_values [1,3,H,W], patch_position_ids [N], query_pos_embed [N,D] | image_embeds [Q,D] |
 | `audio`          | mel [1,80,T], keep_index [n], position_ids [n], attention_bias [n,P+n], past_keys/values [La,1,Ha,P,Dha] | audio_embeds [n//5,D], present_keys/values [La,1,Ha,P+n,Dha] |
 | `embed_tokens`   | input_ids [n]                                                 | embeds [n,D] |
-| `llm_step`       | inputs_embeds [1,n,D], position_ids [1,n], attention_bias [1,1,n,P+n], past_keys/values [L,1,Hkv,P,Dh] | hidden [1,n,D], logits [1,V], present_keys/values [L,1,Hkv,P+n,Dh] |
+| `llm_step`       | inputs_embeds [1,n,D], position_ids [1,n], attention_bias [1,1,n,P+n], past_keys/values [L,1,Hkv,P,Dh] | hidden [1,n,D], present_keys/values [L,1,Hkv,P+n,Dh] |
+| `lm_head`        | hidden [1,D]                                                  | logits [1,V] |
 | `tts_condition`  | text_ids [n], llm_hidden [n,D], semantic_mask [n]             | condition [n,Ht] |
 | `tts_code_embed` | codes [n]                                                     | embeds [n,Ht] |
 | `tts_step`       | inputs_embeds [1,n,Ht], position_ids [1,n], attention_bias [1,1,n,P+n], past_keys/values [Lt,1,Ht_kv,P,Dht] | logits [1,C], present_keys/values |
 | `token2wav`      | codes [1,T]                                                   | wav [1,T*960] |
 
 `hidden` is the last decoder state after the final norm (what the speech decoder's semantic
-projector reads); `logits` are those of the last position only. Present keys and values hold the
+projector reads). The output head is a graph of its own: most LLM calls of a unit (the unit
+start, image tokens, fed text) need no logits, and the head over the 151,748-token vocabulary is
+a large share of a step. Present keys and values hold the
 past followed by the new positions, so a backend keeps them as the next step's past.
 """
 from __future__ import annotations
@@ -202,12 +205,22 @@ def _decoder(model, embeds, position_ids, attention_bias, past_keys, past_values
 class LLMStepGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
-        self.model, self.lm_head = model.llm.model, model.llm.lm_head
+        self.model = model.llm.model
 
     def forward(self, inputs_embeds, position_ids, attention_bias, past_keys, past_values):
-        hidden, keys, values = _decoder(self.model, inputs_embeds, position_ids, attention_bias,
-                                        past_keys, past_values)
-        return hidden, self.lm_head(hidden[:, -1]).float(), keys, values
+        return _decoder(self.model, inputs_embeds, position_ids, attention_bias, past_keys,
+                        past_values)
+
+
+class LMHeadGraph(nn.Module):
+    """Logits [1, V] of one position's final hidden state [1, D]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.lm_head = model.llm.lm_head
+
+    def forward(self, hidden):
+        return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
 
 
 class TTSConditionGraph(nn.Module):
@@ -274,10 +287,11 @@ GRAPHS: Dict[str, GraphSpec] = {spec.name: spec for spec in [
               ["embeds"], {"input_ids": {0: "tokens"}, "embeds": {0: "tokens"}}),
     GraphSpec("llm_step", LLMStepGraph,
               ["inputs_embeds", "position_ids", "attention_bias", "past_keys", "past_values"],
-              ["hidden", "logits", "present_keys", "present_values"],
+              ["hidden", "present_keys", "present_values"],
               {"inputs_embeds": {1: "tokens"}, "position_ids": {1: "tokens"},
                "attention_bias": {2: "tokens", 3: "total"}, "hidden": {1: "tokens"},
                **_kv_axes("past", "past"), **_kv_axes("present", "total")}),
+    GraphSpec("lm_head", LMHeadGraph, ["hidden"], ["logits"], {}),
     GraphSpec("tts_condition", TTSConditionGraph, ["text_ids", "llm_hidden", "semantic_mask"],
               ["condition"], {"text_ids": {0: "tokens"}, "llm_hidden": {0: "tokens"},
                               "semantic_mask": {0: "tokens"}, "condition": {0: "tokens"}}),
@@ -334,6 +348,8 @@ def example_inputs(name: str, config, sizes: Dict[str, int] = None) -> Dict[str,
                 "past_keys": rand(*audio_kv_shape(config, p)), "past_values": rand(*audio_kv_shape(config, p))}
     if name == "embed_tokens":
         return {"input_ids": torch.randint(0, config.vocab_size, (n,), generator=g)}
+    if name == "lm_head":
+        return {"hidden": rand(1, d)}
     if name in ("llm_step", "tts_step"):
         shape = llm_kv_shape if name == "llm_step" else tts_kv_shape
         width = d if name == "llm_step" else config.tts_config.hidden_size

@@ -113,6 +113,7 @@ def shape_profiles(config, limits: ShapeLimits = ShapeLimits()) -> Dict[str, Pro
                   "past_values": kv(audio_kv_shape, 0, opt_audio_past, lim.max_audio_past)},
         "embed_tokens": {"input_ids": ((1,), (1,), (lim.max_tokens,))},
         "llm_step": decoder(d, llm_kv_shape, lim.max_tokens, lim.opt_past, lim.max_past),
+        "lm_head": {"hidden": ((1, d), (1, d), (1, d))},
         "tts_condition": {"text_ids": ((1,), (20,), (lim.max_tts_tokens,)),
                           "llm_hidden": ((1, t.llm_dim), (20, t.llm_dim), (lim.max_tts_tokens, t.llm_dim)),
                           "semantic_mask": ((1,), (20,), (lim.max_tts_tokens,))},
