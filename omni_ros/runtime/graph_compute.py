@@ -8,6 +8,7 @@ stage's rates) from the checkpoint folder, without loading any weights.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import logging
@@ -34,7 +35,7 @@ def required_components(model_path) -> List[str]:
     return [n for n in G.GRAPHS if not (n == "token2wav" and silent)]
 
 
-class GraphCompute:
+class GraphCompute(abc.ABC):
     name = "graphs"
 
     def __init__(self, model_path, device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -63,8 +64,10 @@ class GraphCompute:
             self.samples_per_code, self.token2wav_context = SILENT_SAMPLES_PER_CODE, 0
 
     # -- what a subclass provides --------------------------------------------------------------
+    @abc.abstractmethod
     def run(self, name: str, inputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
-        raise NotImplementedError
+        """Run graph `name` on `inputs` (torch tensors on self.device, by input name); the
+        outputs in the graph's declared order."""
 
     # -- helpers ---------------------------------------------------------------------------------
     def _tensor(self, values, dtype=torch.long) -> torch.Tensor:

@@ -94,6 +94,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 # --- the graphs -----------------------------------------------------------------------------------
+def _attend(q, k, v, past_k, past_v, scaling, bias):
+    """Attention of new queries [B,Hq,n,Dh] over past + new keys/values [B,Hkv,*,Dh] (grouped
+    heads repeated), with an additive bias [.., n, P+n]. Returns (out [B,n,Hq*Dh], keys, values),
+    keys/values being past followed by new, the layer's present."""
+    k = torch.cat([past_k.to(k.dtype), k], dim=2)
+    v = torch.cat([past_v.to(v.dtype), v], dim=2)
+    groups = q.shape[1] // k.shape[1]
+    kr = k.repeat_interleave(groups, dim=1) if groups > 1 else k
+    vr = v.repeat_interleave(groups, dim=1) if groups > 1 else v
+    out = torch.softmax((q @ kr.transpose(-1, -2)) * scaling + bias, dim=-1) @ vr
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1), k, v
+
+
 class VisionGraph(nn.Module):
     """SigLIP (patch conv + bucketized positions + encoder + post-LN) then the resampler."""
 
@@ -139,13 +152,12 @@ class AudioGraph(nn.Module):
             attn = layer.self_attn
             y = layer.self_attn_layer_norm(x)
             b, n, d = y.shape
-            q = attn.q_proj(y).view(b, n, h, d // h).transpose(1, 2)
-            k = torch.cat([past_keys[i].to(y.dtype), attn.k_proj(y).view(b, n, h, d // h).transpose(1, 2)], 2)
-            v = torch.cat([past_values[i].to(y.dtype), attn.v_proj(y).view(b, n, h, d // h).transpose(1, 2)], 2)
+            split = lambda t: t.view(b, n, h, d // h).transpose(1, 2)     # noqa: E731
+            a, k, v = _attend(split(attn.q_proj(y)), split(attn.k_proj(y)), split(attn.v_proj(y)),
+                              past_keys[i], past_values[i], attn.scaling, bias)
             keys.append(k)
             values.append(v)
-            a = torch.softmax((q @ k.transpose(-1, -2)) * attn.scaling + bias, dim=-1) @ v
-            x = x + attn.out_proj(a.transpose(1, 2).reshape(b, n, d))
+            x = x + attn.out_proj(a)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))))
         feats = self.projector(apm.layer_norm(x))                         # [1, n, D_llm]
         pooled = self.pool(feats.transpose(1, 2)).transpose(1, 2)[0]      # [n // 5, D_llm]
@@ -189,15 +201,10 @@ def _decoder(model, embeds, position_ids, attention_bias, past_keys, past_values
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        k = torch.cat([past_keys[i].to(k.dtype), k], dim=2)
-        v = torch.cat([past_values[i].to(v.dtype), v], dim=2)
+        a, k, v = _attend(q, k, v, past_keys[i], past_values[i], attn.scaling, bias)
         keys.append(k)
         values.append(v)
-        groups = q.shape[1] // k.shape[1]
-        kr = k.repeat_interleave(groups, dim=1) if groups > 1 else k
-        vr = v.repeat_interleave(groups, dim=1) if groups > 1 else v
-        a = torch.softmax((q @ kr.transpose(-1, -2)) * attn.scaling + bias, dim=-1) @ vr
-        x = x + attn.o_proj(a.transpose(1, 2).reshape(b, n, -1))
+        x = x + attn.o_proj(a)
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     return model.norm(x), torch.stack(keys), torch.stack(values)
 

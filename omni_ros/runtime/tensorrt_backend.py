@@ -59,7 +59,7 @@ class TrtCompute(GraphCompute):
             self.engines: Dict[str, _Engine] = {
                 n: _Engine(trt, self.runtime, Path(engine_dir) / manifest.components[n].file)
                 for n in components}
-        self._placeholder = torch.zeros(1, device=self.device)   # address for empty tensors
+        self._empty_buffer = torch.zeros(1, device=self.device)   # the address given to empty tensors
 
     def run(self, name: str, inputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
         e = self.engines[name]
@@ -69,11 +69,11 @@ class TrtCompute(GraphCompute):
             t = inputs[n].to(self.device, e.dtypes[n]).contiguous()
             held.append(t)
             ctx.set_input_shape(n, tuple(t.shape))
-            ctx.set_tensor_address(n, t.data_ptr() if t.numel() else self._placeholder.data_ptr())
+            ctx.set_tensor_address(n, t.data_ptr() if t.numel() else self._empty_buffer.data_ptr())
         outputs = []
         for n in e.outputs:
             t = torch.empty(tuple(ctx.get_tensor_shape(n)), dtype=e.dtypes[n], device=self.device)
-            ctx.set_tensor_address(n, t.data_ptr() if t.numel() else self._placeholder.data_ptr())
+            ctx.set_tensor_address(n, t.data_ptr() if t.numel() else self._empty_buffer.data_ptr())
             outputs.append(t)
         stream = torch.cuda.current_stream(self.device)
         if not ctx.execute_async_v3(stream.cuda_stream):
