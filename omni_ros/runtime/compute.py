@@ -12,7 +12,7 @@ positions out of the LLM cache and re-rotates the keys after it (the long-sessio
 """
 from __future__ import annotations
 
-from typing import List, Optional, Protocol, Sequence, Tuple
+from typing import Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +26,12 @@ class StackedKV:
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         self.keys, self.values = keys, values
+
+    @classmethod
+    def empty(cls, shape, dtype=torch.float32, device="cpu") -> "StackedKV":
+        """No positions yet: `shape` with its length axis (3) at 0."""
+        return cls(torch.zeros(shape, dtype=dtype, device=device),
+                   torch.zeros(shape, dtype=dtype, device=device))
 
     def get_seq_length(self) -> int:
         return int(self.keys.shape[3])
@@ -82,7 +88,7 @@ class TorchCompute:
         self.model = model
         self.config, self.tokenizer, self.special = model.config, model.tokenizer, model.special
         self.graphs = {name: spec.build(model).eval() for name, spec in G.GRAPHS.items()
-                       if name not in ("llm_step", "tts_step", "token2wav")}
+                       if name not in ("llm_step", "lm_head", "tts_step", "token2wav")}
         t2w = model.token2wav
         t2w_config = getattr(t2w, "config", None)
         self.samples_per_code = t2w_config.samples_per_code if t2w_config else t2w.samples_per_code
@@ -105,9 +111,7 @@ class TorchCompute:
 
     def audio(self, mel, keep_index, position_ids, attention_bias, cache):
         if cache is None:
-            shape = G.audio_kv_shape(self.config, 0)
-            cache = StackedKV(torch.zeros(shape, device=self.device, dtype=self.dtype),
-                              torch.zeros(shape, device=self.device, dtype=self.dtype))
+            cache = StackedKV.empty(G.audio_kv_shape(self.config, 0), self.dtype, self.device)
         dev = self.device
         embeds, keys, values = self.graphs["audio"](mel.to(dev), keep_index.to(dev), position_ids.to(dev),
                                                     attention_bias.to(dev), cache.keys, cache.values)
@@ -158,11 +162,3 @@ def as_compute(model_or_compute) -> "Compute":
         return TorchCompute(model_or_compute)
     return model_or_compute
 
-
-def stacked_empty(shape_fn, config, dtype=torch.float32, device="cpu") -> StackedKV:
-    shape = shape_fn(config, 0)
-    return StackedKV(torch.zeros(shape, dtype=dtype, device=device),
-                     torch.zeros(shape, dtype=dtype, device=device))
-
-
-__all__: List[str] = ["Compute", "StackedKV", "TorchCompute", "as_compute", "rope_delta", "stacked_empty"]

@@ -74,9 +74,7 @@ class GraphCompute(abc.ABC):
         return torch.as_tensor(values, dtype=dtype, device=self.device)
 
     def _empty_kv(self, shape_fn) -> StackedKV:
-        shape = shape_fn(self.config, 0)
-        return StackedKV(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                         torch.zeros(shape, dtype=self.dtype, device=self.device))
+        return StackedKV.empty(shape_fn(self.config, 0), self.dtype, self.device)
 
     def _step(self, name: str, embeds: torch.Tensor, position: int, cache: StackedKV) -> List[torch.Tensor]:
         n, past = int(embeds.shape[0]), cache.get_seq_length()
