@@ -22,9 +22,11 @@ def generate_launch_description():
         "params_file": (os.path.join(share, "config", "omni.yaml"), "parameter file"),
         "namespace": ("", "namespace for both nodes"),
         "camera_topic": ("camera/image_raw", "sensor_msgs/Image input"),
-        "mic_topic": ("mic/audio_stamped", "audio_common_msgs/AudioDataStamped input"),
-        "mic_info_topic": ("mic/audio_info", "audio_common_msgs/AudioInfo input"),
-        "speech_topic": ("speech/audio", "audio_common_msgs/AudioData output (audio_play)"),
+        "mic_topic": ("mic/audio_stamped", "audio_common_msgs/AudioDataStamped input "
+                                           "(AudioStamped with mgonzs13's audio_common_msgs)"),
+        "mic_info_topic": ("mic/audio_info", "audio_common_msgs/AudioInfo input (ros-drivers)"),
+        "speech_topic": ("speech/audio", "audio_common_msgs/AudioData output for audio_play "
+                                         "(Audio with mgonzs13's audio_common_msgs)"),
         "use_sim_time": ("false", "follow /clock"),
     }
     declared = [DeclareLaunchArgument(name, default_value=default, description=text)
