@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,6 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    import torch
     from omni_ros.flow.types import UnitInput
     from omni_ros.model.checkpoint import write_checkpoint
     from omni_ros.model.loader import load_model

@@ -109,7 +109,6 @@ class Graph:
 def make_driver(echo_gain: float = 0.0):
     """A node with a mic (16 kHz mono, hearing the robot's speech at echo_gain and a scripted
     person), a camera publisher and recorders of omni_node's outputs."""
-    import rclpy
     import soxr
     from audio_common_msgs.msg import AudioDataStamped, AudioInfo
     from diagnostic_msgs.msg import DiagnosticArray

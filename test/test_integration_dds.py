@@ -112,25 +112,20 @@ def duplex_run(ros_env, tiny_checkpoint, tmp_path_factory):
                             ["-r", "camera/image_raw:=front_camera/image"], "front_camera/image")
 
 
-def test_each_tick_gives_one_state_in_order(duplex_run):
-    client, codes, logs = duplex_run
+def check_one_state_per_tick(run, minimum: int) -> None:
+    """At least `minimum` states, one per tick while the node ran, in window order; clean exits."""
+    client, codes, logs = run
     states = [int(s.window_index) for s in client.states]
-    assert len(states) >= 8, f"only {len(states)} states: {logs[1].read_text()[-2000:]}"
+    assert len(states) >= minimum, f"only {len(states)} states: {logs[1].read_text()[-2000:]}"
     assert states == sorted(set(states)), "states must be one per window, in window order"
     ticked = {int(t.index) for t in client.ticks if states[0] <= t.index <= states[-1]}
     assert ticked == set(states), "every tick while the node ran must give exactly one state"
     assert codes == [0, 0], "both nodes exit cleanly on SIGINT"
 
 
-def test_speech_info_says_s16le_mono_24k(duplex_run):
-    info = duplex_run[0].speech_info
-    assert info is not None
-    assert (info.sample_format, info.channels, info.sample_rate, info.coding_format) == \
-        ("S16LE", 1, OUTPUT_RATE, "wave")
-
-
-def test_speech_of_a_speaking_unit_adds_up_to_one_window(duplex_run):
-    client = duplex_run[0]
+def check_speech_is_one_window_per_speaking_unit(client) -> None:
+    """Speech chunks of speech_chunk_ms=100 adding up to one window per finished speaking unit,
+    none for listening units."""
     samples = defaultdict(int)
     chunk_sizes = set()
     for message in client.speech:
@@ -146,6 +141,21 @@ def test_speech_of_a_speaking_unit_adds_up_to_one_window(duplex_run):
     assert chunk_sizes <= {OUTPUT_RATE // 10}, "chunks of speech_chunk_ms=100"
     listening = [int(s.window_index) for s in client.states if s.state == DuplexState.LISTENING]
     assert all(samples[f"window_{w}"] == 0 for w in listening)
+
+
+def test_each_tick_gives_one_state_in_order(duplex_run):
+    check_one_state_per_tick(duplex_run, minimum=8)
+
+
+def test_speech_info_says_s16le_mono_24k(duplex_run):
+    info = duplex_run[0].speech_info
+    assert info is not None
+    assert (info.sample_format, info.channels, info.sample_rate, info.coding_format) == \
+        ("S16LE", 1, OUTPUT_RATE, "wave")
+
+
+def test_speech_of_a_speaking_unit_adds_up_to_one_window(duplex_run):
+    check_speech_is_one_window_per_speaking_unit(duplex_run[0])
 
 
 def test_remapped_camera_and_resampled_mic_reach_the_model(duplex_run):

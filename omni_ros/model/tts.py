@@ -4,7 +4,7 @@ LLM's hidden states, drawing 25 speech codes per 1 s unit with a KV cache kept f
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -70,13 +70,18 @@ class MiniCPMTTS(nn.Module):
         parts.append(self.emb_text(torch.tensor([self.config.audio_bos_token_id], device=dev)))
         return torch.cat(parts, dim=0)
 
-    def step(self, embeds: torch.Tensor, position: int, cache) -> torch.Tensor:
+    def step(self, embeds: torch.Tensor, position: int, cache,
+             head_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """embeds [n, H] at positions position.. appended to `cache` -> logits of the last
-        position [num_audio_tokens]."""
+        position [num_audio_tokens]. `head_weight`: the code head's weight-normed weight computed
+        beforehand (it is fixed at inference), else it is computed in this call."""
         n = embeds.shape[0]
         pos = torch.arange(position, position + n, device=embeds.device)[None]
         out = self.model(inputs_embeds=embeds[None], position_ids=pos, cache=cache, use_cache=True)
-        return self.head_code[0](out.last_hidden_state[0, -1]).float()
+        last = out.last_hidden_state[0, -1]
+        if head_weight is not None:
+            return F.linear(last, head_weight).float()
+        return self.head_code[0](last).float()
 
     def generate_unit(self, cond: torch.Tensor, state: TTSTurnState, generator: torch.Generator,
                       max_new_tokens: int = 26, min_new_tokens: int = 26, temperature: float = 0.8,

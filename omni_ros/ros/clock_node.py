@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 

@@ -89,6 +89,7 @@ class TorchCompute:
         self.config, self.tokenizer, self.special = model.config, model.tokenizer, model.special
         self.graphs = {name: spec.build(model).eval() for name, spec in G.GRAPHS.items()
                        if name not in ("llm_step", "lm_head", "tts_step", "token2wav")}
+        self._code_head: Optional[torch.Tensor] = None
         t2w = model.token2wav
         t2w_config = getattr(t2w, "config", None)
         self.samples_per_code = t2w_config.samples_per_code if t2w_config else t2w.samples_per_code
@@ -144,7 +145,10 @@ class TorchCompute:
         return DynamicCache()
 
     def tts_step(self, embeds, position, cache):
-        return self.model.tts.step(embeds, position, cache)
+        if self._code_head is None:        # weight norm g * v / |v|, fixed at inference: once
+            with torch.no_grad():
+                self._code_head = self.model.tts.head_code[0].weight.detach()
+        return self.model.tts.step(embeds, position, cache, head_weight=self._code_head)
 
     def token2wav(self, codes):
         t2w = self.model.token2wav

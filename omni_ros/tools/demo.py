@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from omni_ros.tools.bringup import graph_commands
-from omni_ros.tools.processes import ProcessGroup, node_command
+from omni_ros.tools.processes import ProcessGroup
 
 
 def ensure_tiny_checkpoint(folder: Path, seed: int) -> None:
