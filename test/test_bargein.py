@@ -133,3 +133,58 @@ def test_reference_from_before_a_backward_clock_jump_is_forgotten(vad, voices):
     # the clock jumped back to t = 5 s: the robot is not speaking there
     assert run(detector, np.concatenate([np.zeros(RATE, np.float32), person])) == []
     assert detector.reference.newest_end is None
+
+
+class RecordingCanceller:
+    """Wraps a real canceller and keeps every mic sample it was given, in order."""
+
+    def __init__(self, inner):
+        self.inner, self.block, self.seen = inner, inner.block, []
+
+    def reset(self):
+        self.inner.reset()
+
+    def process(self, near, far):
+        self.seen.append(np.array(near, dtype=np.float32))
+        return self.inner.process(near, far)
+
+
+@pytest.mark.parametrize("kind", CANCELLERS)
+def test_canceller_gets_the_mic_as_one_gap_free_stream(kind, vad, voices):
+    """20 ms chunks, 32 ms VAD frames and 10 ms (webrtc) or 16 ms (fdaf) canceller blocks do not
+    line up; the canceller must still see every mic sample once, in order."""
+    robot, _ = voices
+    vad.reset()
+    recorder = RecordingCanceller(make_echo_canceller(kind))
+    detector = BargeInDetector(vad, recorder)
+    detector.push_reference(5 * NS, robot)
+    mic = scene(robot)
+    run(detector, mic)
+    seen = np.concatenate(recorder.seen)
+    assert seen.shape[0] > mic.shape[0] - recorder.block
+    assert np.array_equal(seen, mic[:seen.shape[0]])
+
+
+@pytest.mark.parametrize("kind", CANCELLERS)
+def test_echo_only_frames_skip_the_vad_and_a_voice_is_scored(kind, voices):
+    """While the robot speaks alone most frames are ruled out as echo by their residual power,
+    without running the VAD; frames where a person talks are scored."""
+    robot, person = voices
+    calls = []
+    inner = VoiceActivity()
+
+    def counting_vad(frame):
+        calls.append(frame.shape[0])
+        return inner(frame)
+
+    detector = BargeInDetector(counting_vad, make_echo_canceller(kind), min_speech_ms=96)
+    detector.push_reference(5 * NS, robot)
+    run(detector, scene(robot))
+    c = detector.counters
+    assert c.frames_vad == len(calls) and c.frames_vad + c.frames_echo_gated == c.frames_scored
+    assert len(calls) < 0.3 * c.frames_scored
+    detector.reset()
+    detector.push_reference(5 * NS, robot)
+    before = len(calls)
+    assert run(detector, scene(robot, person, onset_s=2.0))
+    assert len(calls) - before >= detector.min_speech_frames

@@ -12,8 +12,10 @@ published) is cancelled from the mic signal by an adaptive echo canceller:
   `aec_audio_processing` package is installed (`echo_canceller="webrtc"`).
 
 The strategy in full: reference and mic are aligned by stamp (mic sample at t is compared with
-the reference published at t - echo_delay); the canceller removes the linear echo; silero-vad
-then scores each 32 ms frame of the residual; `min_speech_ms` of consecutive frames above the
+the reference published at t - echo_delay); the canceller removes the linear echo, taking the mic as
+one gap-free stream; each 32 ms frame of the residual whose power shows it is mostly echo is
+ruled out there (no VAD run: the cheap common case while the robot speaks alone), silero-vad
+scores the others; `min_speech_ms` of consecutive frames above the
 threshold while the robot is speaking is a barge-in, reported with the onset's stamp. Without
 a reference in the frame (the robot silent) nothing is cancelled and nothing triggers.
 No ROS here; torch only inside the VAD.
@@ -89,6 +91,12 @@ class FdafEchoCanceller:
         self.double_talk_blocks = 0
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """Cancel `far`'s echo from `near`; both a whole number of blocks long."""
+        B = self.block
+        return np.concatenate([self._process_block(near[i:i + B], far[i:i + B])
+                               for i in range(0, len(near), B)] or [np.zeros(0, np.float32)])
+
+    def _process_block(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         B = self.block
         near = np.asarray(near, dtype=np.float64)
         far = np.asarray(far, dtype=np.float64)
@@ -122,7 +130,8 @@ class WebRtcEchoCanceller:
     def __init__(self, sample_rate: int = INPUT_SAMPLE_RATE, block: int = 160) -> None:
         from aec_audio_processing import AudioProcessor  # noqa: PLC0415 - optional dependency
         self.block = int(block)   # 10 ms at 16 kHz, what the module takes
-        self._ap = AudioProcessor(enable_aec=True, enable_ns=False, enable_agc=False)
+        self._ap = AudioProcessor(enable_aec=True, enable_ns=False, enable_agc=False,
+                                  enable_vad=False)
         self._ap.set_stream_format(sample_rate, 1, sample_rate, 1)
         self._ap.set_reverse_stream_format(sample_rate, 1)
         self.double_talk_blocks = 0
@@ -131,10 +140,16 @@ class WebRtcEchoCanceller:
         pass
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        """Cancel `far`'s echo from `near`; both a whole number of 10 ms blocks long."""
         to16 = lambda x: (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()  # noqa: E731
-        self._ap.process_reverse_stream(to16(far))
-        out = self._ap.process_stream(to16(near))
+        near16, far16, size = to16(near), to16(far), 2 * self.block
+        out = b"".join(self._process_block(near16[i:i + size], far16[i:i + size])
+                       for i in range(0, len(near16), size))
         return np.frombuffer(out, dtype="<i2").astype(np.float32) / 32768.0
+
+    def _process_block(self, near16: bytes, far16: bytes) -> bytes:
+        self._ap.process_reverse_stream(far16)
+        return self._ap.process_stream(near16)
 
 
 def make_echo_canceller(kind: str = "auto", tail_ms: float = 128.0):
@@ -155,12 +170,13 @@ def make_echo_canceller(kind: str = "auto", tail_ms: float = 128.0):
 @dataclass
 class BargeInCounters:
     mic_samples: int = 0
-    frames_scored: int = 0          # 32 ms frames scored by the VAD while the robot spoke
+    frames_scored: int = 0          # 32 ms frames looked at while the robot spoke
     speech_frames: int = 0          # ...of which above the threshold
     triggers: int = 0
     reference_samples: int = 0
     double_talk_blocks: int = 0
-    frames_echo_gated: int = 0      # VAD said speech but the residual was mostly echo
+    frames_echo_gated: int = 0      # ...of which mostly echo after cancelling: VAD not run
+    frames_vad: int = 0             # ...of which scored by the VAD
 
     def snapshot(self) -> dict:
         return dict(vars(self))
@@ -189,6 +205,9 @@ class BargeInDetector:
         self.counters = BargeInCounters()
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_first: Optional[int] = None   # grid index of _pending[0]
+        self._mic = np.zeros(0, dtype=np.float32)     # cancelled, not yet framed: raw mic...
+        self._clean = np.zeros(0, dtype=np.float32)   # ...and the canceller's output
+        self._frame_first = 0                         # grid index of _mic[0] and _clean[0]
         self._run = 0                                 # consecutive speech frames
         self._onset: Optional[int] = None
         self._erle_db = 0.0
@@ -208,6 +227,7 @@ class BargeInDetector:
     def reset(self) -> None:
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_first = None
+        self._mic = self._clean = np.zeros(0, dtype=np.float32)
         self._run, self._onset = 0, None
         self.reference.clear()
         if self.canceller is not None:
@@ -225,53 +245,67 @@ class BargeInDetector:
         if self._pending_first is None or first != self._pending_first + self._pending.shape[0]:
             # A gap or a jump in the mic timeline: start the frames afresh from this chunk.
             self._pending, self._pending_first = samples, first
+            self._mic = self._clean = np.zeros(0, dtype=np.float32)
+            self._frame_first = first
         else:
             self._pending = np.concatenate([self._pending, samples])
+        # The canceller takes the mic as one gap-free stream in its own block size...
+        step = self.canceller.block if self.canceller is not None else self._pending.shape[0]
+        whole = self._pending.shape[0] - self._pending.shape[0] % step
+        if whole:
+            mic, start = self._pending[:whole], self._pending_first
+            self._pending = self._pending[whole:]
+            self._pending_first += whole
+            clean = mic
+            if self.canceller is not None and (self.robot_speaking_at(start)
+                                               or self.robot_speaking_at(start + whole - 1)):
+                far = self.reference.get(start - self.echo_delay, whole)
+                clean = self.canceller.process(mic, far).astype(np.float32, copy=False)
+                self.counters.double_talk_blocks = getattr(self.canceller, "double_talk_blocks", 0)
+            self._mic = np.concatenate([self._mic, mic])
+            self._clean = np.concatenate([self._clean, clean])
+        # ...and the VAD scores the cancelled stream in its 32 ms frames.
         onset = None
-        while self._pending.shape[0] >= FRAME:
-            frame, start = self._pending[:FRAME], self._pending_first
-            self._pending = self._pending[FRAME:]
-            self._pending_first += FRAME
-            hit = self._frame(frame, start)
+        while self._clean.shape[0] >= FRAME:
+            hit = self._frame(self._mic[:FRAME], self._clean[:FRAME], self._frame_first)
+            self._mic, self._clean = self._mic[FRAME:], self._clean[FRAME:]
+            self._frame_first += FRAME
             if hit is not None and onset is None:
                 onset = hit
         return onset
 
-    def _frame(self, frame: np.ndarray, start: int) -> Optional[int]:
+    def _echo_like(self, mic: np.ndarray, clean: np.ndarray, far: np.ndarray) -> bool:
+        """Whether a frame's residual is mostly echo (decided before, and instead of, the VAD).
+
+        The canceller leaves -20..-30 dB of the echo, which silero still hears as speech; a
+        person talking keeps the residual near the mic level. Until the canceller has converged
+        (ERLE < 6 dB) the person must also be louder than the reference itself."""
+        mic_power = float(np.mean(np.square(mic, dtype=np.float64))) + 1e-12
+        clean_power = float(np.mean(np.square(clean, dtype=np.float64))) + 1e-12
+        far_power = float(np.mean(np.square(far, dtype=np.float64)))
+        echo_like = clean_power < self.residual_gate * mic_power
+        if self._erle_db < 6.0 and far_power > 1e-7:
+            echo_like = echo_like or mic_power < far_power
+        if echo_like and far_power > 1e-7:
+            # Echo-only frames show how much of the echo the canceller removes (ERLE).
+            self._erle_db = 0.9 * self._erle_db + 0.1 * 10.0 * np.log10(mic_power / clean_power)
+        return echo_like
+
+    def _frame(self, mic: np.ndarray, clean: np.ndarray, start: int) -> Optional[int]:
         if not self.robot_speaking_at(start):
             self._run, self._onset = 0, None
             return None
-        far = self.reference.get(start - self.echo_delay, FRAME)
-        clean = frame
-        if self.canceller is not None:
-            block = self.canceller.block
-            parts = [self.canceller.process(frame[i:i + block], far[i:i + block])
-                     for i in range(0, FRAME - FRAME % block, block)]
-            if FRAME % block:
-                parts.append(frame[FRAME - FRAME % block:])
-            clean = np.concatenate(parts).astype(np.float32)
-            self.counters.double_talk_blocks = getattr(self.canceller, "double_talk_blocks", 0)
-        p = float(self.vad(clean))
-        self.last_probability = p
         self.counters.frames_scored += 1
-        if self.canceller is not None:
-            mic_power = float(np.mean(np.square(frame, dtype=np.float64))) + 1e-12
-            clean_power = float(np.mean(np.square(clean, dtype=np.float64))) + 1e-12
-            far_power = float(np.mean(np.square(far, dtype=np.float64)))
-            if far_power > 1e-7 and p < self.threshold:
-                # Echo-only frames show how much of the echo the canceller removes (ERLE).
-                self._erle_db = 0.9 * self._erle_db + 0.1 * 10.0 * np.log10(mic_power / clean_power)
-            if p >= self.threshold:
-                # Residual echo gate: the canceller leaves -20..-30 dB of the echo, which
-                # silero still hears as speech; a person talking keeps the residual near the
-                # mic level. Until the canceller has converged (ERLE < 6 dB) the person must
-                # also be louder than the reference itself.
-                echo_like = clean_power < self.residual_gate * mic_power
-                if self._erle_db < 6.0 and far_power > 1e-7:
-                    echo_like = echo_like or mic_power < far_power
-                if echo_like:
-                    self.counters.frames_echo_gated += 1
-                    p = 0.0
+        far = self.reference.get(start - self.echo_delay, FRAME)
+        if self.canceller is not None and self._echo_like(mic, clean, far):
+            # Echo: no person's speech to look for, so the VAD is not run at all (most frames
+            # while the robot speaks alone end here, at the cost of three means).
+            self.counters.frames_echo_gated += 1
+            p = 0.0
+        else:
+            p = float(self.vad(clean))
+            self.counters.frames_vad += 1
+        self.last_probability = p
         if p < self.threshold:
             self._run, self._onset = 0, None
             return None

@@ -101,7 +101,8 @@ class OmniNode(Node):
                                "speech_chunks_dropped_turn_end": 0, "session_resets_after_failures": 0,
                                "worker_errors": 0, "executor_errors": 0}
         self._last_frame_at = self._last_audio_at = time.monotonic()
-        self._logged_counts = {}
+        self._logged_counts = {}   # counter -> value when last logged
+        self._logged_at = {}       # counter -> time.monotonic() when last logged
         self.buffer = WindowBuffer(self.window_ns,
                                    max_future_windows=self.settings["max_future_windows"])
         self.buffer_lock = threading.Lock()
@@ -241,12 +242,22 @@ class OmniNode(Node):
         self.get_logger().info(f"barge-in on: echo canceller {type(canceller).__name__}")
         return detector
 
+    def _warn(self, key: str, text: str) -> bool:
+        """Log a warning unless one of this kind (`key`) was logged in the last LOG_THROTTLE_SEC;
+        whether it was logged. Throttled here, not by rclpy: rclpy's logger looks up its
+        caller's frame and file before it throttles, about 0.1 ms a call, too much for a
+        warning that a flood of bad messages raises on every one."""
+        now = time.monotonic()
+        if now - self._logged_at.get(key, float("-inf")) < LOG_THROTTLE_SEC:
+            return False
+        self._logged_at[key] = now
+        self.get_logger().warning(text)
+        return True
+
     def _log_counter(self, key: str, value: int, message: str) -> None:
-        """A rate-limited warning when an input counter has grown since it was last logged."""
-        if value > self._logged_counts.get(key, 0):
+        """A throttled warning when an input counter has grown since it was last logged."""
+        if value > self._logged_counts.get(key, 0) and self._warn(key, f"{message} ({key} = {value})"):
             self._logged_counts[key] = value
-            self.get_logger().warning(f"{message} ({key} = {value})",
-                                      throttle_duration_sec=LOG_THROTTLE_SEC)
 
     # -- inputs --------------------------------------------------------------------------------
     def on_image(self, message) -> None:
@@ -258,8 +269,7 @@ class OmniNode(Node):
                 header = parse_image_header(message)
             except ImageFormatError as error:
                 self.input_counters["frames_refused"] += 1
-                self.get_logger().warning(f"camera frame refused: {error}",
-                                          throttle_duration_sec=LOG_THROTTLE_SEC)
+                self._warn("frames_malformed", f"camera frame refused: {error}")
                 return
             stamp_ns, checked, message = header.stamp_ns, header, _SerializedImage(message)
         else:
@@ -273,8 +283,7 @@ class OmniNode(Node):
                 extra = check_image(checked)
             except ImageFormatError as error:
                 self.input_counters["frames_refused"] += 1
-                self.get_logger().warning(f"camera frame refused: {error}",
-                                          throttle_duration_sec=LOG_THROTTLE_SEC)
+                self._warn("frames_refused", f"camera frame refused: {error}")
                 return
             if extra:
                 self.input_counters["frames_oversized_data"] += 1
@@ -307,8 +316,7 @@ class OmniNode(Node):
             return small
         except ImageFormatError as error:
             self.input_counters["frames_undecodable"] += 1
-            self.get_logger().warning(f"camera frame dropped: {error}",
-                                      throttle_duration_sec=LOG_THROTTLE_SEC)
+            self._warn("frames_undecodable", f"camera frame dropped: {error}")
             return None
 
     def on_audio_info(self, message) -> None:
@@ -332,8 +340,7 @@ class OmniNode(Node):
             stamp_ns, samples = self.audio_input.push(chunk.stamp_ns, chunk.data)
         except AudioFormatError as error:
             self.input_counters["audio_messages_refused"] += 1
-            self.get_logger().warning(f"microphone audio refused: {error}",
-                                      throttle_duration_sec=LOG_THROTTLE_SEC)
+            self._warn("audio_messages_refused", f"microphone audio refused: {error}")
             return
         counters = self.audio_input.counters
         self._log_counter("audio_partial_frame_bytes", counters.partial_frame_bytes,
