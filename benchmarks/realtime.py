@@ -16,7 +16,10 @@ latency:  from the last sample of a spoken request on the mic topic to the first
 barge_in: from the voiced onset of a person talking over the robot to the last speech chunk
   published.
 camera:   CPU per received 1920x1080 rgb8 frame at 30 fps in omni_node's executor thread
-  against a bare rclpy subscriber's (same topic, same run).
+  against two bare rclpy subscribers' (same topic, same run): one with glibc's defaults, one
+  keeping frame buffers on the heap as omni_node does.
+Every process of a run uses config/fastdds_large_frames.xml; thread CPU is read from
+/proc/<pid>/task/<tid>/schedstat (nanoseconds).
 soak:     1,800 windows through the flow (buffers, conversions, loop, pacer) and the tiny model
   session in process: resident memory and per-window time, first 100 against last 100.
 """
