@@ -63,6 +63,8 @@ def process_cpu(pid: int) -> float:
 
 
 def record(name: str, title: str, rows, notes: str = "") -> None:
+    if NODE_PARAMS:
+        rows = [*rows, ("omni_node parameters given (--param)", " ".join(NODE_PARAMS[1::2]))]
     width = max(len(r[0]) for r in rows)
     table = "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)
     header = f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|"
