@@ -264,9 +264,11 @@ print('received', count['camera'], count['mic'], flush=True)
 """
 
 
-# glibc keeping frame buffers on its heap, as omni_node has it (keep_frame_buffers_on_heap)
-HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
-            "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024)}
+def heap_env() -> dict:
+    """glibc keeping frame buffers on its heap, as omni_node has it (keep_frame_buffers_on_heap)."""
+    from omni_ros.ros.runner import FRAME_MMAP_THRESHOLD, FRAME_TRIM_THRESHOLD
+    return {"MALLOC_MMAP_THRESHOLD_": str(FRAME_MMAP_THRESHOLD),
+            "MALLOC_TRIM_THRESHOLD_": str(FRAME_TRIM_THRESHOLD)}
 
 
 def start_bare(graph, mic: bool, executor: str = "single", name: str = "bare", env=None):
@@ -281,7 +283,7 @@ def measure_overhead(args, checkpoint, executor_kind: str) -> dict:
     graph = Graph(checkpoint, args.window_sec, "-p", "diagnostics_period_sec:=1.0",
                   "-p", "listen_prob_scale:=0.3", "-p", "force_listen_count:=0",
                   "-p", f"executor:={executor_kind}")
-    bare = start_bare(graph, mic=True, executor=executor_kind, env=HEAP_ENV)
+    bare = start_bare(graph, mic=True, executor=executor_kind, env=heap_env())
     driver = make_driver(echo_gain=0.3)
     executor = spin_in_background(driver)
     try:
@@ -442,7 +444,7 @@ def bench_camera(args, checkpoint):
     # with glibc keeping frame buffers on its heap as omni_node has it (keep_frame_buffers_on_heap)
     bares = {"bare": start_bare(graph, mic=False, executor="events"),
              "bare_heap": start_bare(graph, mic=False, executor="events", name="bare_heap",
-                                     env=HEAP_ENV)}
+                                     env=heap_env())}
     driver = make_driver()
     executor = spin_in_background(driver)
     frame = rgb_to_image(np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), np.uint8),

@@ -268,9 +268,7 @@ class OmniNode(Node):
             try:
                 header = parse_image_header(message)
             except ImageFormatError as error:
-                self.input_counters["frames_refused"] += 1
-                self._warn("frames_malformed", f"camera frame refused: {error}")
-                return
+                return self._refuse_frame("frames_malformed", error)
             stamp_ns, checked, message = header.stamp_ns, header, _SerializedImage(message)
         else:
             checked = message
@@ -282,9 +280,7 @@ class OmniNode(Node):
             try:
                 extra = check_image(checked)
             except ImageFormatError as error:
-                self.input_counters["frames_refused"] += 1
-                self._warn("frames_refused", f"camera frame refused: {error}")
-                return
+                return self._refuse_frame("frames_refused", error)
             if extra:
                 self.input_counters["frames_oversized_data"] += 1
                 self._log_counter("frames_oversized_data", self.input_counters[
@@ -298,6 +294,11 @@ class OmniNode(Node):
         if after > before:
             self._log_counter("frames_out_of_time", after, "camera frame stamped outside the "
                               "open windows (far past or future) dropped")
+
+    def _refuse_frame(self, kind: str, error: ImageFormatError) -> None:
+        """Count a refused frame and warn (throttled per `kind` of refusal)."""
+        self.input_counters["frames_refused"] += 1
+        self._warn(kind, f"camera frame refused: {error}")
 
     def _decode_frame(self, message):
         try:
