@@ -67,12 +67,14 @@ def detector_for(kind, vad):
     return BargeInDetector(vad, make_echo_canceller(kind), threshold=0.5, min_speech_ms=96)
 
 
+@pytest.mark.parametrize("delay", [0, 32, 80, 800])
 @pytest.mark.parametrize("kind", CANCELLERS)
-def test_own_voice_in_the_mic_does_not_trigger(kind, vad, voices):
+def test_own_voice_in_the_mic_does_not_trigger(kind, delay, vad, voices):
+    """Echo delays from none (the sample published is the sample heard) to 50 ms."""
     robot, _ = voices
     detector = detector_for(kind, vad)
     detector.push_reference(5 * NS, robot)
-    assert run(detector, scene(robot)) == []
+    assert run(detector, scene(robot, delay=delay)) == []
     assert detector.counters.frames_scored > 100
 
 
@@ -111,6 +113,11 @@ def test_reference_buffer_by_stamp():
     assert np.all(got[:10] == 0) and np.array_equal(got[10:], np.arange(20))
     ref.add(NS + 2 * NS, np.ones(10, np.float32))   # wraps around the ring
     assert np.all(ref.get(first, 10) == 0)          # overwritten slots are not returned
+    longer = np.arange(RATE + 500, dtype=np.float32)   # more than the ring holds: the newest stay
+    ref.add(5 * NS, longer)
+    start = ref.index(5 * NS)
+    assert np.all(ref.get(start, 500) == 0)
+    assert np.array_equal(ref.get(start + 500, RATE), longer[500:])
 
 
 def test_fdaf_converges_on_an_echo():
@@ -139,7 +146,7 @@ class RecordingCanceller:
     """Wraps a real canceller and keeps every mic sample it was given, in order."""
 
     def __init__(self, inner):
-        self.inner, self.block, self.seen = inner, inner.block, []
+        self.inner, self.block, self.lead, self.seen = inner, inner.block, inner.lead, []
 
     def reset(self):
         self.inner.reset()
@@ -183,6 +190,7 @@ def test_echo_only_frames_skip_the_vad_and_a_voice_is_scored(kind, voices):
     c = detector.counters
     assert c.frames_vad == len(calls) and c.frames_vad + c.frames_echo_gated == c.frames_scored
     assert len(calls) < 0.3 * c.frames_scored
+    assert 0 < c.cpu_us   # the detector's own CPU time, for /diagnostics
     detector.reset()
     detector.push_reference(5 * NS, robot)
     before = len(calls)

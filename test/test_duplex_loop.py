@@ -184,3 +184,24 @@ def test_broken_detector_does_not_stop_the_loop():
 def test_mismatched_window_rejected():
     with pytest.raises(ValueError):
         DuplexLoop(ScriptedSession([]), WindowBuffer(W), None, DuplexParams(window_ns=W // 2))
+
+
+def test_report_splits_unit_time_into_model_and_vad():
+    """compute_ms holds the model's time and the VAD's; each is reported on its own."""
+    import time
+
+    class SlowSession(ScriptedSession):
+        def run_unit(self, unit):
+            time.sleep(0.03)
+            return super().run_unit(unit)
+
+    def slow_detector(audio):
+        time.sleep(0.02)
+        return 0.0
+
+    buf = WindowBuffer(W)
+    loop = DuplexLoop(SlowSession([]), buf, slow_detector)
+    buf.add_audio(0, np.zeros(16000, np.float32))
+    report = loop.on_tick(0, 0)
+    assert 20 <= report.vad_ms < 30 <= report.model_ms
+    assert report.compute_ms >= report.vad_ms + report.model_ms

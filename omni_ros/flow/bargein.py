@@ -22,6 +22,7 @@ No ROS here; torch only inside the VAD.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -31,6 +32,7 @@ from .types import INPUT_SAMPLE_RATE
 
 NS_PER_S = 1_000_000_000
 FRAME = 512                 # silero-vad's frame at 16 kHz (32 ms)
+ECHO_TAIL_FRAMES = 4        # how far back (128 ms) a frame's echo can come from in the reference
 ECHO_CANCELLERS = ("auto", "fdaf", "webrtc", "none")
 
 
@@ -48,10 +50,11 @@ class ReferenceBuffer:
         return (int(stamp_ns) * self.sample_rate + NS_PER_S // 2) // NS_PER_S
 
     def add(self, stamp_ns: int, samples: np.ndarray) -> None:
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)[-self.size:]
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if samples.shape[0] == 0:
             return
-        first = self.index(stamp_ns)
+        first = self.index(stamp_ns) + max(0, samples.shape[0] - self.size)   # keeps the newest
+        samples = samples[-self.size:]
         idx = np.arange(first, first + samples.shape[0])
         self._data[idx % self.size] = samples
         self._owner[idx % self.size] = idx
@@ -72,6 +75,8 @@ class ReferenceBuffer:
 class FdafEchoCanceller:
     """Partitioned-block frequency-domain adaptive filter (overlap-save NLMS) with a Geigel
     double-talk detector. `process(near, far)` takes blocks of `block` samples."""
+
+    lead = 0   # samples of reference given ahead of the mic: none, it models a zero-delay echo
 
     def __init__(self, block: int = 256, tail_ms: float = 128.0, step: float = 0.5,
                  sample_rate: int = INPUT_SAMPLE_RATE, geigel: float = 0.8) -> None:
@@ -125,11 +130,16 @@ class FdafEchoCanceller:
 
 
 class WebRtcEchoCanceller:
-    """The WebRTC audio-processing AEC through the optional `aec_audio_processing` package."""
+    """The WebRTC audio-processing AEC through the optional `aec_audio_processing` package.
+
+    AEC3 expects the echo to lag the reference it was given; an echo in the same 10 ms block
+    as its reference (a microphone next to the speaker, or a simulation) is not cancelled and
+    the robot would interrupt itself. So it gets the reference one block ahead of the mic."""
 
     def __init__(self, sample_rate: int = INPUT_SAMPLE_RATE, block: int = 160) -> None:
         from aec_audio_processing import AudioProcessor  # noqa: PLC0415 - optional dependency
         self.block = int(block)   # 10 ms at 16 kHz, what the module takes
+        self.lead = self.block
         self._ap = AudioProcessor(enable_aec=True, enable_ns=False, enable_agc=False,
                                   enable_vad=False)
         self._ap.set_stream_format(sample_rate, 1, sample_rate, 1)
@@ -177,6 +187,7 @@ class BargeInCounters:
     double_talk_blocks: int = 0
     frames_echo_gated: int = 0      # ...of which mostly echo after cancelling: VAD not run
     frames_vad: int = 0             # ...of which scored by the VAD
+    cpu_us: int = 0                 # CPU time in push_mic (cancelling and VAD), microseconds
 
     def snapshot(self) -> dict:
         return dict(vars(self))
@@ -237,6 +248,13 @@ class BargeInDetector:
             reset()
 
     def push_mic(self, stamp_ns: int, samples_16k: np.ndarray) -> Optional[int]:
+        started = time.thread_time_ns()
+        try:
+            return self._push_mic(stamp_ns, samples_16k)
+        finally:
+            self.counters.cpu_us += (time.thread_time_ns() - started) // 1000
+
+    def _push_mic(self, stamp_ns: int, samples_16k: np.ndarray) -> Optional[int]:
         samples = np.nan_to_num(np.asarray(samples_16k, dtype=np.float32).reshape(-1))
         if samples.shape[0] == 0:
             return None
@@ -259,7 +277,7 @@ class BargeInDetector:
             clean = mic
             if self.canceller is not None and (self.robot_speaking_at(start)
                                                or self.robot_speaking_at(start + whole - 1)):
-                far = self.reference.get(start - self.echo_delay, whole)
+                far = self.reference.get(start - self.echo_delay + self.canceller.lead, whole)
                 clean = self.canceller.process(mic, far).astype(np.float32, copy=False)
                 self.counters.double_talk_blocks = getattr(self.canceller, "double_talk_blocks", 0)
             self._mic = np.concatenate([self._mic, mic])
@@ -279,10 +297,12 @@ class BargeInDetector:
 
         The canceller leaves -20..-30 dB of the echo, which silero still hears as speech; a
         person talking keeps the residual near the mic level. Until the canceller has converged
-        (ERLE < 6 dB) the person must also be louder than the reference itself."""
+        (ERLE < 6 dB) the person must also be louder than the reference itself: than its
+        loudest frame within the echo tail, where the echo in this frame comes from."""
         mic_power = float(np.mean(np.square(mic, dtype=np.float64))) + 1e-12
         clean_power = float(np.mean(np.square(clean, dtype=np.float64))) + 1e-12
-        far_power = float(np.mean(np.square(far, dtype=np.float64)))
+        far_power = float(np.max(np.mean(np.square(far.reshape(-1, FRAME), dtype=np.float64),
+                                         axis=1)))
         echo_like = clean_power < self.residual_gate * mic_power
         if self._erle_db < 6.0 and far_power > 1e-7:
             echo_like = echo_like or mic_power < far_power
@@ -296,10 +316,11 @@ class BargeInDetector:
             self._run, self._onset = 0, None
             return None
         self.counters.frames_scored += 1
-        far = self.reference.get(start - self.echo_delay, FRAME)
+        tail = ECHO_TAIL_FRAMES * FRAME
+        far = self.reference.get(start - self.echo_delay - tail, tail + FRAME)
         if self.canceller is not None and self._echo_like(mic, clean, far):
             # Echo: no person's speech to look for, so the VAD is not run at all (most frames
-            # while the robot speaks alone end here, at the cost of three means).
+            # while the robot speaks alone end here, at the cost of a few means).
             self.counters.frames_echo_gated += 1
             p = 0.0
         else:

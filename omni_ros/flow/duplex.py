@@ -73,6 +73,7 @@ class UnitReport:
     suppressed: bool = False   # the model spoke but the person was talking (after a barge-in): muted
     session_reset: bool = False   # the session was reset after consecutive failures
     model_ms: float = 0.0      # of compute_ms, the time inside session.run_unit
+    vad_ms: float = 0.0        # of compute_ms, the time in the voice-activity detector
 
 
 @dataclass
@@ -263,7 +264,9 @@ class DuplexLoop:
             self._newest_image_stamp = image_stamp_ns
         own_audio = audio if merged == 0 or audio.shape[0] == self.buffer_window_samples \
             else audio[-self.buffer_window_samples:]
+        vad_started = time.perf_counter()
         user_probability = self._user_speech_probability(own_audio, coverage)
+        vad_ms = (time.perf_counter() - vad_started) * 1000.0
         user_speech = user_probability >= self.params.speech_threshold
         if user_speech:
             self._last_user_speech = window_index
@@ -310,6 +313,7 @@ class DuplexLoop:
         report.error = error
         report.merged_windows = merged
         report.model_ms = model_ms
+        report.vad_ms = vad_ms
         limit = self.params.max_consecutive_failures
         if error is not None and limit and self._consecutive_failures >= limit:
             report.session_reset = True

@@ -128,6 +128,7 @@ class OmniNode(Node):
         self.barge_lock = threading.Lock()   # the detector is fed by the executor and the speaker
         self.recent_compute_ms = deque(maxlen=RECENT_WINDOWS)
         self.recent_overhead_ms = deque(maxlen=RECENT_WINDOWS)   # unit time outside the model
+        self.recent_vad_ms = deque(maxlen=RECENT_WINDOWS)        # ...of which the VAD's
         self.last_report: Optional[UnitReport] = None
         self.last_error: Optional[str] = None
 
@@ -468,6 +469,7 @@ class OmniNode(Node):
         self.last_report = report
         self.recent_compute_ms.append(report.compute_ms)
         self.recent_overhead_ms.append(report.compute_ms - report.model_ms)
+        self.recent_vad_ms.append(report.vad_ms)
         if report.error:
             self.last_error = report.error
             self.get_logger().error(f"window {report.window_index}: unit failed: {report.error}",
@@ -580,6 +582,8 @@ class OmniNode(Node):
         if self.recent_overhead_ms:
             values["unit_overhead_ms_mean"] = round(
                 sum(self.recent_overhead_ms) / len(self.recent_overhead_ms), 3)
+            values["unit_vad_ms_mean"] = round(
+                sum(self.recent_vad_ms) / len(self.recent_vad_ms), 3)
         values["window_ms"] = window_ms
         return values
 
