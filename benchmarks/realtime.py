@@ -7,6 +7,7 @@ benchmarks/results/<name>.md.
     .venv/bin/python benchmarks/realtime.py barge_in   [--trials 6]
     .venv/bin/python benchmarks/realtime.py camera     [--seconds 10]
     .venv/bin/python benchmarks/realtime.py soak       [--windows 1800]
+    .venv/bin/python benchmarks/realtime.py gc
 
 overhead: node CPU outside the model per window (the executor thread: conversions, buffering,
   barge-in echo cancelling and VAD, publishing; plus the unit's own time outside
@@ -22,6 +23,8 @@ Every process of a run uses config/fastdds_large_frames.xml; thread CPU is read 
 /proc/<pid>/task/<tid>/schedstat (nanoseconds).
 soak:     1,800 windows through the flow (buffers, conversions, loop, pacer) and the tiny model
   session in process: resident memory and per-window time, first 100 against last 100.
+gc:       the pause of a full garbage collection with the tiny model loaded, startup objects
+  tracked against frozen (run_node freezes them).
 """
 from __future__ import annotations
 
@@ -576,9 +579,43 @@ def bench_soak(args, checkpoint):
        "converted, one unit run, speech paced.")
 
 
+def bench_gc(args, checkpoint):
+    """The pause of a full garbage collection in a process holding the tiny model, with the
+    startup objects tracked (Python's default) and frozen (what run_node does)."""
+    import gc
+    from omni_ros.ros.runner import freeze_startup_objects
+    from omni_ros.runtime.registry import BackendSettings, create_session
+
+    session = create_session("torch", BackendSettings(model_path=str(checkpoint), device="cpu",
+                                                      dtype="float32"))
+    assert session is not None
+
+    def full_collection_ms(repeats=5):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            gc.collect()
+            times.append((time.perf_counter() - started) * 1000)
+        return float(np.median(times))
+
+    tracked = len(gc.get_objects())
+    before = full_collection_ms()
+    frozen = freeze_startup_objects()
+    after = full_collection_ms()
+    record("gc_pause", "Full garbage collection with the model loaded (in process)", [
+        ("objects tracked after startup", str(tracked)),
+        ("full collection, startup objects tracked (median of 5)", f"{before:.1f} ms"),
+        ("objects frozen by freeze_startup_objects()", str(frozen)),
+        ("full collection, startup objects frozen (median of 5)", f"{after * 1000:.0f} us"),
+    ], "A full collection runs when enough objects have survived younger collections; it stalls "
+       "whichever callback allocated last. run_node freezes the objects alive once the node is "
+       "built (gc.freeze), so these pauses only walk what came after.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=["overhead", "latency", "barge_in", "camera", "soak"])
+    parser.add_argument("name", choices=["overhead", "latency", "barge_in", "camera", "soak",
+                                         "gc"])
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--window-sec", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=None)
@@ -598,7 +635,7 @@ def main() -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else \
         tiny_checkpoint(Path(tempfile.gettempdir()) / "omni_ros_bench_tiny")
     {"overhead": bench_overhead, "latency": bench_latency, "barge_in": bench_barge_in,
-     "camera": bench_camera, "soak": bench_soak}[args.name](args, checkpoint)
+     "camera": bench_camera, "soak": bench_soak, "gc": bench_gc}[args.name](args, checkpoint)
     return 0
 
 

@@ -56,3 +56,38 @@ def test_a_failing_step_is_counted_and_spinning_goes_on(make_executor):
         thread.join(5)
         node.destroy_node()
     assert not thread.is_alive(), "shutting the context down ends the spin loop"
+
+
+FREEZE_CHILD = """
+import gc, sys
+import rclpy
+from rclpy.node import Node
+from omni_ros.ros.runner import run_node
+
+startup = [[i] for i in range(50000)]      # stands for the model: lives as long as the process
+
+def factory():
+    node = Node("freeze_probe")
+    def probe():
+        later = [[i] for i in range(10)]
+        tracked = {id(o) for o in gc.get_objects()}
+        print(gc.get_freeze_count(), id(startup[0]) in tracked, id(later[0]) in tracked,
+              flush=True)
+        rclpy.try_shutdown()
+    node.create_timer(0.1, probe)
+    return node
+
+sys.exit(run_node(factory, sys.argv))
+"""
+
+
+def test_run_node_freezes_what_startup_made(ros_env):
+    """Objects alive once the node is built are out of the collector's walk; newer ones are in."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", FREEZE_CHILD], env=ros_env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    frozen, startup_tracked, later_tracked = done.stdout.split()[:3]
+    assert int(frozen) > 50000
+    assert startup_tracked == "False" and later_tracked == "True"
