@@ -319,41 +319,61 @@ def measure_overhead(args, checkpoint, executor_kind: str) -> dict:
             "elapsed": elapsed, "states": len(driver.states) - states0}
 
 
+def overhead_figures(r: dict) -> dict:
+    """One node's run -> its figures in ms per window."""
+    total = r["executor_ms"] + r["unit_ms"]
+    detectors = r["barge_in_ms"] + r["unit_vad_ms"]
+    return {"executor": r["executor_ms"], "barge_in": r["barge_in_ms"], "unit": r["unit_ms"],
+            "unit_vad": r["unit_vad_ms"], "bare": r["bare_ms"], "plumbing": total - detectors,
+            "detectors": detectors, "total": total, "beyond": total - detectors - r["bare_ms"]}
+
+
 def bench_overhead(args, checkpoint):
     kinds = [k.strip() for k in args.executors.split(",") if k.strip()]
-    runs = {kind: measure_overhead(args, checkpoint, kind) for kind in kinds}
+    runs = {kind: [measure_overhead(args, checkpoint, kind) for _ in range(args.repeats)]
+            for kind in kinds}
     window_ms = args.window_sec * 1000
     rows = [("window", f"{window_ms:.0f} ms"),
-            ("inputs", "640x480 rgb8 at 10 fps, 16 kHz mono mic in 20 ms chunks, robot echo 0.3")]
-    for kind, r in runs.items():
-        v = r["values"]
-        total = r["executor_ms"] + r["unit_ms"]
-        detectors = r["barge_in_ms"] + r["unit_vad_ms"]
-        plumbing = total - detectors
-        beyond = plumbing - r["bare_ms"]
+            ("inputs", "640x480 rgb8 at 10 fps, 16 kHz mono mic in 20 ms chunks, robot echo 0.3"),
+            ("nodes per executor kind", f"{args.repeats}, one after the other; each figure is "
+                                        f"the median (min-max) over them")]
+    for kind, trials in runs.items():
+        figures = [overhead_figures(r) for r in trials]
+
+        def med(key, scale=1.0, unit=" ms"):
+            values = [f[key] * scale for f in figures]
+            if len(values) == 1:
+                return f"{values[0]:.2f}{unit}"
+            return f"{np.median(values):.2f}{unit} ({min(values):.2f}-{max(values):.2f})"
+
+        pct = 100.0 / window_ms
+        v = trials[-1]["values"]
         rows += [
-            (f"[{kind}] run", f"{r['elapsed']:.1f} s, {r['states']} states, "
-                              f"{v.get('speech_chunks_published', '?')} speech chunks, "
-                              f"{v.get('barge_in_frames_scored', '?')} barge-in frames scored"),
-            (f"[{kind}] executor thread CPU per window", f"{r['executor_ms']:.2f} ms"),
+            (f"[{kind}] run (last node)", f"{trials[-1]['elapsed']:.1f} s, "
+                                          f"{trials[-1]['states']} states, "
+                                          f"{v.get('speech_chunks_published', '?')} speech chunks, "
+                                          f"{v.get('barge_in_frames_scored', '?')} barge-in "
+                                          f"frames scored, {v.get('barge_ins', '?')} barge-ins"),
+            (f"[{kind}] executor thread CPU per window", med("executor")),
             (f"[{kind}] ...of which the barge-in detector (echo canceller + VAD)",
-             f"{r['barge_in_ms']:.2f} ms"),
-            (f"[{kind}] unit time outside session.run_unit", f"{r['unit_ms']:.2f} ms"),
-            (f"[{kind}] ...of which the window's VAD", f"{r['unit_vad_ms']:.2f} ms"),
+             med("barge_in")),
+            (f"[{kind}] unit time outside session.run_unit", med("unit")),
+            (f"[{kind}] ...of which the window's VAD", med("unit_vad")),
             (f"[{kind}] bare rclpy subscriber of mic + camera ({kind} executor), CPU per window",
-             f"{r['bare_ms']:.2f} ms"),
+             med("bare")),
             (f"[{kind}] node overhead / window (conversions, buffering, publishing)",
-             f"{100 * plumbing / window_ms:.2f} % (target < 2 %)"),
+             med("plumbing", pct, " %") + " (target < 2 %)"),
             (f"[{kind}] speech detectors / window (barge-in, window VAD)",
-             f"{100 * detectors / window_ms:.2f} %"),
-            (f"[{kind}] all node CPU outside the model / window", f"{100 * total / window_ms:.2f} %"),
-            (f"[{kind}] node overhead beyond the bare subscriber",
-             f"{100 * beyond / window_ms:.2f} % of the window")]
+             med("detectors", pct, " %")),
+            (f"[{kind}] all node CPU outside the model / window", med("total", pct, " %")),
+            (f"[{kind}] node overhead beyond the bare subscriber", med("beyond", pct, " %"))]
+    executor_median = {kind: float(np.median([r["executor_ms"] for r in trials]))
+                       for kind, trials in runs.items()}
     if len(runs) > 1:
         first, *others = kinds
         for kind in others:
-            rows.append((f"executor CPU {first} / {kind}",
-                         f"{runs[first]['executor_ms'] / runs[kind]['executor_ms']:.2f}x"))
+            rows.append((f"executor CPU {first} / {kind} (medians)",
+                         f"{executor_median[first] / executor_median[kind]:.2f}x"))
     record("node_overhead", "Node overhead per window (everything except model compute)", rows,
            "Executor thread = all callbacks (mic decode/resample/buffer, barge-in echo cancelling "
            "and VAD while the robot speaks, camera header checks, tick hand-over, speech publishing, "
@@ -363,7 +383,7 @@ def bench_overhead(args, checkpoint):
            "(`barge_in_cpu_us`, `unit_vad_ms_mean`). The tiny model's speech is noise-like, which "
            "WebRTC AEC3 cancels by only ~10 dB (speech by 25-50 dB), so the VAD scores most frames "
            "while the robot speaks: a heavy case for barge-in. One omni_node per executor kind "
-           "(`executor` parameter), one after the other in this run.")
+           "(`executor` parameter) and repeat, one after the other in this run.")
 
 
 def bench_latency(args, checkpoint):
@@ -621,6 +641,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="overhead: nodes run one after the other per executor kind")
     parser.add_argument("--windows", type=int, default=1800)
     parser.add_argument("--chunk-ms", type=int, default=100, help="barge_in: speech_chunk_ms")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",

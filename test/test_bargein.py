@@ -196,3 +196,31 @@ def test_echo_only_frames_skip_the_vad_and_a_voice_is_scored(kind, voices):
     before = len(calls)
     assert run(detector, scene(robot, person, onset_s=2.0))
     assert len(calls) - before >= detector.min_speech_frames
+
+
+@pytest.mark.parametrize("kind", CANCELLERS)
+def test_nonfinite_mic_samples_are_heard_as_silence(kind, vad, voices):
+    """NaN and inf samples reach neither the canceller nor the VAD; the stream goes on."""
+    robot, person = voices
+    detector = detector_for(kind, vad)
+    recorder = RecordingCanceller(detector.canceller)
+    detector.canceller = recorder
+    detector.push_reference(5 * NS, robot)
+    mic = scene(robot, person, onset_s=2.0)
+    mic[8000:8320] = np.nan
+    mic[9000:9100] = np.inf
+    mic[9100:9200] = -np.inf
+    hits = run(detector, mic)
+    seen = np.concatenate(recorder.seen)
+    assert np.isfinite(seen).all() and np.all(seen[8000:8320] == 0) and np.all(seen[9000:9200] == 0)
+    assert hits, "the person after the bad samples was still heard"
+
+
+def test_vad_scores_nonfinite_audio_as_silence(vad):
+    vad.reset()
+    noisy = np.full(4 * 512, np.nan, dtype=np.float32)
+    noisy[::3] = np.inf
+    from_bad = vad(noisy)
+    vad.reset()
+    assert from_bad == pytest.approx(vad(np.zeros(4 * 512, np.float32)), abs=1e-6)
+    assert from_bad < 0.5

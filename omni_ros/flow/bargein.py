@@ -44,6 +44,7 @@ class ReferenceBuffer:
         self.size = int(seconds * sample_rate)
         self._data = np.zeros(self.size, dtype=np.float32)
         self._owner = np.full(self.size, -1, dtype=np.int64)   # grid index held by each slot
+        self._ramp = np.arange(self.size, dtype=np.int64)
         self.newest_end: Optional[int] = None                   # grid index after the newest sample
 
     def index(self, stamp_ns: int) -> int:
@@ -63,9 +64,15 @@ class ReferenceBuffer:
 
     def get(self, first: int, n: int) -> np.ndarray:
         """n samples from grid index `first` (zeros where nothing was published)."""
-        idx = np.arange(first, first + n)
-        slots = idx % self.size
-        return np.where(self._owner[slots] == idx, self._data[slots], 0.0).astype(np.float32)
+        start = first % self.size
+        if n > self.size or start + n > self.size:   # wraps around the ring
+            slots = (first + np.arange(n)) % self.size
+            idx = first + np.arange(n)
+            return np.where(self._owner[slots] == idx, self._data[slots], 0.0).astype(np.float32)
+        held = self._owner[start:start + n] - first == self._ramp[:n]
+        out = self._data[start:start + n].copy()
+        out[~held] = 0.0
+        return out
 
     def clear(self) -> None:
         self._owner[:] = -1
@@ -255,7 +262,9 @@ class BargeInDetector:
             self.counters.cpu_us += (time.thread_time_ns() - started) // 1000
 
     def _push_mic(self, stamp_ns: int, samples_16k: np.ndarray) -> Optional[int]:
-        samples = np.nan_to_num(np.asarray(samples_16k, dtype=np.float32).reshape(-1))
+        samples = np.asarray(samples_16k, dtype=np.float32).reshape(-1)
+        if not np.isfinite(samples).all():
+            samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
         if samples.shape[0] == 0:
             return None
         self.counters.mic_samples += samples.shape[0]
@@ -299,10 +308,10 @@ class BargeInDetector:
         person talking keeps the residual near the mic level. Until the canceller has converged
         (ERLE < 6 dB) the person must also be louder than the reference itself: than its
         loudest frame within the echo tail, where the echo in this frame comes from."""
-        mic_power = float(np.mean(np.square(mic, dtype=np.float64))) + 1e-12
-        clean_power = float(np.mean(np.square(clean, dtype=np.float64))) + 1e-12
-        far_power = float(np.max(np.mean(np.square(far.reshape(-1, FRAME), dtype=np.float64),
-                                         axis=1)))
+        mic_power = float(np.dot(mic, mic)) / mic.shape[0] + 1e-12
+        clean_power = float(np.dot(clean, clean)) / clean.shape[0] + 1e-12
+        frames = far.reshape(-1, FRAME)
+        far_power = float(np.max(np.einsum("ij,ij->i", frames, frames))) / FRAME
         echo_like = clean_power < self.residual_gate * mic_power
         if self._erle_db < 6.0 and far_power > 1e-7:
             echo_like = echo_like or mic_power < far_power

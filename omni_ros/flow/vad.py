@@ -71,7 +71,10 @@ class VoiceActivity:
             return self.last_probability
         best = 0.0
         p = 0.0
-        for chunk in np.nan_to_num(audio[:whole]).reshape(-1, CHUNK_SAMPLES):
+        audio = audio[:whole]
+        if not np.isfinite(audio).all():
+            audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+        for chunk in audio.reshape(-1, CHUNK_SAMPLES):
             p = self._chunk(chunk)
             best = max(best, p)
         self.chunks_processed += whole // CHUNK_SAMPLES
