@@ -37,7 +37,7 @@ class ParameterSpec:
 
 EXECUTOR_PARAMETER = ParameterSpec(
     "executor", "events", "rclpy executor that runs the node's callbacks: events "
-    "(rclpy.experimental.EventsExecutor, a C++ event loop: about 30% less executor CPU per "
+    "(rclpy.experimental.EventsExecutor, a C++ event loop: about 40% less executor CPU per "
     "window than single, measured in benchmarks/results/node_overhead.md) or single "
     "(SingleThreadedExecutor). events falls back to single where rclpy lacks it.",
     choices=("events", "single"))
