@@ -37,3 +37,13 @@ def ros_env():
     rclpy.init()
     yield env
     rclpy.try_shutdown()
+
+
+@pytest.fixture
+def ros_context():
+    """A ROS context of its own for a node built in the test process."""
+    import rclpy
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)

@@ -1,5 +1,7 @@
 """Barge-in detection chunk by chunk: a person speaking over the robot triggers it; the robot's
 own voice coming back into the microphone does not, thanks to the echo canceller."""
+import time
+
 import numpy as np
 import pytest
 import soxr
@@ -224,3 +226,45 @@ def test_vad_scores_nonfinite_audio_as_silence(vad):
     vad.reset()
     assert from_bad == pytest.approx(vad(np.zeros(4 * 512, np.float32)), abs=1e-6)
     assert from_bad < 0.5
+
+
+@pytest.mark.parametrize("kind", CANCELLERS)
+def test_speech_is_held_from_the_first_speech_frame_until_decided(kind, vad, voices):
+    """The robot's next chunk waits while a run of speech frames is shorter than a barge-in:
+    a barge-in then stops the voice from its first speech frame on. The echo alone never
+    holds it; the hold is bounded in time when no more mic audio comes to decide it."""
+    robot, person = voices
+    detector = detector_for(kind, vad)
+    detector.push_reference(5 * NS, robot)
+    held, trigger_chunk = [], None
+    mic = scene(robot, person, onset_s=2.0)
+    for k, i in enumerate(range(0, mic.shape[0], 320)):
+        if detector.push_mic(5 * NS + i * NS // RATE, mic[i:i + 320]) is not None:
+            trigger_chunk = k
+            break
+        held.append(detector.holds_speech(time.monotonic()))
+    assert trigger_chunk is not None and any(held)
+    first_held = held.index(True)
+    assert trigger_chunk - first_held >= (detector.min_speech_frames - 1) * 512 // 320
+    assert all(held[first_held:])                      # held without a gap until decided
+    assert not detector.holds_speech(time.monotonic())  # decided: the barge-in flushes instead
+    assert detector.counters.onsets == 1
+
+    detector = detector_for(kind, vad)
+    detector.push_reference(5 * NS, robot)
+    run(detector, scene(robot))
+    assert detector.counters.onsets == 0                # the echo alone never holds speech
+
+
+def test_a_hold_ends_by_itself_when_the_mic_stops(vad, voices):
+    robot, person = voices
+    detector = detector_for("fdaf", vad)
+    detector.push_reference(5 * NS, robot)
+    mic = scene(robot, person, onset_s=2.0)
+    for i in range(0, mic.shape[0], 320):
+        detector.push_mic(5 * NS + i * NS // RATE, mic[i:i + 320])
+        if detector.holds_speech(time.monotonic()):
+            break                                       # the mic stops mid-run
+    now = time.monotonic()
+    assert detector.holds_speech(now)
+    assert not detector.holds_speech(now + (detector.min_speech_frames + 2) * 512 / RATE)

@@ -73,15 +73,6 @@ def expected(specs) -> dict:
     return {spec.name: (spec.default, descriptor_fields(spec.descriptor())) for spec in specs}
 
 
-@pytest.fixture
-def ros_context():
-    import rclpy
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
-
-
 def compare(actual: dict, table: dict, node_name: str) -> None:
     assert sorted(actual) == sorted(table), (
         f"{node_name} declares {sorted(set(actual) - set(table))} beyond its table and lacks "

@@ -195,6 +195,7 @@ class BargeInCounters:
     frames_echo_gated: int = 0      # ...of which mostly echo after cancelling: VAD not run
     frames_vad: int = 0             # ...of which scored by the VAD
     cpu_us: int = 0                 # CPU time in push_mic (cancelling and VAD), microseconds
+    onsets: int = 0                 # runs of speech frames begun (speech held until decided)
 
     def snapshot(self) -> dict:
         return dict(vars(self))
@@ -228,6 +229,7 @@ class BargeInDetector:
         self._frame_first = 0                         # grid index of _mic[0] and _clean[0]
         self._run = 0                                 # consecutive speech frames
         self._onset: Optional[int] = None
+        self._run_began = 0.0                         # time.monotonic() of the run's first frame
         self._erle_db = 0.0
         self.last_probability = 0.0
 
@@ -241,6 +243,17 @@ class BargeInDetector:
             self.reference.clear()   # the clock jumped back: that reference is of another epoch
             return False
         return end is not None and grid_index - self.echo_delay < end + self.hangover
+
+    def holds_speech(self, now: float) -> bool:
+        """Whether speech output should wait: a run of speech frames has begun and is not yet
+        long enough to be a barge-in (`min_speech_ms`). Holding the next chunk until the run is
+        decided means a barge-in stops the robot's voice from its first speech frame on, not
+        from the last one it needs; a run that ends without triggering only delays a chunk.
+        Bounded in time (two frames beyond `min_speech_ms`) in case the mic stops mid-run."""
+        if not 0 < self._run < self.min_speech_frames:
+            return False
+        limit = (self.min_speech_frames + 2) * FRAME / self.sample_rate
+        return now - self._run_began < limit
 
     def reset(self) -> None:
         self._pending = np.zeros(0, dtype=np.float32)
@@ -342,6 +355,8 @@ class BargeInDetector:
         self.counters.speech_frames += 1
         if self._run == 0:
             self._onset = start
+            self._run_began = time.monotonic()
+            self.counters.onsets += 1
         self._run += 1
         if self._run == self.min_speech_frames:
             self.counters.triggers += 1

@@ -48,6 +48,7 @@ ALERT_LEVELS = {"INFO": ProactiveAlert.INFO, "WARN": ProactiveAlert.WARN,
                 "ERROR": ProactiveAlert.ERROR}
 RECENT_WINDOWS = 60   # compute-time statistics in /diagnostics cover this many windows
 LOG_THROTTLE_SEC = 5.0
+SPEECH_HOLD_POLL_SEC = 0.005   # how often held speech looks again whether it may go out
 
 
 class _SerializedImage:
@@ -529,14 +530,22 @@ class OmniNode(Node):
                 self.speech_wakeup.clear()
                 continue
             try:
-                self.release_speech()
+                if not self.release_speech():
+                    self.speech_wakeup.wait(SPEECH_HOLD_POLL_SEC)   # held: a barge-in may come
+                    self.speech_wakeup.clear()
             except Exception as error:  # noqa: BLE001 - the speaker must outlive anything
                 if self.stopping.is_set() or not self.context.ok():
                     return
                 self.get_logger().error(f"speech release failed: {error}",
                                         throttle_duration_sec=LOG_THROTTLE_SEC)
 
-    def release_speech(self) -> None:
+    def release_speech(self) -> bool:
+        """Publish the speech chunks that are due; False if they were held back because the
+        barge-in detector is hearing what may be a person starting to talk."""
+        if self.barge_in is not None:
+            with self.barge_lock:
+                if self.barge_in.holds_speech(time.monotonic()):
+                    return False
         with self.pacer_lock:
             chunks = self.pacer.due(time.monotonic_ns())
         for chunk in chunks:
@@ -553,6 +562,7 @@ class OmniNode(Node):
                                                                INPUT_SAMPLE_RATE)
                 with self.barge_lock:
                     self.barge_in.push_reference(stamp_to_ns(stamped.header.stamp), reference)
+        return True
 
     # -- diagnostics ---------------------------------------------------------------------------
     def on_executor_error(self, error: Exception) -> None:

@@ -1,0 +1,53 @@
+"""omni_node holds its speech back while the barge-in detector hears what may be a person
+starting to talk, and lets it out once the detector has decided (in process, real node)."""
+import time
+
+import numpy as np
+import soxr
+
+from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
+from omni_ros.tools.scene_player import synthesize_speech
+
+NS = 1_000_000_000
+RATE = 16000
+
+
+def speech(text, voice="en-us"):
+    samples, rate = synthesize_speech(text, voice=voice)
+    return soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
+
+
+def test_due_speech_waits_while_a_possible_barge_in_is_decided(ros_context, tiny_checkpoint):
+    from rclpy.parameter import Parameter
+
+    from omni_ros.ros.omni_node import OmniNode
+    node = OmniNode(context=ros_context, parameter_overrides=[
+        Parameter("model_path", value=str(tiny_checkpoint)),
+        Parameter("barge_in_min_speech_ms", value=96)])
+    try:
+        node.close()          # the node's own speaker thread stops: release_speech by hand
+        robot = speech("Hello there, I am the robot and I am telling you about the weather.")
+        person = speech("Stop! Wait a moment please.", voice="en-us+f3")
+        mic = 0.5 * robot.copy()
+        mic[2 * RATE:2 * RATE + person.shape[0]] += 0.7 * person[:mic.shape[0] - 2 * RATE]
+        detector = node.barge_in
+        detector.push_reference(5 * NS, robot)
+        for i in range(0, mic.shape[0], 320):
+            detector.push_mic(5 * NS + i * NS // RATE, mic[i:i + 320])
+            if detector.holds_speech(time.monotonic()):
+                break
+        assert detector.holds_speech(time.monotonic())
+
+        with node.pacer_lock:
+            node.pacer.enqueue(0, np.full(OUTPUT_SAMPLE_RATE, 0.1, np.float32),
+                               time.monotonic_ns() - NS)   # all of it due now
+        pending = node.pacer.pending_chunks
+        assert node.release_speech() is False
+        assert node.pacer.pending_chunks == pending
+        assert node.input_counters["speech_chunks_published"] == 0
+
+        detector.reset()      # decided: not a barge-in (or the hold timed out)
+        assert node.release_speech() is True
+        assert node.input_counters["speech_chunks_published"] == pending
+    finally:
+        node.destroy_node()
