@@ -126,7 +126,8 @@ OMNI_NODE_PARAMETERS = (
                   "the robot (voice activity on the echo-cancelled microphone, chunk by chunk)."),
     ParameterSpec("barge_in_threshold", 0.5, "silero-vad probability above which a 32 ms mic "
                   "frame counts as the person speaking (barge-in).", (0.0, 1.0), dynamic=True),
-    ParameterSpec("barge_in_min_speech_ms", 64, "Consecutive speech needed for a barge-in.",
+    ParameterSpec("barge_in_min_speech_ms", 64, "Consecutive speech needed for a barge-in; "
+                  "speech output waits while a shorter run of speech frames is being decided.",
                   (32, 2000), dynamic=True),
     ParameterSpec("echo_canceller", "auto", "Echo canceller removing the robot's own speech "
                   "from the mic before barge-in detection: webrtc (aec-audio-processing), fdaf "
