@@ -77,17 +77,20 @@ def factory():
     node.create_timer(0.1, probe)
     return node
 
-sys.exit(run_node(factory, sys.argv))
+code = run_node(factory, sys.argv)
+print(gc.get_freeze_count(), flush=True)   # handed back: exit frees them
+sys.exit(code)
 """
 
 
 def test_run_node_freezes_what_startup_made(ros_env):
-    """Objects alive once the node is built are out of the collector's walk; newer ones are in."""
+    """Objects alive once the node is built are out of the collector's walk; newer ones are in;
+    once the node is gone they are handed back, so exit frees them."""
     import subprocess
     import sys
     done = subprocess.run([sys.executable, "-c", FREEZE_CHILD], env=ros_env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    frozen, startup_tracked, later_tracked = done.stdout.split()[:3]
-    assert int(frozen) > 50000
+    frozen, startup_tracked, later_tracked, after_exit = done.stdout.split()[:4]
+    assert int(frozen) > 50000 and int(after_exit) == 0
     assert startup_tracked == "False" and later_tracked == "True"

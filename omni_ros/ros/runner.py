@@ -90,6 +90,9 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
+        # Hand the startup objects back to the collector so that exit frees them (extension
+        # types such as soxr's report instances still alive at exit as leaks).
+        gc.unfreeze()
     return 0
 
 
