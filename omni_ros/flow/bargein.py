@@ -66,8 +66,8 @@ class ReferenceBuffer:
         """n samples from grid index `first` (zeros where nothing was published)."""
         start = first % self.size
         if n > self.size or start + n > self.size:   # wraps around the ring
-            slots = (first + np.arange(n)) % self.size
             idx = first + np.arange(n)
+            slots = idx % self.size
             return np.where(self._owner[slots] == idx, self._data[slots], 0.0).astype(np.float32)
         held = self._owner[start:start + n] - first == self._ramp[:n]
         out = self._data[start:start + n].copy()
