@@ -230,10 +230,8 @@ def wait_for(condition, timeout, what):
 
 
 def speech_16k(text, voice="en-us"):
-    import soxr
-    from omni_ros.tools.scene_player import synthesize_speech
-    samples, rate = synthesize_speech(text, voice=voice)
-    return soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
+    from omni_ros.tools.scene_player import synthesize_float
+    return synthesize_float(text, voice=voice, sample_rate=RATE)
 
 
 # -- benchmarks ------------------------------------------------------------------------------
@@ -567,13 +565,19 @@ def bench_camera(args, checkpoint):
        "frame of a window when its unit runs (on the unit worker, not counted here).")
 
 
+def tiny_session(checkpoint: Path, **options):
+    """The tiny checkpoint's torch session on the CPU, in this process."""
+    from omni_ros.runtime.registry import BackendSettings, create_session
+    return create_session("torch", BackendSettings(model_path=str(checkpoint), device="cpu",
+                                                   dtype="float32", session_options=options))
+
+
 def bench_soak(args, checkpoint):
     from omni_ros.flow.buffers import WindowBuffer
     from omni_ros.flow.duplex import DuplexLoop, DuplexParams
     from omni_ros.flow.speech import SpeechPacer
     from omni_ros.flow.audio import AudioInputStream
     from omni_ros.ros.conversions import image_to_rgb, rgb_to_image
-    from omni_ros.runtime.registry import BackendSettings, create_session
 
     def rss_mb():
         for line in open("/proc/self/status"):
@@ -582,10 +586,7 @@ def bench_soak(args, checkpoint):
         return float("nan")
 
     window_ns = NS
-    session = create_session("torch", BackendSettings(model_path=str(checkpoint), device="cpu",
-                                                      dtype="float32", session_options={
-                                                          "listen_prob_scale": 0.3,
-                                                          "force_listen_count": 0}))
+    session = tiny_session(checkpoint, listen_prob_scale=0.3, force_listen_count=0)
     buffer = WindowBuffer(window_ns)
     loop = DuplexLoop(session, buffer, params=DuplexParams(window_ns=window_ns))
     pacer = SpeechPacer(24000, 200)
@@ -632,10 +633,8 @@ def bench_gc(args, checkpoint):
     startup objects tracked (Python's default) and frozen (what run_node does)."""
     import gc
     from omni_ros.ros.runner import freeze_startup_objects
-    from omni_ros.runtime.registry import BackendSettings, create_session
 
-    session = create_session("torch", BackendSettings(model_path=str(checkpoint), device="cpu",
-                                                      dtype="float32"))
+    session = tiny_session(checkpoint)
     assert session is not None
 
     def full_collection_ms(repeats=5):

@@ -4,20 +4,18 @@ import time
 
 import numpy as np
 import pytest
-import soxr
 
 from omni_ros.flow.bargein import (BargeInDetector, FdafEchoCanceller, ReferenceBuffer,
                                    make_echo_canceller)
 from omni_ros.flow.vad import VoiceActivity
-from omni_ros.tools.scene_player import synthesize_speech
+from omni_ros.tools.scene_player import synthesize_float
 
 RATE = 16000
 NS = 1_000_000_000
 
 
 def speech(text, voice="en-us"):
-    samples, rate = synthesize_speech(text, voice=voice)
-    return soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
+    return synthesize_float(text, voice=voice, sample_rate=RATE)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from omni_ros.flow.bargein import ReferenceBuffer
 from omni_ros.msg import DuplexState, FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns
-from omni_ros.tools.scene_player import synthesize_speech
+from omni_ros.tools.scene_player import synthesize_float
 
 WINDOW_SEC = 0.5
 CHUNK_MS = 100
@@ -125,9 +125,8 @@ def barge_in_run(ros_env, tiny_checkpoint, tmp_path_factory):
     node = start_node("omni_ros.ros.omni_node", node_args(tiny_checkpoint), ros_env,
                       logs / "omni_node.log")
     robot = Robot(echo_gain=0.5)
-    samples, rate = synthesize_speech("Stop, stop! Wait a moment please, listen to me.",
-                                      voice="en-us+f3")
-    person = soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
+    person = synthesize_float("Stop, stop! Wait a moment please, listen to me.",
+                              voice="en-us+f3", sample_rate=RATE)
     voiced = int(np.argmax(np.abs(person) > 0.02))
     files = [logs / "clock.log", logs / "omni_node.log"]
     try:

@@ -3,18 +3,12 @@ starting to talk, and lets it out once the detector has decided (in process, rea
 import time
 
 import numpy as np
-import soxr
 
 from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
-from omni_ros.tools.scene_player import synthesize_speech
+from omni_ros.tools.scene_player import synthesize_float
 
 NS = 1_000_000_000
 RATE = 16000
-
-
-def speech(text, voice="en-us"):
-    samples, rate = synthesize_speech(text, voice=voice)
-    return soxr.resample(samples.astype(np.float32) / 32768.0, rate, RATE).astype(np.float32)
 
 
 def test_due_speech_waits_while_a_possible_barge_in_is_decided(ros_context, tiny_checkpoint):
@@ -26,8 +20,9 @@ def test_due_speech_waits_while_a_possible_barge_in_is_decided(ros_context, tiny
         Parameter("barge_in_min_speech_ms", value=96)])
     try:
         node.close()          # the node's own speaker thread stops: release_speech by hand
-        robot = speech("Hello there, I am the robot and I am telling you about the weather.")
-        person = speech("Stop! Wait a moment please.", voice="en-us+f3")
+        robot = synthesize_float("Hello there, I am the robot and I am telling you about the "
+                                 "weather.")
+        person = synthesize_float("Stop! Wait a moment please.", voice="en-us+f3")
         mic = 0.5 * robot.copy()
         mic[2 * RATE:2 * RATE + person.shape[0]] += 0.7 * person[:mic.shape[0] - 2 * RATE]
         detector = node.barge_in

@@ -45,6 +45,15 @@ def synthesize_speech(text: str, voice: str = "en-us", words_per_minute: int = 1
     return samples, int(rate)
 
 
+def synthesize_float(text: str, voice: str = "en-us", sample_rate: int = 16000) -> np.ndarray:
+    """`text` spoken by espeak-ng as float32 samples in [-1, 1] at `sample_rate`."""
+    import soxr
+
+    samples, rate = synthesize_speech(text, voice=voice)
+    return soxr.resample(samples.astype(np.float32) / 32768.0, rate,
+                         sample_rate).astype(np.float32)
+
+
 def scene_frame(t_sec: float, width: int, height: int) -> np.ndarray:
     """A floor, a wall and a red ball rolling left to right (HxWx3 uint8 RGB)."""
     frame = np.empty((height, width, 3), dtype=np.uint8)
