@@ -247,7 +247,7 @@ def test_system_prefix_with_reference_voice_wav(tiny_model, tmp_path):
         w.setsampwidth(2)
         w.setframerate(24000)
         w.writeframes(pcm.tobytes())
-    s = OmniDuplexSession(tiny_model, SessionOptions(reference_voice_wav=str(path),
+    s = OmniDuplexSession(tiny_model, SessionOptions(reference_voice=str(path),
                                                      system_prompt="Streaming Omni Conversation."))
     s.trace = []
     s._prefill()

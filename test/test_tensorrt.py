@@ -47,7 +47,7 @@ def test_profiles_cover_every_shape_a_session_produces(tiny_checkpoint, tiny_mod
     recorder = ShapeRecorder(tiny_checkpoint, tiny_model)
     voice = (0.1 * np.random.default_rng(1).standard_normal(16000 * 3)).astype(np.float32)
     s = OmniDuplexSession(recorder, SessionOptions(force_listen_count=0, max_context_units=4,
-                                                   reference_voice=voice))
+                                                   reference_voice_samples=voice))
     for k, unit in enumerate(_units(8)):
         s._decision_override = True if k in (3, 4, 5) else None
         s.run_unit(unit)

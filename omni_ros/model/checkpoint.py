@@ -1,6 +1,7 @@
 """Writer for a tiny random-weight checkpoint folder in the released MiniCPM-o 4.5 layout:
 config.json, sharded safetensors + model.safetensors.index.json, tokenizer, generation and
-preprocessor configs, and assets/token2wav/. The same seed gives the same bytes.
+preprocessor configs, assets/token2wav/ (the released Step-Audio2 layout at tiny dimensions) and a
+default reference voice. The same seed gives the same bytes.
 """
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ import torch
 from safetensors.torch import save_file
 
 from .config import OmniConfig
-from .token2wav import ASSET_DIR, Token2Wav, Token2WavConfig
+from .token2wav.assets import ASSET_DIR
+from .token2wav.model import write_default_voice, write_random_assets
 from .tokenizer import released_added_tokens, write_tokenizer
 
 INDEX_NAME = "model.safetensors.index.json"
+# Every file of a written checkpoint is rw-r--r-- (set explicitly, so the umask does not matter),
+# as the released files: a checkpoint written by one user is readable by the others.
+FILE_MODE = 0o644
+# `auto_map` of the released preprocessor_config.json (remote-code classes in processing_minicpmo.py)
+PREPROCESSOR_AUTO_MAP = {
+    "AutoProcessor": "processing_minicpmo.MiniCPMOProcessor",
+    "AutoImageProcessor": "processing_minicpmo.MiniCPMVImageProcessor",
+    "AutoFeatureExtractor": "processing_minicpmo.MiniCPMAAudioProcessor",
+}
 
 # lm_head rows scaled so that a random model takes every decision now and then
 DECISION_TOKENS = ["<|listen|>", "<|speak|>", "<|chunk_eos|>", "<|turn_eos|>", "<|tts_eos|>", "<|im_end|>"]
@@ -91,6 +102,7 @@ def save_sharded(state: Dict[str, torch.Tensor], folder: Path, max_shard_bytes: 
     for i, group in enumerate(groups):
         fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
         save_file({n: state[n].contiguous() for n in group}, str(folder / fname), metadata={"format": "pt"})
+        (folder / fname).chmod(FILE_MODE)          # safetensors creates its files 0600
         weight_map.update({n: fname for n in group})
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
@@ -105,6 +117,7 @@ def _preprocessor_config(config: OmniConfig) -> dict:
     return {
         "image_processor_type": "MiniCPMVImageProcessor",
         "feature_extractor_type": "MiniCPMAAudioProcessor",
+        "auto_map": dict(PREPROCESSOR_AUTO_MAP),
         "processor_class": "MiniCPMOProcessor",
         "max_slice_nums": config.slice_config.get("max_slice_nums", 9),
         "scale_resolution": config.image_size,
@@ -118,24 +131,6 @@ def _preprocessor_config(config: OmniConfig) -> dict:
         "norm_mean": [0.5, 0.5, 0.5], "norm_std": [0.5, 0.5, 0.5],
         "version": 4.5,
     }
-
-
-def random_token2wav(config: Token2WavConfig, seed: int) -> Token2Wav:
-    """A randomly initialised waveform decoder, deterministic for `seed`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Token2Wav(config)
-        with torch.no_grad():
-            model.embed.weight.normal_(0.0, 1.0)
-            # scale the last conv so the pre-tanh signal has std ~1 (audible, rarely clipped)
-            codes = torch.randint(0, config.codebook_size - 1, (1, 50))
-            x = model.conv_pre(model.embed(codes).transpose(1, 2))
-            for up in model.ups:
-                x = up(x)
-            std = model.conv_post(torch.nn.functional.leaky_relu(x, 0.1)).std().clamp_min(1e-6)
-            model.conv_post.weight.div_(std)
-            model.conv_post.bias.div_(std)
-    return model
 
 
 def write_checkpoint(folder, config: Optional[OmniConfig] = None, seed: int = 0,
@@ -154,7 +149,9 @@ def write_checkpoint(folder, config: Optional[OmniConfig] = None, seed: int = 0,
                                                    encoding="utf-8")
     (folder / "preprocessor_config.json").write_text(
         json.dumps(_preprocessor_config(config), indent=2) + "\n", encoding="utf-8")
-    t2w_cfg = Token2WavConfig(codebook_size=config.tts_config.num_audio_tokens,
-                              codes_per_second=config.tts_config.codes_per_second)
-    random_token2wav(t2w_cfg, seed + 1).save(folder / ASSET_DIR)
+    write_random_assets(folder / ASSET_DIR, size="tiny", seed=seed + 1)
+    write_default_voice(folder, seed=seed)
+    for path in folder.rglob("*"):                # every file readable by others, whatever the umask
+        if path.is_file() and not path.is_symlink():
+            path.chmod(FILE_MODE)
     return folder

@@ -181,6 +181,20 @@ class TTSConfig(_Section):
         return super().from_dict(data)
 
 
+# `auto_map` of the released config.json: the remote-code classes the official loader
+# (`AutoConfig`/`AutoModel.from_pretrained(..., trust_remote_code=True)`) imports from the files
+# shipped beside it (configuration_minicpmo.py, modeling_minicpmo.py).
+RELEASED_AUTO_MAP = {
+    "AutoConfig": "configuration_minicpmo.MiniCPMOConfig",
+    "AutoModel": "modeling_minicpmo.MiniCPMO",
+    "AutoModelForCausalLM": "modeling_minicpmo.MiniCPMO",
+}
+
+
+def _default_auto_map() -> Dict[str, Any]:
+    return dict(RELEASED_AUTO_MAP)
+
+
 def _default_slice_config() -> Dict[str, Any]:
     return {"max_slice_nums": 9, "patch_size": 14, "scale_resolution": 448, "model_type": "minicpmv"}
 
@@ -191,6 +205,7 @@ class OmniConfig(_Section):
 
     model_type: str = "minicpmo"
     architectures: List[str] = field(default_factory=lambda: ["MiniCPMO"])
+    auto_map: Dict[str, Any] = field(default_factory=_default_auto_map)
     version: float = 4.5
     hidden_size: int = 4096
     num_hidden_layers: int = 36

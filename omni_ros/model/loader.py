@@ -14,27 +14,14 @@ from safetensors import safe_open
 
 from .config import OmniConfig
 from .omni import OmniModel
-from .token2wav import ASSET_DIR, CONFIG_NAME as T2W_CONFIG, WEIGHTS_NAME as T2W_WEIGHTS, Token2Wav
+from .token2wav.assets import ASSET_DIR, DEFAULT_VOICE, AssetError, check_layout
+from .token2wav.model import Token2WavModel
 
 INDEX_NAME = "model.safetensors.index.json"
 HOW_TO_CREATE = "create a tiny random-weight checkpoint with `omni_ros_tiny_checkpoint DIR`"
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def released_token2wav_assets(t2w_dir: Path) -> bool:
-    """True for the released Step-Audio2 token2wav assets (present, but not this package's format)."""
-    return t2w_dir.is_dir() and not (t2w_dir / T2W_CONFIG).exists() and any(t2w_dir.iterdir())
-
-
-class SilentToken2Wav:
-    """Stand-in waveform stage for a released checkpoint: exactly 960 zero samples per code."""
-
-    samples_per_code = 960
-
-    def decode_stream(self, codes, context=None) -> torch.Tensor:
-        return torch.zeros(len(codes) * self.samples_per_code)
 
 
 class CheckpointError(RuntimeError):
@@ -166,10 +153,10 @@ def load_model(path, device: Union[str, torch.device] = "cpu", dtype: Union[str,
     weight_map = _read_index(folder)
     _require(folder / "tokenizer.json", "tokenizer (tokenizer.json)")
     t2w_dir = folder / ASSET_DIR
-    released_t2w = released_token2wav_assets(t2w_dir)
-    if not released_t2w:
-        _require(t2w_dir / T2W_CONFIG, f"token2wav config ({ASSET_DIR}/{T2W_CONFIG})")
-        _require(t2w_dir / T2W_WEIGHTS, f"token2wav weights ({ASSET_DIR}/{T2W_WEIGHTS})")
+    try:
+        check_layout(t2w_dir)
+    except AssetError as e:
+        raise CheckpointError(f"waveform stage: {e}") from e
 
     model = build_model(config, "meta").to(dtype=dtype)
     model = _materialize(model, config, torch.device(device))   # rope and mel buffers in float32
@@ -185,15 +172,17 @@ def load_model(path, device: Union[str, torch.device] = "cpu", dtype: Union[str,
         raise CheckpointError(f"cannot load the tokenizer from {folder}: {e}") from e
     if len(model.tokenizer) > config.vocab_size:
         raise CheckpointError(f"tokenizer has {len(model.tokenizer)} tokens, more than vocab_size {config.vocab_size}")
-    if released_t2w:
-        logging.getLogger(__name__).warning(
-            "%s holds the released Step-Audio2 token2wav, which this package cannot run (see "
-            "omni_ros.model.token2wav); speech output will be SILENT. Text and speech codes are "
-            "produced as released.", t2w_dir)
-        model.token2wav = SilentToken2Wav()
-        return model
     try:
-        model.token2wav = Token2Wav.from_folder(t2w_dir, device=device, dtype=torch.float32)
+        model.token2wav = Token2WavModel.from_folder(t2w_dir, device=device)
+    except AssetError as e:
+        raise CheckpointError(f"waveform stage: {e}") from e
     except Exception as e:
-        raise CheckpointError(f"cannot load token2wav from {t2w_dir}: {e}") from e
+        raise CheckpointError(f"cannot load the waveform stage from {t2w_dir}: {e}") from e
+    model.default_voice = default_voice(folder)
     return model
+
+
+def default_voice(folder) -> "Path | None":
+    """The checkpoint's default reference voice file, where it has one."""
+    path = Path(folder) / DEFAULT_VOICE
+    return path if path.is_file() else None

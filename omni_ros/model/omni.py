@@ -32,7 +32,8 @@ class OmniModel(nn.Module):
         self.mel = LogMel(config.audio_config.num_mel_bins)                # buffers only, not stored
         # attached by the loader
         self.tokenizer = None
-        self.token2wav = None
+        self.token2wav = None          # Token2WavModel (assets/token2wav), attached by the loader
+        self.default_voice = None      # the checkpoint's default reference voice file, if any
         self.special = None
 
     @property

@@ -3,12 +3,13 @@
 
 duplex (the released full-duplex protocol, `DuplexCapability.streaming_generate`):
   system prefix `<|im_start|>system\\n{prompt}\\n<|audio_start|>` + reference-voice audio +
-  `<|audio_end|><|im_end|>` (without a reference voice: `<|im_start|>system\\n{prompt}\\n<|im_end|>`);
+  `<|audio_end|><|im_end|>` (without a reference voice the span stays, empty:
+  `...\\n<|audio_start|><|audio_end|><|im_end|>`, as the released `prepare`);
   then per unit `<unit>[<image>V</image>]A10`, then up to `max_text_tokens_per_unit` (20) steps:
   - step 19 (the last) forces `<|chunk_eos|>`; the first `force_listen_count` units force `<|listen|>`;
   - a token is drawn by the released two-stage decoder: a first draw from the raw distribution
-    returns `<|chunk_eos|>` if it draws it; otherwise `<|tts_pad|>` and `<|chunk_eos|>` are masked,
-    the text repetition penalty (recent `text_repetition_window_size` drawn tokens, logits divided
+    returns `<|chunk_eos|>` if it draws it; otherwise `<|tts_pad|>`, `<|chunk_eos|>` and the
+    checkpoint's `bad_token_ids` (tokenizer_config.json) are masked, the text repetition penalty (recent `text_repetition_window_size` drawn tokens, logits divided
     by the penalty), the length penalty on `<|turn_eos|>`, `listen_prob_scale` (multiplies the
     `<|listen|>` logit) and `listen_top_k` apply, then temperature, top-k, top-p and a draw;
   - a `<|listen|>` drawn while a turn is open (not ended by `<|turn_eos|>`) becomes `<|tts_bos|>`;
@@ -20,16 +21,21 @@ duplex (the released full-duplex protocol, `DuplexCapability.streaming_generate`
   A unit that fed at least one token is a speaking unit: its TTS condition is every fed token after
   the first (emb_text(id) + L2-normalised projector_semantic(hidden)), then audio BOS; the speech
   decoder draws 26 codes and keeps 25 (EOS allowed only at the start or end of a turn), its KV
-  cache lives for the turn; token2wav turns the codes into exactly one window of 24 kHz speech.
+  cache lives for the turn; the waveform stage (omni_ros.model.token2wav.stream) turns the codes into
+  one window of 24 kHz speech, with the turn's final flush appended when the turn ends.
 
 turn_based (the released simplex streaming, adapted to a 1 s unit stream):
-  the user turn is framed as a chat message: the first unit of a user turn feeds
-  `<|im_start|>user\\n` (after an answer: `<|tts_eos|><|im_end|>\\n<|im_start|>user\\n`), every unit
-  feeds `[<image>V</image>]<|audio_start|>A10<|audio_end|>`. The session ends the user turn from
+  system prefix (when the session starts in this mode) `<|im_start|>system\\n{prompt}` + the
+  reference voice as one `<|audio_start|>`...`<|audio_end|>` span per second + `<|im_end|>\\n`
+  (the released chat template; no audio span without a voice). The user turn is framed as a chat
+  message: the first unit of a user turn feeds `<|im_start|>user\\n` (after an answer:
+  `<|tts_eos|><|im_end|>\\n<|im_start|>user\\n`), every unit feeds
+  `[<image>V</image>]<|audio_start|>A10<|audio_end|>`. The session ends the user turn from
   the unit audio: once a unit had speech (RMS >= `turn_end_rms`), `turn_end_silence_units`
   consecutive quieter units end it (or `max_user_units`). The answer then starts with
   `<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n<|tts_bos|>`, and each following
-  unit draws a fixed 10 text tokens (stopping early at `<|tts_eos|>`/`<|im_end|>`) and 25 speech
+  unit draws a fixed 10 text tokens (the released streaming generator's forbidden tokens and
+  `bad_token_ids` masked; stopping early at `<|tts_eos|>`/`<|im_end|>`) and 25 speech
   codes conditioned on them (the fixed 10:25 interleave; text EOS appended to the last condition),
   i.e. one window of speech per unit, until the answer ends (end_of_turn) or `max_answer_units`.
   User audio that arrives while answering is not fed (simplex).
@@ -40,7 +46,6 @@ and the keys after them re-rotated, so memory and per-unit time stay flat over h
 """
 from __future__ import annotations
 
-import wave
 from collections import deque
 from dataclasses import dataclass, fields
 from typing import Callable, Deque, List, Optional, Tuple
@@ -51,8 +56,10 @@ import torch
 from omni_ros.flow.types import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, UnitInput, UnitOutput
 from omni_ros.runtime.compute import Compute, as_compute
 
-from .audio import StreamingAudioEncoder, embed_audio
-from .token2wav import decode_with_context
+from .audio import StreamingAudioEncoder, embed_audio, pooled_length
+from .token2wav.stream import WaveformStream
+from .token2wav.voice import Voice, VoiceError
+from .tokenizer import decoding_masks
 from .tts import TTSTurnState, condition_rows, generate_codes
 
 MODES = ("duplex", "turn_based")
@@ -86,12 +93,15 @@ class SessionOptions:
     tts_temperature: float = 0.8
     tts_repetition_penalty: float = 1.05
     seed: int = 0
-    # Voice slot: 16 kHz mono reference-voice audio placed in the system prefix
-    # (`<|audio_start|>` ... `<|audio_end|>`), or a path to a wav file (any rate, mono or stereo
-    # 16-bit PCM) used when `reference_voice` is None. The waveform decoder shipped here has no
-    # speaker input, so the voice only conditions the LLM.
-    reference_voice: Optional[np.ndarray] = None
-    reference_voice_wav: Optional[str] = None
+    # The reference voice: the robot speaks with it (the waveform stage's speaker prompt) and the
+    # LLM hears it in the system prefix (`<|audio_start|>` ... `<|audio_end|>`). A wav file (any
+    # rate, mono or stereo), or 16 kHz mono samples used when the file is empty; with neither, the
+    # checkpoint's default voice (`assets/ref_audio/ref_minicpm_signature.wav`) where it has one.
+    reference_voice: str = ""
+    reference_voice_samples: Optional[np.ndarray] = None
+    # Euler steps of the waveform stage's flow matching (10 as the released modeling code, 5 as the
+    # released web demo: about half the waveform stage's time)
+    token2wav_steps: int = 10
     # turn_based mode
     turn_end_rms: float = 0.01
     turn_end_silence_units: int = 1
@@ -104,26 +114,6 @@ class SessionOptions:
         """Options from a name -> value mapping (e.g. node parameters); other names are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in dict(values).items() if k in known})
-
-
-def load_wav_16k(path: str) -> np.ndarray:
-    """A PCM wav file -> float32 mono 16 kHz (linear-interpolation resampling)."""
-    with wave.open(str(path), "rb") as w:
-        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(w.getnframes())
-    if width == 2:
-        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    elif width == 4:
-        x = np.frombuffer(raw, "<i4").astype(np.float32) / 2147483648.0
-    elif width == 1:
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    else:
-        raise ValueError(f"{path}: unsupported sample width {width}")
-    x = x.reshape(-1, channels).mean(axis=1)
-    if rate != INPUT_SAMPLE_RATE and x.size:
-        n = int(round(x.size * INPUT_SAMPLE_RATE / rate))
-        x = np.interp(np.arange(n) * (rate / INPUT_SAMPLE_RATE), np.arange(x.size), x).astype(np.float32)
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -161,8 +151,41 @@ class OmniDuplexSession:
         # When a list, every fed token id (int) and embedding span (("embeds", n)) is appended.
         self.trace: Optional[list] = None
         self._decision_override: Optional[bool] = None   # warm-up only: force listen/speak
+        # ids masked before the decoding draw, per mode (the released forbidden lists: `<|tts_pad|>`,
+        # `<|chunk_eos|>` after the first raw draw, the checkpoint's `bad_token_ids`, ...)
+        self.masked_ids = {mode: torch.tensor(ids, dtype=torch.long)
+                           for mode, ids in decoding_masks(self.tok, self.sp).items()}
         self.audio = StreamingAudioEncoder(self.compute)
+        self.voice: Optional[Voice] = None
+        self.waveform = WaveformStream(self.compute.waveform, steps=self.options.token2wav_steps, seed=self.options.seed)
+        self.set_voice()
         self.reset()
+
+    # --- the reference voice ---
+    def _voice_from_options(self) -> Voice:
+        o = self.options
+        if o.reference_voice:
+            return Voice.from_wav(o.reference_voice)
+        if o.reference_voice_samples is not None:
+            return Voice.from_samples(np.asarray(o.reference_voice_samples, dtype=np.float32).reshape(-1),
+                                      16000, "reference voice samples")
+        default = getattr(self.compute, "default_voice", None)
+        if default is None:
+            raise VoiceError("no reference voice: set the reference_voice parameter to a wav file of a few "
+                             "seconds of speech (the checkpoint has no default voice at "
+                             "assets/ref_audio/ref_minicpm_signature.wav)")
+        return Voice.from_wav(default)
+
+    def set_voice(self) -> None:
+        """(Re)read the reference voice from the options and recompute the waveform stage's prompt
+        caches (about one decode call's time). Speech of an open turn restarts with the new voice; the
+        LLM's voice slot takes it at the next prefill (start, reset or epoch)."""
+        voice = self._voice_from_options()
+        if self.waveform.steps != int(self.options.token2wav_steps):
+            self.waveform = WaveformStream(self.compute.waveform, steps=self.options.token2wav_steps,
+                                           seed=self.options.seed)
+        self.waveform.set_voice(voice)
+        self.voice = voice
 
     def warmup(self) -> None:
         """Run one listening and one speaking unit on silence, then reset. The first call of each
@@ -192,7 +215,7 @@ class OmniDuplexSession:
         self.turn_ended = True                                # the released `current_turn_ended`
         self.in_turn = False                                  # a speaking turn is open (speech side)
         self.tts_state = TTSTurnState()
-        self.t2w_context: List[int] = []
+        self.waveform.start_turn()
         self.drawn_ids: List[int] = []                        # decoder history for the text penalty
         self.audio.reset(chunk_ms=int(round(self.options.window_sec * 1000)))
         self.generator = torch.Generator().manual_seed(int(self.options.seed))
@@ -265,23 +288,38 @@ class OmniDuplexSession:
         return o.system_prompt
 
     def _reference_voice(self) -> Optional[np.ndarray]:
-        o = self.options
-        if o.reference_voice is not None:
-            return np.asarray(o.reference_voice, dtype=np.float32).reshape(-1)
-        if o.reference_voice_wav:
-            return load_wav_16k(o.reference_voice_wav)
-        return None
+        return None if self.voice is None else self.voice.audio_16k.numpy()
 
     def _prefill(self) -> None:
+        """The system prefix exactly as the released code builds it, for the mode at prefill time
+        (it stays until the next reset, whatever the mode later):
+        duplex (`MiniCPMODuplex.prepare` with the demo's prefix/suffix strings):
+          `<|im_start|>system\\n{text}\\n<|audio_start|>` + the voice's audio embeddings (none
+          without a voice: the span is then empty) + `<|audio_end|><|im_end|>`;
+        turn_based (`streaming_prefill` of the system message through the chat template,
+          omni_mode): `<|im_start|>system\\n{text}` + the voice as one
+          `<|audio_start|>`...`<|audio_end|>` span per started second (the processor's chunked
+          placeholder; nothing without a voice) + `<|im_end|>\\n`."""
         self.cache = self.compute.new_llm_cache()
         prompt = self.system_text()
         voice = self._reference_voice()
-        if voice is None:
-            self._feed_ids(self._ids(f"<|im_start|>system\n{prompt}\n<|im_end|>"), need_logits=False)
+        embeds = None
+        if voice is not None:
+            wav = torch.from_numpy(np.ascontiguousarray(voice, dtype=np.float32))[None]
+            embeds = embed_audio(self.compute, wav)[0].to(self.compute.dtype)
+        if self.options.mode == "turn_based":
+            self._feed_ids(self._ids(f"<|im_start|>system\n{prompt}"), need_logits=False)
+            if embeds is not None:
+                per_chunk = pooled_length(100, self.compute.config.audio_pool_step)   # 1 s of mel
+                for start in range(0, embeds.shape[0], per_chunk):
+                    self._feed_ids([self.sp.audio_start], need_logits=False)
+                    self._feed(embeds[start: start + per_chunk], need_logits=False)
+                    self._feed_ids([self.sp.audio_end], need_logits=False)
+            self._feed_ids(self._ids("<|im_end|>\n"), need_logits=False)
         else:
             self._feed_ids(self._ids(f"<|im_start|>system\n{prompt}\n<|audio_start|>"), need_logits=False)
-            wav = torch.from_numpy(np.ascontiguousarray(voice, dtype=np.float32))[None]
-            self._feed(embed_audio(self.compute, wav)[0].to(self.compute.dtype), need_logits=False)
+            if embeds is not None:
+                self._feed(embeds, need_logits=False)
             self._feed_ids(self._ids("<|audio_end|><|im_end|>"), need_logits=False)
         self.prefix_len = self.position
 
@@ -329,7 +367,7 @@ class OmniDuplexSession:
             first_is_eos = float(torch.rand(1, generator=self.generator, dtype=torch.float64)) < p_eos
         if first_is_eos:
             return sp.chunk_eos
-        logits[[sp.tts_pad, sp.chunk_eos]] = float("-inf")
+        logits[self.masked_ids["duplex"]] = float("-inf")     # tts_pad, chunk_eos, bad_token_ids
         if o.repetition_penalty != 1.0 and self.drawn_ids:
             recent = sorted(set(self.drawn_ids[-o.text_repetition_window_size:]))
             idx = torch.tensor([i for i in recent if i < logits.shape[0]], dtype=torch.long)
@@ -360,11 +398,13 @@ class OmniDuplexSession:
     def _end_speech_turn(self) -> None:
         self.in_turn = False
         self.tts_state = TTSTurnState()
-        self.t2w_context = []
+        self.waveform.start_turn()           # codes not yet spoken are dropped
 
     def _speech(self, ids: List[int], hidden: List[torch.Tensor], end_of_turn: bool,
                 text_eos: bool = False) -> np.ndarray:
-        """One window of speech for this unit's condition tokens (released duplex TTS step)."""
+        """The speech of this unit's condition tokens (released duplex TTS step): one window, plus
+        the waveform stage's final flush (0.28 s: the held-back lookahead and overlap) when the turn
+        ends."""
         o, c = self.options, self.compute
         t = c.config.tts_config
         rows = condition_rows(ids, torch.stack(hidden) if hidden else None, text_eos, t,
@@ -379,17 +419,11 @@ class OmniDuplexSession:
                                min_new_tokens=0 if (turn_start or end_of_turn) else n_codes + 1,
                                temperature=o.tts_temperature,
                                repetition_penalty=o.tts_repetition_penalty, eos=t.audio_eos_code)
+        # the released schedule: early flushes at a turn's first unit, the last chunk at its end
+        wav = self.waveform.push(codes, turn_start=turn_start, end_of_turn=end_of_turn)
         n = int(round(o.window_sec * OUTPUT_SAMPLE_RATE))
-        if codes:
-            wav = decode_with_context(c.token2wav, codes, self.t2w_context, c.token2wav_context,
-                                      c.samples_per_code)
-            wav = wav.cpu().numpy().astype(np.float32)[:n]
-            self.t2w_context = (self.t2w_context + codes)[-8:]
-        else:
-            wav = np.zeros(0, np.float32)
-        if wav.shape[0] < n:       # short (EOS drawn): pad with silence, before unless the turn ends
-            pad = (0, n - wav.shape[0]) if end_of_turn else (n - wav.shape[0], 0)
-            wav = np.pad(wav, pad)
+        if wav.shape[0] < n:       # a turn that ended short: the rest of the window is silence
+            wav = np.pad(wav, (0, n - wav.shape[0]))
         if end_of_turn:
             self._end_speech_turn()
         return np.ascontiguousarray(wav, dtype=np.float32)
@@ -538,7 +572,7 @@ class OmniDuplexSession:
     def _sample_turn_based(self, logits: torch.Tensor) -> int:
         o, sp = self.options, self.sp
         logits = logits.float().cpu().clone()
-        logits[sp.tts_pad] = float("-inf")
+        logits[self.masked_ids["turn_based"]] = float("-inf")   # bad_token_ids, punctuation, tts_pad
         if o.repetition_penalty != 1.0 and self.tb_text_ids:
             idx = torch.tensor(sorted(set(self.tb_text_ids[-128:])), dtype=torch.long)
             vals = logits[idx]

@@ -1,9 +1,17 @@
 """Tokenizer for the model: a writer for a small byte-level BPE laid out like the released one
 (151643 regular ids, then the released special tokens at their released ids, 151748 in all) and a
 reader that loads any checkpoint's tokenizer and resolves special tokens by their strings.
+
+Banned tokens: the released `tokenizer_config.json` carries `bad_token_ids`, 6,965 regular ids the
+released decoders never sample (the released tokenizer class exposes them as
+`tokenizer.bad_token_ids`). They follow a rule over the byte-level vocabulary: every regular token
+whose bytes are not valid UTF-8 or contain one of `( ) （ ） \n \r U+FFFD` (6,960 ids), plus five
+tokens starting with a full-width comma (`BANNED_EXTRA_TOKENS`). The writer bans by that rule;
+the reader attaches the checkpoint's list as `tokenizer.bad_token_ids` for every backend.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass
@@ -24,6 +32,20 @@ SPECIAL_NAMES = {
     "turn_eos": "<|turn_eos|>", "tts_bos": "<|tts_bos|>", "tts_eos": "<|tts_eos|>",
     "tts_pad": "<|tts_pad|>", "chunk_tts_eos": "<|chunk_tts_eos|>",
 }
+
+# The released `bad_token_ids` rule (see the module doc): characters that ban a regular token...
+BANNED_CHARS = "()\uff08\uff09\n\r\ufffd"
+# ...and the five tokens the released list bans besides the rule.
+BANNED_EXTRA_TOKENS = ("\uff0c\u8bf7", "\uff0c\u9ed8\u8ba4", "\uff0c\u5e76", "\uff0c\u5219", "\uff0c\u5728")
+
+# The released turn-based streaming generator (`ChunkPrefillChunkGenerate` in the released
+# utils.py) forbids these token strings besides `bad_token_ids`. They are resolved with
+# `convert_tokens_to_ids`: a string that is not a vocabulary entry resolves to the unknown token
+# (`<unk>`, a regular id in the release), as in the released tokenizer.
+TURN_BASED_FORBIDDEN_TOKENS = (
+    ":", "\uff1a", "\uff1b", "#", "\u201c", "\u201d", "\u2018", "\u2019", "@", "*",
+    "\u3010", "\u3011", "\u300c", "\u300d", "(", ")", "\uff08", "\uff09", "[", "]", "&", "/", "$",
+)
 
 _SUBJECTS = ["the robot", "a small robot", "the camera", "my friend", "the assistant", "the child",
              "our team", "the teacher", "a visitor", "the dog", "the old man", "the driver"]
@@ -118,6 +140,38 @@ def _filler_words(count: int, taken: set, seed: int = 0) -> List[str]:
     raise RuntimeError("not enough filler words")
 
 
+@functools.lru_cache(maxsize=1)
+def _bytes_of_symbol() -> Dict[str, int]:
+    """The byte-level BPE alphabet: symbol -> the byte it stands for. Printable Latin-1 bytes
+    stand for themselves; the other 68 bytes take the code points from 256 on, in byte order."""
+    kept = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    table = {chr(b): b for b in kept}
+    extra = [b for b in range(256) if b not in table.values()]
+    table.update({chr(256 + k): b for k, b in enumerate(extra)})
+    return table
+
+
+def token_bytes(token: str) -> bytes:
+    """The bytes a byte-level vocabulary entry stands for."""
+    table = _bytes_of_symbol()
+    return bytes(table[c] for c in token)
+
+
+def is_banned_token(raw: bytes) -> bool:
+    """The released `bad_token_ids` rule for one regular token (its bytes)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(c in text for c in BANNED_CHARS) or text in BANNED_EXTRA_TOKENS
+
+
+def banned_token_ids(vocab: Dict[str, int]) -> List[int]:
+    """Sorted ids of a byte-level vocabulary (string -> id, regular tokens only) that the released
+    rule bans. On the released vocab.json this gives exactly the released 6,965 ids."""
+    return sorted(i for t, i in vocab.items() if is_banned_token(token_bytes(t)))
+
+
 def build_tokenizer_json(vocab_size_trained: int = 2000) -> str:
     """Train the BPE and lay it out like the released vocabulary; returns tokenizer.json text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -150,7 +204,9 @@ def write_tokenizer(folder) -> None:
     """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokenizer.json").write_text(build_tokenizer_json(), encoding="utf-8")
+    text = build_tokenizer_json()
+    (folder / "tokenizer.json").write_text(text, encoding="utf-8")
+    bad_ids = banned_token_ids(json.loads(text)["model"]["vocab"])
     added = released_added_tokens()
     cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -165,6 +221,7 @@ def write_tokenizer(folder) -> None:
                      "single_word": False, "special": True}
             for s, i in sorted(added.items(), key=lambda kv: kv[1])
         },
+        "bad_token_ids": bad_ids,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(
@@ -185,12 +242,64 @@ class SpecialIds:
             raise AttributeError(name) from None
 
 
+def read_bad_token_ids(folder, vocab_len: int) -> List[int]:
+    """`bad_token_ids` of the folder's tokenizer_config.json (sorted, unique; [] when the file or
+    the field is absent). Raises ValueError for a malformed file or list, or an id outside
+    [0, vocab_len)."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.exists():
+        return []
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8")).get("bad_token_ids") or []
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+    if not isinstance(raw, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+        raise ValueError(f"{path}: bad_token_ids must be a list of integers")
+    out = sorted(set(raw))
+    if out and (out[0] < 0 or out[-1] >= vocab_len):
+        raise ValueError(f"{path}: bad_token_ids holds ids outside the vocabulary [0, {vocab_len})")
+    return out
+
+
 def load_tokenizer(folder):
-    """Load the checkpoint's tokenizer (tokenizer.json) offline as a PreTrainedTokenizerFast."""
+    """Load the checkpoint's tokenizer (tokenizer.json) offline as a PreTrainedTokenizerFast, with
+    `bad_token_ids` (from tokenizer_config.json, as the released tokenizer class has it)."""
     from transformers import PreTrainedTokenizerFast
 
     folder = Path(folder)
-    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    tokenizer.bad_token_ids = read_bad_token_ids(folder, len(tokenizer))
+    return tokenizer
+
+
+def forbidden_ids(tokenizer, strings) -> List[int]:
+    """Ids of token strings as the released code resolves them (`convert_tokens_to_ids`, a string
+    that is no vocabulary entry giving the unknown token's id); strings that resolve to nothing
+    (a vocabulary without an unknown token) are left out. Sorted, unique."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        unk = tokenizer.convert_tokens_to_ids("<unk>")
+    out = set()
+    for s in strings:
+        i = tokenizer.convert_tokens_to_ids(s)
+        if i is None or i == tokenizer.unk_token_id:
+            i = unk
+        if i is not None:
+            out.add(int(i))
+    return sorted(out)
+
+
+def decoding_masks(tokenizer, special) -> Dict[str, List[int]]:
+    """The ids the released decoders mask before sampling, per mode (sorted, unique):
+    duplex (`MiniCPMODuplex.forbidden_token_ids` + StreamDecoder's `<|chunk_eos|>`):
+    `<|tts_pad|>`, `<|chunk_eos|>` and `bad_token_ids`;
+    turn_based (`ChunkPrefillChunkGenerate.forbidden_token_ids`): TURN_BASED_FORBIDDEN_TOKENS and
+    `bad_token_ids`, plus `<|tts_pad|>` (omni_ros's own: the released turn-based path does not
+    mask it, omni_ros never lets it into a speech condition)."""
+    bad = [int(i) for i in (getattr(tokenizer, "bad_token_ids", None) or [])]
+    duplex = {special.tts_pad, special.chunk_eos, *bad}
+    turn_based = {special.tts_pad, *forbidden_ids(tokenizer, TURN_BASED_FORBIDDEN_TOKENS), *bad}
+    return {"duplex": sorted(duplex), "turn_based": sorted(turn_based)}
 
 
 def resolve_special_ids(tokenizer) -> SpecialIds:

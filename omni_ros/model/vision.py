@@ -10,7 +10,6 @@ from typing import Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.models.siglip.modeling_siglip import SiglipEncoder
 
@@ -113,12 +112,27 @@ def best_resize(width: int, height: int, scale_resolution: int, patch_size: int)
     return ensure(w), ensure(h)
 
 
+NORM_MEAN = 0.5          # the released preprocessor_config.json `norm_mean` / `norm_std`
+NORM_STD = 0.5
+
+
 def preprocess_image(image: np.ndarray, scale_resolution: int, patch_size: int = 14) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> [1, 3, H', W'] float32: bicubic resize to `best_resize`, (x/255-0.5)/0.5."""
+    """HxWx3 RGB -> [1, 3, H', W'] float32, as the released image processor with one slice:
+    the uint8 image is resized by Pillow (`Image.resize(best_resize, BICUBIC)`, aspect kept, up- or
+    down-scaled), then `x / 255` in float32 and `(x - 0.5) / 0.5`. A floating-point image is taken
+    as 0..1 and becomes uint8 as in the released `to_pil_image` (x * 255, truncated; clipped here
+    first); other integer types are clipped to 0..255."""
+    from PIL import Image
+
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating):
+            arr = np.nan_to_num(arr.astype(np.float64)) * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
     w, h = best_resize(arr.shape[1], arr.shape[0], scale_resolution, patch_size)
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255.0
-    t = F.interpolate(t, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
-    return (t - 0.5) / 0.5
+    resized = Image.fromarray(np.ascontiguousarray(arr)).resize((w, h), resample=Image.Resampling.BICUBIC)
+    x = np.asarray(resized).astype(np.float32) / 255
+    x = (x - np.float32(NORM_MEAN)) / np.float32(NORM_STD)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]

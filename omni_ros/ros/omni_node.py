@@ -37,13 +37,14 @@ from omni_ros.ros.conversions import (ImageFormatError, ImageHeader, check_image
                                       parse_image_header, stamp_to_ns)
 from omni_ros.ros.parameters import SPECS_BY_NAME, check_value, declare_all
 from omni_ros.ros.runner import StartupError, run_node
+from omni_ros.model.token2wav.voice import Voice, VoiceError
 from omni_ros.runtime.registry import BackendError, BackendSettings, create_session
 
 SESSION_OPTION_PARAMETERS = ("mode", "system_prompt", "standing_instruction", "force_listen_count",
                              "listen_prob_scale",
                              "temperature", "top_k", "top_p", "repetition_penalty",
                              "max_text_tokens_per_unit", "max_context_units", "seed",
-                             "window_sec")
+                             "window_sec", "reference_voice", "token2wav_steps")
 ALERT_LEVELS = {"INFO": ProactiveAlert.INFO, "WARN": ProactiveAlert.WARN,
                 "ERROR": ProactiveAlert.ERROR}
 RECENT_WINDOWS = 60   # compute-time statistics in /diagnostics cover this many windows
@@ -202,6 +203,8 @@ class OmniNode(Node):
                 dtype=self.settings["dtype"], engine_dir=self.settings["engine_dir"],
                 session_options=options))
         except BackendError as error:
+            raise StartupError(str(error)) from error
+        except VoiceError as error:
             raise StartupError(str(error)) from error
         except Exception as error:  # noqa: BLE001 - a corrupt checkpoint must not end in a traceback
             raise StartupError(f"cannot load the model from {self.settings['model_path']!r}: "
@@ -415,6 +418,11 @@ class OmniNode(Node):
             reason = check_value(spec, parameter.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
+            if parameter.name == "reference_voice" and parameter.value:
+                try:
+                    Voice.from_wav(parameter.value)
+                except VoiceError as error:
+                    return SetParametersResult(successful=False, reason=str(error))
         for parameter in parameters:
             name, value = parameter.name, parameter.value
             if name not in SPECS_BY_NAME:
@@ -434,6 +442,10 @@ class OmniNode(Node):
             options = getattr(self.session, "options", None)
             if options is not None and hasattr(options, name):
                 setattr(options, name, value)
+            if name == "reference_voice" and hasattr(self.session, "set_voice"):
+                with self.loop_lock:
+                    self.session.set_voice()
+                self.get_logger().info(f"reference voice: {value or 'the checkpoint default'}")
         return SetParametersResult(successful=True)
 
     # -- units ---------------------------------------------------------------------------------

@@ -77,6 +77,16 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("top_p", 0.8, "LLM nucleus sampling mass.", (0.0, 1.0), dynamic=True),
     ParameterSpec("repetition_penalty", 1.05, "LLM text repetition penalty.", (1.0, 2.0),
                   dynamic=True),
+    ParameterSpec("reference_voice", "", "Wav file of the voice the robot speaks with: a few "
+                  "seconds of clear speech, any rate, mono or stereo (the waveform stage's speaker "
+                  "prompt, and the voice slot of the LLM's system prefix). Empty: the checkpoint's "
+                  "default voice (assets/ref_audio/ref_minicpm_signature.wav); a checkpoint without "
+                  "one needs this parameter. A new file is read at once (an unreadable one is "
+                  "refused): the next turn speaks with it, the LLM hears it after omni/reset.",
+                  dynamic=True),
+    ParameterSpec("token2wav_steps", 10, "Euler steps of the waveform stage's flow matching: "
+                  "10 as the released modeling code, 5 as the released web demo (about half the "
+                  "waveform stage's compute).", (1, 32)),
     ParameterSpec("max_text_tokens_per_unit", 20, "Most text tokens the model emits per "
                   "speaking unit (the chunk end is forced at the last).", (2, 64)),
     ParameterSpec("max_context_units", 24, "Units kept in the LLM context besides the system "

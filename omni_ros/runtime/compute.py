@@ -53,8 +53,8 @@ class Compute(Protocol):
     special: object           # SpecialIds
     device: torch.device
     dtype: torch.dtype
-    samples_per_code: int
-    token2wav_context: int    # earlier codes re-decoded as left context of each unit's codes
+    waveform: object          # the waveform stage's graphs (omni_ros.model.token2wav.stream.WaveformCompute)
+    default_voice: object     # the checkpoint's default reference voice file, or None
 
     def embed_tokens(self, ids: Sequence[int]) -> torch.Tensor: ...
     def vision(self, image: np.ndarray) -> torch.Tensor: ...
@@ -69,7 +69,6 @@ class Compute(Protocol):
     def tts_code_embed(self, codes: Sequence[int]) -> torch.Tensor: ...
     def new_tts_cache(self): ...
     def tts_step(self, embeds: torch.Tensor, position: int, cache) -> torch.Tensor: ...
-    def token2wav(self, codes: Sequence[int]) -> torch.Tensor: ...
 
 
 def rope_delta(config, delta: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -88,12 +87,10 @@ class TorchCompute:
         self.model = model
         self.config, self.tokenizer, self.special = model.config, model.tokenizer, model.special
         self.graphs = {name: spec.build(model).eval() for name, spec in G.GRAPHS.items()
-                       if name not in ("llm_step", "lm_head", "tts_step", "token2wav")}
+                       if name not in ("llm_step", "lm_head", "tts_step") and not name.startswith("t2w_")}
         self._code_head: Optional[torch.Tensor] = None
-        t2w = model.token2wav
-        t2w_config = getattr(t2w, "config", None)
-        self.samples_per_code = t2w_config.samples_per_code if t2w_config else t2w.samples_per_code
-        self.token2wav_context = t2w_config.context_codes if t2w_config else 0
+        self.waveform = model.token2wav               # Token2WavModel: eager torch over its own modules
+        self.default_voice = model.default_voice
 
     @property
     def device(self) -> torch.device:
@@ -149,13 +146,6 @@ class TorchCompute:
             with torch.no_grad():
                 self._code_head = self.model.tts.head_code[0].weight.detach()
         return self.model.tts.step(embeds, position, cache, head_weight=self._code_head)
-
-    def token2wav(self, codes):
-        t2w = self.model.token2wav
-        if not isinstance(t2w, torch.nn.Module):           # the silent stand-in (released assets)
-            return t2w.decode_stream(list(codes), [])
-        ids = torch.as_tensor([list(codes)], dtype=torch.long, device=t2w.embed.weight.device)
-        return t2w(ids)[0].float()
 
 
 def as_compute(model_or_compute) -> "Compute":

@@ -1,0 +1,374 @@
+"""Flow-matching decoder of the released waveform stage (Step-Audio2 token2wav, `flow.decoder.*`).
+
+Two parts:
+- `DiT`: the velocity estimator. A transformer over mel frames, conditioned on the flow time through
+  adaLN modulation; its input is the channel stack [x, mu, spks, cond] (4 x 80 = 320 channels). Each
+  block runs attention (no positions, no mask: every frame of the chunk sees the whole chunk and
+  every cached frame), then a causal two-layer conv branch (kernel 3), then an MLP, each gated.
+  Streaming keeps, per block, the conv inputs of the last 2 frames and the keys/values of all
+  previous frames.
+- `CausalConditionalCFM`: the Euler solver on a cosine time grid with classifier-free guidance; the
+  estimator always runs on a batch of two, [conditional, unconditional (mu, spks, cond zeroed)],
+  and each Euler step has its own caches (the caller keeps one set per step).
+
+Cache layouts (the released ones, so the released trimming code applies unchanged):
+- estimator, one Euler step: cnn (depth, 2B, 2*hidden, 2)             [conv1 inputs; conv2 inputs]
+                             att (depth, 2B, heads, T_cache, 2*head_dim)  [keys | values]
+- solver, stacked over the n steps: (n, depth, ...) for both.
+The attention cache is ordered newest chunk FIRST: a chunk's new cache is [this chunk, old cache]
+along time (what the release does; attention ignores the order, the release's trimming does not).
+An empty cache (None, or a time axis of size 0) is the first chunk.
+
+Differences from the release that do not change results: the release writes the new caches into
+fixed buffers (16 steps x 16 blocks x 1000 frames) and returns views of them, so a cache it returned
+is overwritten by its next call (its callers clone the prompt cache); here every call returns fresh
+tensors, and the solver returns exactly n_timesteps step slots (the release returns all 16 buffer
+slots, the ones past n_timesteps unused) with no 1000-frame limit. The noise is an input (the release
+slices a fixed `randn(1, 80, 30000)` buffer at the cached length; `draw_noise` draws that buffer).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TIME_FEATURES = 256          # sinusoidal features of the flow time
+TIME_SCALE = 1000.0          # t in [0, 1] is scaled before the sinusoids
+MAX_PERIOD = 10000
+CONV_KERNEL = 3              # causal conv branch: cache = the last KERNEL - 1 inputs
+NOISE_FRAMES = 50 * 600      # the release's noise buffer: 600 s of 50 Hz mel frames
+INFERENCE_CFG_RATE = 0.7
+
+
+@dataclass
+class DiTConfig:
+    """Estimator dimensions; field names are the `estimator` keys of the released flow.yaml."""
+    in_channels: int = 320       # x, mu, spks, cond stacked
+    out_channels: int = 80       # mel bins
+    mlp_ratio: float = 4.0
+    depth: int = 16
+    num_heads: int = 8
+    head_dim: int = 64
+    hidden_size: int = 512
+
+
+def draw_noise(generator: Optional[torch.Generator] = None, out_channels: int = 80,
+               frames: int = NOISE_FRAMES) -> torch.Tensor:
+    """The release's fixed noise buffer [1, out_channels, frames] (one randn draw); chunk i uses
+    `noise[:, :, offset:offset + T]` with offset = the cached attention length."""
+    return torch.randn([1, out_channels, frames], generator=generator)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def time_features(t: torch.Tensor, dim: int = TIME_FEATURES, max_period: int = MAX_PERIOD) -> torch.Tensor:
+    """[N] -> [N, dim]: cos of the first half of the frequencies, then sin (geometric frequencies
+    from 1 down to 1/max_period)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(start=0, end=half) / half).to(t)
+    angles = t[:, None] * freqs[None]
+    feats = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        feats = torch.cat([feats, torch.zeros_like(feats[:, :1])], dim=-1)
+    return feats
+
+
+class TimestepEmbedder(nn.Module):
+    """Flow time [N] -> [N, hidden] (sinusoids of 1000 t, then Linear-SiLU-Linear)."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = TIME_FEATURES):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(time_features(t * TIME_SCALE, self.frequency_embedding_size))
+
+
+class CausalConv1d(nn.Conv1d):
+    """Left-padded conv1d; `step` continues from the previous chunk's last kernel-1 inputs."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.context = kernel_size - 1
+
+    def step(self, x: torch.Tensor, cache: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [B, C, T], cache [B, C, context] or [B, C, 0] or None -> y [B, C', T], new cache."""
+        zeros = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        if cache is None:
+            cache = zeros
+        else:   # an empty cache reads as zeros (one graph for both)
+            cache = torch.cat([zeros, cache], dim=2)[:, :, -self.context:]
+        xc = torch.cat([cache, x], dim=2)
+        return super().forward(xc), xc[:, :, -self.context:]
+
+
+class CausalConvBlock(nn.Module):
+    """[B, T, C] -> conv1 -> LayerNorm -> Mish -> conv2 -> [B, T, C]; keys `block.{1,3,6}.*` as released."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = CONV_KERNEL):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.block = nn.ModuleDict({
+            "1": CausalConv1d(in_channels, out_channels, kernel_size),
+            "3": nn.LayerNorm(out_channels),
+            "6": CausalConv1d(out_channels, out_channels, kernel_size),
+        })
+
+    def step(self, x: torch.Tensor, cache: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, C], cache [B, C_in + C_out, 2] (or empty) -> y [B, T, C_out], new cache."""
+        c1 = c2 = None
+        if cache is not None:
+            c1, c2 = cache.split((self.in_channels, self.out_channels), dim=1)
+        h, n1 = self.block["1"].step(x.transpose(1, 2), c1)
+        h = F.mish(self.block["3"](h.transpose(1, 2))).transpose(1, 2)
+        h, n2 = self.block["6"].step(h, c2)
+        return h.transpose(1, 2), torch.cat([n1, n2], dim=1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with LayerNorm'd queries/keys, over [cache + chunk]."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        inner = num_heads * head_dim
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.q_norm = nn.LayerNorm(head_dim)
+        self.k_norm = nn.LayerNorm(head_dim)
+        self.proj = nn.Linear(inner, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:           # [B, T, H*D] -> [B, H, T, D]
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def step(self, x: torch.Tensor, cache: Optional[torch.Tensor],
+             key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, dim], cache [B, H, Tc, 2D] (keys | values; Tc may be 0) or None.
+        key_mask: optional bool [B, 1, 1, Tc + T] (True = attend). -> y [B, T, dim],
+        new cache [B, H, T + Tc, 2D] = [this chunk, cache] along time."""
+        b, t, _ = x.shape
+        q = self.q_norm(self._heads(self.to_q(x)))
+        k = self.k_norm(self._heads(self.to_k(x)))
+        v = self._heads(self.to_v(x))
+        if cache is not None:
+            k_old, v_old = cache.chunk(2, dim=3)
+            k = torch.cat([k, k_old], dim=2)
+            v = torch.cat([v, v_old], dim=2)
+        new_cache = torch.cat([k, v], dim=3)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)    # [B, H, T, D]
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1)), new_cache
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: x += g_a * attn(.), x += g_c * conv(.), x += g_m * mlp(.)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)   # attention
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)   # mlp
+        self.norm3 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)   # conv
+        self.attn = Attention(hidden_size, num_heads, head_dim)
+        self.mlp = FeedForward(hidden_size, int(hidden_size * mlp_ratio))
+        self.conv = CausalConvBlock(hidden_size, hidden_size, CONV_KERNEL)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 9 * hidden_size))
+
+    def step(self, x: torch.Tensor, c: torch.Tensor, cnn_cache: Optional[torch.Tensor],
+             att_cache: Optional[torch.Tensor], key_mask: Optional[torch.Tensor] = None):
+        """x [B, T, hidden], c [B, 1, hidden] -> x, new cnn cache, new att cache."""
+        (shift_a, scale_a, gate_a, shift_m, scale_m, gate_m,
+         shift_c, scale_c, gate_c) = self.adaLN_modulation(c).chunk(9, dim=-1)
+        y, att_cache = self.attn.step(modulate(self.norm1(x), shift_a, scale_a), att_cache, key_mask)
+        x = x + gate_a * y
+        y, cnn_cache = self.conv.step(modulate(self.norm3(x), shift_c, scale_c), cnn_cache)
+        x = x + gate_c * y
+        x = x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        return x, cnn_cache, att_cache
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.linear = nn.Linear(hidden_size, out_channels)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+def _empty(cache: Optional[torch.Tensor], time_dim: int) -> bool:
+    return cache is None or cache.shape[time_dim] == 0
+
+
+class DiT(nn.Module):
+    """Velocity estimator (`flow.decoder.estimator.*`)."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        self.in_channels = config.in_channels
+        self.out_channels = config.out_channels
+        self.t_embedder = TimestepEmbedder(config.hidden_size)
+        self.in_proj = nn.Linear(config.in_channels, config.hidden_size)
+        self.blocks = nn.ModuleList([
+            DiTBlock(config.hidden_size, config.num_heads, config.head_dim, config.mlp_ratio)
+            for _ in range(config.depth)])
+        self.final_layer = FinalLayer(config.hidden_size, config.out_channels)
+
+    def _inputs(self, x, mu, t, spks, cond):
+        """-> h [B, T, hidden] from the stacked channels, c [B, 1, hidden] from the time."""
+        c = self.t_embedder(t).unsqueeze(1)
+        parts = [x, mu]
+        if spks is not None:
+            parts.append(spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        if cond is not None:
+            parts.append(cond)
+        return self.in_proj(torch.cat(parts, dim=1).transpose(1, 2)), c
+
+    def forward_chunk(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                      spks: Optional[torch.Tensor], cond: Optional[torch.Tensor],
+                      cnn_cache: Optional[torch.Tensor] = None, att_cache: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One estimator call on a chunk.
+        x, mu, cond [B, 80, T]; t [B]; spks [B, 80];
+        cnn_cache (depth, B, 2*hidden, 2), att_cache (depth, B, heads, Tc, 2*head_dim); None or
+        empty (size 0 on the last / time axis) = first chunk.
+        -> dphi_dt [B, 80, T], new cnn cache (depth, B, 2*hidden, 2),
+           new att cache (depth, B, heads, T + Tc, 2*head_dim)."""
+        h, c = self._inputs(x, mu, t, spks, cond)
+        new_cnn, new_att = [], []
+        for i, block in enumerate(self.blocks):
+            cc = None if cnn_cache is None else cnn_cache[i]
+            ac = None if att_cache is None else att_cache[i]
+            h, cc, ac = block.step(h, c, cc, ac)
+            new_cnn.append(cc)
+            new_att.append(ac)
+        out = self.final_layer(h, c).transpose(1, 2)
+        return out, torch.stack(new_cnn), torch.stack(new_att)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+                spks: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Whole-utterance call (the offline path): mask [B, 1, T] masks keys (1 = valid); the conv
+        branch is not masked (as released). -> dphi_dt [B, 80, T]."""
+        h, c = self._inputs(x, mu, t, spks, cond)
+        key_mask = mask.bool().unsqueeze(1)                  # [B, 1, 1, T]
+        for block in self.blocks:
+            h, _, _ = block.step(h, c, None, None, key_mask)
+        return self.final_layer(h, c).transpose(1, 2)
+
+
+def cosine_time_grid(n_timesteps: int, dtype: torch.dtype = torch.float32,
+                     device: Optional[torch.device] = None) -> torch.Tensor:
+    """[n + 1] flow times 1 - cos(pi/2 * linspace(0, 1, n + 1)), computed as released."""
+    t = torch.linspace(0, 1, n_timesteps + 1, device=device, dtype=dtype)
+    return 1 - torch.cos(t * 0.5 * torch.pi)
+
+
+class CausalConditionalCFM(nn.Module):
+    """Euler solver with classifier-free guidance (`flow.decoder.*`; weights under `estimator.*`)."""
+
+    def __init__(self, estimator: DiT, inference_cfg_rate: float = INFERENCE_CFG_RATE):
+        super().__init__()
+        self.estimator = estimator
+        self.inference_cfg_rate = inference_cfg_rate
+        self.out_channels = estimator.out_channels
+
+    @staticmethod
+    def guidance_inputs(mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor):
+        """-> (mu_in, spks_in, cond_in): [conditional; zeros] along the batch."""
+        return (torch.cat([mu, torch.zeros_like(mu)], dim=0),
+                torch.cat([spks, torch.zeros_like(spks)], dim=0),
+                torch.cat([cond, torch.zeros_like(cond)], dim=0))
+
+    def _guided(self, dphi: torch.Tensor) -> torch.Tensor:
+        cond_v, uncond_v = dphi.chunk(2, dim=0)
+        return (1.0 + self.inference_cfg_rate) * cond_v - self.inference_cfg_rate * uncond_v
+
+    def euler_step(self, x: torch.Tensor, mu_in: torch.Tensor, spks_in: torch.Tensor,
+                   cond_in: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
+                   cnn_cache: Optional[torch.Tensor], att_cache: Optional[torch.Tensor]
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One guided Euler step on a chunk (the exported "estimator step" graph).
+        x [B, 80, T]; mu_in, cond_in [2B, 80, T], spks_in [2B, 80] (from `guidance_inputs`);
+        t [B] (or [1]) current time, dt [1] (or 0-d) step; caches of this step as in
+        `DiT.forward_chunk`. -> x + dt * guided velocity, new cnn cache, new att cache."""
+        t = t.expand(x.shape[0])
+        dphi, cnn_cache, att_cache = self.estimator.forward_chunk(
+            torch.cat([x, x], dim=0), mu_in, torch.cat([t, t], dim=0), spks_in, cond_in,
+            cnn_cache, att_cache)
+        return x + dt * self._guided(dphi), cnn_cache, att_cache
+
+    def forward_chunk(self, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+                      noise: torch.Tensor, n_timesteps: int = 10,
+                      cnn_cache: Optional[torch.Tensor] = None, att_cache: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Solve one chunk. mu, cond [1, 80, T]; spks [1, 80]; noise [1, 80, T] (the noise window
+        at offset = cached length, times the temperature); caches stacked over the steps:
+        cnn (n, depth, 2, 2*hidden, 2), att (n, depth, 2, heads, Tc, 2*head_dim); None or empty
+        (Tc = 0) = first chunk. -> mel [1, 80, T], new cnn cache (n, depth, 2, 2*hidden, 2),
+        new att cache (n, depth, 2, heads, T + Tc, 2*head_dim)."""
+        t_span = cosine_time_grid(n_timesteps, mu.dtype, mu.device)
+        mu_in, spks_in, cond_in = self.guidance_inputs(mu, spks, cond)
+        if _empty(cnn_cache, -1):
+            cnn_cache = None
+        if _empty(att_cache, 4):
+            att_cache = None
+        x = noise
+        t = t_span[0].unsqueeze(0)
+        dt = t_span[1] - t_span[0]
+        new_cnn, new_att = [], []
+        for step in range(1, n_timesteps + 1):
+            x, cc, ac = self.euler_step(
+                x, mu_in, spks_in, cond_in, t, dt,
+                None if cnn_cache is None else cnn_cache[step - 1],
+                None if att_cache is None else att_cache[step - 1])
+            new_cnn.append(cc)
+            new_att.append(ac)
+            # the release advances t by dt and takes the next dt against the grid (float32 rounding)
+            t = t + dt
+            if step < n_timesteps:
+                dt = t_span[step + 1] - t
+        return x, torch.stack(new_cnn), torch.stack(new_att)
+
+    def forward(self, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+                noise: torch.Tensor, n_timesteps: int = 10) -> torch.Tensor:
+        """Offline solve over a whole utterance (released `forward`/`solve_euler`): mu, cond
+        [B, 80, T], mask [B, 1, T], spks [B, 80], noise [B, 80, T] (`draw_noise()[:, :, :T]` times the
+        temperature) -> mel [B, 80, T]."""
+        t_span = cosine_time_grid(n_timesteps, mu.dtype, mu.device)
+        mu_in, spks_in, cond_in = self.guidance_inputs(mu, spks, cond)
+        mask_in = torch.cat([mask, mask], dim=0)
+        x = noise
+        t = t_span[0].unsqueeze(0)
+        dt = t_span[1] - t_span[0]
+        for step in range(1, n_timesteps + 1):
+            dphi = self.estimator(torch.cat([x, x], dim=0), mask_in, mu_in, torch.cat([t, t], dim=0),
+                                  spks_in, cond_in)
+            x = x + dt * self._guided(dphi)
+            t = t + dt
+            if step < n_timesteps:
+                dt = t_span[step + 1] - t
+        return x
