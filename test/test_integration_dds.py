@@ -25,6 +25,8 @@ from omni_ros.ros.conversions import rgb_to_image
 
 WINDOW_SEC = 0.5
 OUTPUT_RATE = 24000
+# the waveform stage's final flush at a turn's end: 3 lookahead codes + 8 overlap frames, 480 samples each
+TURN_FLUSH_SAMPLES = (3 * 2 + 8) * 480
 MIC_RATE, MIC_CHANNELS = 48000, 2
 
 
@@ -124,21 +126,29 @@ def check_one_state_per_tick(run, minimum: int) -> None:
 
 
 def check_speech_is_one_window_per_speaking_unit(client) -> None:
-    """Speech chunks of speech_chunk_ms=100 adding up to one window per finished speaking unit,
-    none for listening units."""
+    """Speech chunks of speech_chunk_ms=100 adding up to one window per finished speaking unit (the
+    unit that ends a turn also carries the waveform stage's final flush), none for listening units;
+    the speech is the waveform stage's, not silence."""
     samples = defaultdict(int)
+    audio = defaultdict(list)
     chunk_sizes = set()
     for message in client.speech:
         count = len(message.audio.data) // 2
         samples[message.header.frame_id] += count
+        audio[message.header.frame_id].append(np.frombuffer(bytes(message.audio.data), "<i2"))
         chunk_sizes.add(count)
-    speaking = [int(s.window_index) for s in client.states if s.state == DuplexState.SPEAKING]
+    speaking = [s for s in client.states if s.state == DuplexState.SPEAKING]
     assert speaking, "with listen_prob_scale 0.02 the model must speak"
     # Speech of the last speaking window may still be playing when recording stopped.
     finished = speaking[:-1] or speaking
-    for window in finished:
-        assert samples[f"window_{window}"] == int(WINDOW_SEC * OUTPUT_RATE), window
-    assert chunk_sizes <= {OUTPUT_RATE // 10}, "chunks of speech_chunk_ms=100"
+    for state in finished:
+        expected = int(WINDOW_SEC * OUTPUT_RATE) + (TURN_FLUSH_SAMPLES if state.end_of_turn else 0)
+        assert samples[f"window_{state.window_index}"] == expected, state.window_index
+        pcm = np.concatenate(audio[f"window_{state.window_index}"]).astype(np.float64) / 32768.0
+        assert np.sqrt(np.mean(pcm ** 2)) > 1e-3, f"window {state.window_index}: speech is silent"
+    assert max(chunk_sizes) == OUTPUT_RATE // 10, "chunks of speech_chunk_ms=100"
+    assert chunk_sizes <= {OUTPUT_RATE // 10, TURN_FLUSH_SAMPLES % (OUTPUT_RATE // 10)}, \
+        "only a turn's last chunk is shorter"
     listening = [int(s.window_index) for s in client.states if s.state == DuplexState.LISTENING]
     assert all(samples[f"window_{w}"] == 0 for w in listening)
 
