@@ -129,3 +129,42 @@ def test_explicit_kv_session_equals_the_torch_session(tiny_checkpoint, tiny_mode
             assert x.speech.shape == y.speech.shape == (24000,)
             assert np.abs(x.speech).max() > 0
             np.testing.assert_allclose(x.speech, y.speech, atol=1e-3)
+
+
+# --- the waveform stage's host side over graphs ----------------------------------------------------
+def test_graph_waveform_reads_the_checkpoint_dimensions(tiny_checkpoint, tiny_model):
+    from omni_ros.model.loader import default_voice
+
+    graphs = ModuleGraphs(tiny_checkpoint, tiny_model)
+    t2w = tiny_model.token2wav
+    assert graphs.waveform.flow_config == t2w.flow.config
+    assert graphs.waveform.hift_config == t2w.hift.config
+    assert graphs.waveform.t2w_lookahead == t2w.t2w_lookahead
+    assert graphs.default_voice == default_voice(tiny_checkpoint) is not None
+    for frames in (1, 12):
+        mine = graphs.waveform.t2w_vocoder_random(frames, torch.Generator().manual_seed(9))
+        want = t2w.t2w_vocoder_random(frames, torch.Generator().manual_seed(9))
+        assert all(torch.equal(a, b) for a, b in zip(mine, want))
+    empty, want = graphs.waveform.t2w_empty_flow_caches(4), t2w.t2w_empty_flow_caches(4)
+    assert [v.shape for v in vars(empty).values()] == [v.shape for v in vars(want).values()]
+
+
+@torch.inference_mode()
+def test_graph_waveform_over_the_graph_modules_equals_the_torch_stage(tiny_checkpoint, tiny_model):
+    """The host side of the explicit-graph backends (GraphWaveform: which graph, which inputs,
+    where the outputs go) with the graph modules standing in for ONNX/TensorRT."""
+    from omni_ros.model.token2wav.model import synthetic_voice
+    from omni_ros.model.token2wav.stream import WaveformStream
+    from omni_ros.model.token2wav.voice import Voice
+
+    voice = Voice.from_samples(synthetic_voice(1.5, seed=1), 16000)
+    streams = [WaveformStream(tiny_model.token2wav, steps=3, seed=1),
+               WaveformStream(ModuleGraphs(tiny_checkpoint, tiny_model).waveform, steps=3, seed=1)]
+    for s in streams:
+        s.set_voice(voice)
+    rng = np.random.default_rng(2)
+    for count, start, end in ((9, True, False), (25, False, False), (6, False, True)):
+        codes = rng.integers(0, 6561, count).tolist()
+        a, b = (s.push(codes, turn_start=start, end_of_turn=end) for s in streams)
+        assert a.shape == b.shape and np.abs(a).max() > 0
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max())

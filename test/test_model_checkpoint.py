@@ -119,7 +119,9 @@ def test_tiny_checkpoint_layout(tiny_checkpoint):
     files = {p.relative_to(tiny_checkpoint).as_posix() for p in tiny_checkpoint.rglob("*") if p.is_file()}
     for f in ("config.json", INDEX_NAME, "tokenizer.json", "tokenizer_config.json",
               "generation_config.json", "preprocessor_config.json",
-              "assets/token2wav/config.json", "assets/token2wav/token2wav.safetensors"):
+              "assets/token2wav/flow.yaml", "assets/token2wav/flow.pt", "assets/token2wav/hift.pt",
+              "assets/token2wav/campplus.onnx", "assets/token2wav/speech_tokenizer_v2_25hz.onnx",
+              "assets/ref_audio/ref_minicpm_signature.wav"):
         assert f in files
     shards = sorted(set(_index(tiny_checkpoint)["weight_map"].values()))
     assert len(shards) >= 2 and all(s in files for s in shards)
@@ -184,12 +186,16 @@ def test_deterministic_for_seed(tiny_checkpoint, tmp_path):
 def test_missing_folder_and_files(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="omni_ros_tiny_checkpoint"):
         load_model(tmp_path / "nowhere")
-    for rel in ("config.json", INDEX_NAME, "tokenizer.json", "assets/token2wav/token2wav.safetensors"):
+    for rel in ("config.json", INDEX_NAME, "tokenizer.json"):
         d = _shadow(tiny_checkpoint, tmp_path / rel.replace("/", "_"))
         (d / rel).unlink()
         with pytest.raises(CheckpointError, match="omni_ros_tiny_checkpoint") as e:
             load_model(d)
         assert Path(rel).name in str(e.value)
+    d = _shadow(tiny_checkpoint, tmp_path / "hift")
+    (d / "assets/token2wav/hift.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"missing hift\.pt"):
+        load_model(d)
 
 
 def test_missing_and_corrupt_shard(tiny_checkpoint, tmp_path):
@@ -233,14 +239,14 @@ def test_extra_missing_misshaped_keys(tiny_checkpoint, tmp_path):
         load_model(d)
 
 
-def test_released_token2wav_assets_load_with_a_silent_stand_in(tiny_checkpoint, tmp_path):
-    """A folder whose assets/token2wav holds the released Step-Audio2 files (not this package's
-    format) still loads and runs; speech is silent (documented), the rest is the model."""
-    d = _shadow(tiny_checkpoint, tmp_path / "released_assets")
+def test_a_folder_of_the_earlier_test_decoder_is_refused_with_a_way_out(tiny_checkpoint, tmp_path):
+    """assets/token2wav of an earlier omni_ros test checkpoint (not the released layout) is named as
+    such, with the command that writes a current one."""
+    d = _shadow(tiny_checkpoint, tmp_path / "old_assets")
     t2w = d / "assets" / "token2wav"
     shutil.rmtree(t2w)
     t2w.mkdir()
-    (t2w / "flow.yaml").write_text("placeholder: true\n")
-    m = load_model(d)
-    wav = m.token2wav.decode_stream([1, 2, 3], [])
-    assert wav.shape == (3 * 960,) and float(wav.abs().max()) == 0.0
+    (t2w / "config.json").write_text("{}\n")
+    (t2w / "token2wav.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="omni_ros_tiny_checkpoint"):
+        load_model(d)

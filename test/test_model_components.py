@@ -171,5 +171,10 @@ def test_25_codes_and_24000_samples_per_speaking_unit(tiny_model):
         codes = m.tts.generate_unit(cond, state, g, max_new_tokens=26, min_new_tokens=26)
         assert len(codes) == 25 and max(codes) < m.config.tts_config.audio_eos_code
         assert state.position == cond.shape[0] + 25 == state.cache.get_seq_length()
-        wav = m.token2wav.decode_stream(codes, [])
+    from omni_ros.model.token2wav.stream import WaveformStream
+    from omni_ros.model.token2wav.voice import Voice
+
+    stream = WaveformStream(m.token2wav, steps=2)
+    stream.set_voice(Voice.from_wav(m.default_voice))
+    wav = stream.push(codes, turn_start=True, end_of_turn=False)
     assert wav.shape == (24000,)

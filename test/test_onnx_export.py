@@ -1,5 +1,5 @@
-"""ONNX export of every compute graph, the engine manifest, and the onnxruntime backend's session
-against the torch one on the tiny checkpoint."""
+"""ONNX export of every compute graph, the engine manifest, the waveform stage over onnxruntime
+against torch, and the onnxruntime backend's session against the torch one on the tiny checkpoint."""
 from __future__ import annotations
 
 import shutil
@@ -13,6 +13,9 @@ import torch
 from omni_ros.flow.types import UnitInput
 from omni_ros.model.checkpoint import write_checkpoint
 from omni_ros.model.session import OmniDuplexSession, SessionOptions
+from omni_ros.model.token2wav.model import synthetic_voice
+from omni_ros.model.token2wav.stream import WaveformStream
+from omni_ros.model.token2wav.voice import Voice
 from omni_ros.runtime import graphs as G
 from omni_ros.runtime.engine_files import (MANIFEST_NAME, EngineMismatch, checkpoint_fingerprint,
                                            check_manifest, read_manifest, write_manifest)
@@ -22,12 +25,18 @@ from omni_ros.runtime.registry import BackendError, BackendSettings
 
 COMPONENTS = list(G.GRAPHS)
 # A second and third set of sizes (the export used the defaults of example_inputs): an empty past
-# (first audio chunk, first LLM/TTS step), one new token, other image and mel sizes, a long past.
+# (first audio chunk, first LLM/TTS step, the waveform stage's first chunk and first vocoder call),
+# one new token, other image, mel and chunk sizes, a long past.
 OTHER_SIZES = [
-    {"tokens": 1, "past": 0, "mel_frames": 52, "height": 98, "width": 42, "codes": 7},
-    {"tokens": 9, "past": 300, "mel_frames": 200, "height": 56, "width": 112, "codes": 2},
+    {"tokens": 1, "past": 0, "mel_frames": 52, "height": 98, "width": 42, "codes": 7,
+     "t2w_codes": 33, "t2w_enc_past": 0, "t2w_frames": 66, "t2w_est_past": 0, "t2w_mel": 3, "t2w_source": 0},
+    {"tokens": 9, "past": 300, "mel_frames": 200, "height": 56, "width": 112, "codes": 2,
+     "t2w_codes": 28, "t2w_enc_past": 206, "t2w_frames": 50, "t2w_est_past": 300, "t2w_mel": 58,
+     "t2w_source": 3840},
 ]
 LONG_PAST = {"tokens": 1, "past": 2500}
+# the smallest waveform-stage calls: a 1-code last chunk (4 codes with lookahead), 2 frames
+T2W_SMALL = {"t2w_codes": 4, "t2w_frames": 2, "t2w_mel": 2, "t2w_source": 960}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +50,7 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-6)) if b.size else 0.0
 
 
-def compare(module, spec, session, inputs):
+def compare(module, spec, session, inputs, tol=1e-4):
     with torch.no_grad():
         ref = module(*[inputs[k] for k in spec.inputs])
     ref = ref if isinstance(ref, tuple) else (ref,)
@@ -51,7 +60,7 @@ def compare(module, spec, session, inputs):
         assert a.shape == b.shape, (spec.name, name, a.shape, b.shape)
         assert np.isfinite(b).all()
         err = rel_error(a, b)
-        assert err < 1e-4, (spec.name, name, err)
+        assert err < tol, (spec.name, name, err)
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
@@ -64,8 +73,12 @@ def test_graph_exports_and_matches_torch(name, exported, tiny_model):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == list(spec.inputs)
     assert [o.name for o in session.get_outputs()] == list(spec.outputs)
-    for sizes in [None, *OTHER_SIZES] + ([LONG_PAST] if name == "llm_step" else []):
-        compare(module, spec, session, G.example_inputs(name, tiny_model.config, sizes))
+    extra = {"llm_step": [LONG_PAST], "t2w_encoder": [T2W_SMALL],
+             "t2w_encoder_last": [dict(T2W_SMALL, t2w_codes=1)], "t2w_estimator_step": [T2W_SMALL],
+             "t2w_vocoder": [T2W_SMALL]}.get(name, [])
+    for sizes in [None, *OTHER_SIZES, *extra]:
+        compare(module, spec, session, G.example_inputs(name, tiny_model.config, sizes,
+                                                        t2w=tiny_model.token2wav))
 
 
 def test_empty_past_shapes(exported, tiny_model):
@@ -80,6 +93,24 @@ def test_empty_past_shapes(exported, tiny_model):
     x = G.example_inputs("audio", cfg, {"past": 0})
     embeds, keys, _ = session.run(None, {k: v.numpy() for k, v in x.items()})
     assert keys.shape == G.audio_kv_shape(cfg, x["keep_index"].numel())
+    t2w = tiny_model.token2wav
+    flow = t2w.flow.config
+    for name, codes, frames in (("t2w_encoder", 9, 12), ("t2w_encoder_last", 9, 18)):
+        session = ort.InferenceSession(str(out / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        x = G.example_inputs(name, cfg, {"t2w_codes": codes, "t2w_enc_past": 0}, t2w=t2w)
+        assert x["cnn_cache"].shape[2] == 0 and x["att_cache"].shape[3] == 0
+        mu, cnn, att = session.run(None, {k: v.numpy() for k, v in x.items()})
+        assert mu.shape == (1, 80, frames)
+        assert (cnn.shape, att.shape) == G.t2w_encoder_cache_shapes(flow, frames)
+    session = ort.InferenceSession(str(out / "t2w_estimator_step.onnx"), providers=["CPUExecutionProvider"])
+    x = G.example_inputs("t2w_estimator_step", cfg, {"t2w_frames": 40, "t2w_est_past": 0}, t2w=t2w)
+    assert x["cnn_cache"].shape[3] == 0 and x["att_cache"].shape[3] == 0
+    x_next, cnn, att = session.run(None, {k: v.numpy() for k, v in x.items()})
+    assert x_next.shape == (1, 80, 40) and (cnn.shape, att.shape) == G.t2w_estimator_cache_shapes(flow, 40)
+    session = ort.InferenceSession(str(out / "t2w_vocoder.onnx"), providers=["CPUExecutionProvider"])
+    x = G.example_inputs("t2w_vocoder", cfg, {"t2w_mel": 5, "t2w_source": 0}, t2w=t2w)
+    speech, source = session.run(None, {k: v.numpy() for k, v in x.items()})
+    assert speech.shape == (1, 2400) and source.shape == (1, 1, 2400)
 
 
 # --- manifest -------------------------------------------------------------------------------------
@@ -155,23 +186,72 @@ def test_backend_refuses_a_stale_folder_with_the_rebuild_command(exported, tmp_p
         OrtBackend(BackendSettings(model_path=str(other))).create_session()
 
 
-def test_released_token2wav_assets_are_skipped(tiny_checkpoint, exported, tmp_path):
-    """A Step-Audio2 asset folder: no token2wav graph, a note, silence of 960 samples a code."""
+def test_a_checkpoint_without_the_released_waveform_assets_is_refused(tiny_checkpoint, exported, tmp_path):
+    """The onnxruntime backend reads the waveform stage's dimensions and prompt front end from
+    assets/token2wav/ and refuses a folder that is not the released layout, naming the file."""
     out, _ = exported
-    ckpt = tmp_path / "released"
+    ckpt = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, ckpt, ignore=shutil.ignore_patterns("engines"))
-    t2w = ckpt / "assets" / "token2wav"
-    shutil.rmtree(t2w)
-    t2w.mkdir()
-    (t2w / "flow.yaml").write_text("released: true\n")
-    engines = ckpt / "engines" / "onnxruntime"
-    manifest = export_all(ckpt, engines, log=lambda *_: None)
-    assert "token2wav" not in manifest.components and "token2wav" in manifest.notes
-    assert not (engines / "token2wav.onnx").exists()
-    compute = OrtCompute(ckpt)                    # default engine_dir
-    assert (compute.samples_per_code, compute.token2wav_context) == (960, 0)
-    wav = compute.token2wav([1, 2, 3])
-    assert wav.shape == (3 * 960,) and float(wav.abs().max()) == 0.0
+    (ckpt / "assets" / "token2wav" / "hift.pt").unlink()
+    with pytest.raises(BackendError, match="hift.pt"):
+        OrtBackend(BackendSettings(model_path=str(ckpt), engine_dir=str(out))).create_session()
+
+
+# --- the waveform stage over onnxruntime vs over torch ----------------------------------------------
+def _recording(stream):
+    """Record every decode call's mel and waveform (the stream's own methods, wrapped)."""
+    mels, wavs = [], []
+    decode_mel, vocode = stream.decode_mel, stream.vocode
+
+    def record_mel(codes, last_chunk):
+        mels.append(decode_mel(codes, last_chunk).clone())
+        return mels[-1]
+
+    def record_wav(mel, last_chunk):
+        wavs.append(vocode(mel, last_chunk).clone())
+        return wavs[-1]
+
+    stream.decode_mel, stream.vocode = record_mel, record_wav
+    return mels, wavs
+
+
+def _peak_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a.float() - b.float()).abs().max()) / max(float(b.abs().max()), 1e-6)
+
+
+@pytest.mark.parametrize("steps", [5, 10])
+def test_waveform_stream_over_onnxruntime_equals_torch(exported, tiny_checkpoint, tiny_model, steps):
+    """The released streaming schedule driven through the exported graphs gives, call for call,
+    the mel and the waveform of the torch modules (voice prompt, two turns with early flushes,
+    regular chunks and last chunks)."""
+    out, _ = exported
+    compute = OrtCompute(tiny_checkpoint, out)
+    voice = Voice.from_samples(synthetic_voice(2.5, seed=4), 16000, "test voice")
+    streams = [WaveformStream(tiny_model.token2wav, steps=steps, seed=2),
+               WaveformStream(compute.waveform, steps=steps, seed=2)]
+    records = [_recording(s) for s in streams]
+    prompts = [s.set_voice(voice) for s in streams]
+    assert torch.equal(prompts[0].codes, prompts[1].codes)
+    assert _peak_error(prompts[1].speaker, prompts[0].speaker) < 1e-5
+    for a, b in zip(vars(prompts[1].flow_caches).values(), vars(prompts[0].flow_caches).values()):
+        assert _peak_error(a, b) < 1e-4
+    rng = np.random.default_rng(7)
+    plan = [(7, True, False), (25, False, False), (25, False, False), (25, False, False), (11, False, True),
+            (30, True, False), (13, False, True)]
+    for count, turn_start, end_of_turn in plan:
+        codes = rng.integers(0, 6561, count).tolist()
+        wav_torch, wav_ort = (s.push(codes, turn_start=turn_start, end_of_turn=end_of_turn) for s in streams)
+        assert wav_torch.shape == wav_ort.shape
+        assert np.abs(wav_ort - wav_torch).max() <= 1e-4 * max(np.abs(wav_torch).max(), 1e-6)
+    (mels_torch, wavs_torch), (mels_ort, wavs_ort) = records
+    assert len(mels_torch) == len(mels_ort) >= 8 and len(wavs_torch) == len(wavs_ort)
+    assert streams[0].calls == streams[1].calls
+    for k, (a, b) in enumerate(zip(mels_ort, mels_torch)):
+        assert _peak_error(a, b) < 1e-4, (k, _peak_error(a, b))
+    for k, (a, b) in enumerate(zip(wavs_ort, wavs_torch)):
+        assert float(b.abs().max()) > 0.0
+        assert _peak_error(a, b) < 1e-4, (k, _peak_error(a, b))
 
 
 # --- the session over onnxruntime vs over torch ---------------------------------------------------

@@ -51,7 +51,9 @@ def test_profiles_cover_every_shape_a_session_produces(tiny_checkpoint, tiny_mod
     for k, unit in enumerate(_units(8)):
         s._decision_override = True if k in (3, 4, 5) else None
         s.run_unit(unit)
-    profiles = shape_profiles(tiny_model.config)
+    t2w = tiny_model.token2wav
+    profiles = shape_profiles(tiny_model.config, flow=t2w.flow.config, hift=t2w.hift.config)
+    assert set(profiles) == set(G.GRAPHS)
     assert set(recorder.seen) == set(G.GRAPHS)
     for name, inputs in recorder.seen.items():
         assert set(profiles[name]) == set(G.GRAPHS[name].inputs), name
@@ -67,6 +69,26 @@ def test_limits_change_the_profile(tiny_model):
     small = shape_profiles(tiny_model.config, ShapeLimits(max_past=2048))
     assert small["llm_step"]["past_keys"][2][3] == 2048
     assert small["llm_step"]["attention_bias"][2][3] == 2048 + ShapeLimits().max_tokens
+
+
+def test_waveform_profiles_cover_a_30_s_voice_and_released_chunks():
+    """Released dimensions: the prompt setup (750 codes + 3 silence codes, empty caches), 28-code
+    chunks over caches of the prompt + 100 frames (+ a chunk), vocoder calls of 8 + 56 frames."""
+    from omni_ros.model.config import OmniConfig
+    from omni_ros.model.token2wav.assets import FlowConfig
+
+    p = shape_profiles(OmniConfig.tiny(), flow=FlowConfig())
+    enc, est, voc = p["t2w_encoder"], p["t2w_estimator_step"], p["t2w_vocoder"]
+    assert enc["codes"] == ((1, 4), (1, 28), (1, 753))
+    assert enc["att_cache"][0] == (10, 1, 8, 0, 128) and enc["att_cache"][2][3] >= 1500 + 100
+    assert enc["cnn_cache"][0][2] == 0 and enc["cnn_cache"][2] == (1, 512, 6)
+    assert p["t2w_encoder_last"]["codes"][2] == (1, 28)
+    assert est["x"][2] == (1, 80, 1506) and est["mu_in"][1] == (2, 80, 50)
+    assert est["att_cache"][0] == (16, 2, 8, 0, 128) and est["att_cache"][2][3] >= 1500 + 100 + 50
+    assert est["cnn_cache"][0] == (16, 2, 1024, 0) and est["cnn_cache"][2] == (16, 2, 1024, 2)
+    assert voc["mel"][2] == (1, 80, 64) and voc["sine_noise"][2] == (1, 64 * 480, 9)
+    assert voc["cache_source"] == ((1, 1, 0), (1, 1, 3840), (1, 1, 3840))
+    assert p["t2w_speaker"]["embedding"] == ((1, 192),) * 3
 
 
 def _fake_engine_folder(folder, checkpoint, trt_version="10.9.0", gpu=None):
@@ -128,8 +150,10 @@ def test_every_engine_matches_torch(engines, tiny_checkpoint, tiny_model):
     compute = TrtCompute(tiny_checkpoint, engines, device="cuda")
     modules = G.build_graphs(tiny_model)
     for name in G.GRAPHS:
-        for sizes in ({}, {"tokens": 1, "past": 0, "mel_frames": 106, "codes": 28}):
-            inputs = G.example_inputs(name, tiny_model.config, sizes)
+        for sizes in ({}, {"tokens": 1, "past": 0, "mel_frames": 106, "codes": 28, "t2w_codes": 28,
+                           "t2w_enc_past": 0, "t2w_frames": 50, "t2w_est_past": 0, "t2w_mel": 58,
+                           "t2w_source": 0}):
+            inputs = G.example_inputs(name, tiny_model.config, sizes, t2w=tiny_model.token2wav)
             with torch.inference_mode():
                 want = modules[name](**inputs)
             want = list(want) if isinstance(want, tuple) else [want]

@@ -9,9 +9,10 @@ duplex (the released full-duplex protocol, `DuplexCapability.streaming_generate`
   - step 19 (the last) forces `<|chunk_eos|>`; the first `force_listen_count` units force `<|listen|>`;
   - a token is drawn by the released two-stage decoder: a first draw from the raw distribution
     returns `<|chunk_eos|>` if it draws it; otherwise `<|tts_pad|>`, `<|chunk_eos|>` and the
-    checkpoint's `bad_token_ids` (tokenizer_config.json) are masked, the text repetition penalty (recent `text_repetition_window_size` drawn tokens, logits divided
-    by the penalty), the length penalty on `<|turn_eos|>`, `listen_prob_scale` (multiplies the
-    `<|listen|>` logit) and `listen_top_k` apply, then temperature, top-k, top-p and a draw;
+    checkpoint's `bad_token_ids` (tokenizer_config.json) are masked, the text repetition penalty
+    (recent `text_repetition_window_size` drawn tokens, logits divided by the penalty), the
+    length penalty on `<|turn_eos|>`, `listen_prob_scale` (multiplies the `<|listen|>` logit)
+    and `listen_top_k` apply, then temperature, top-k, top-p and a draw;
   - a `<|listen|>` drawn while a turn is open (not ended by `<|turn_eos|>`) becomes `<|tts_bos|>`;
   - `<|listen|>`, `<|chunk_eos|>`, `<|chunk_tts_eos|>` end the unit; they are fed together with
     `</unit>`; any other token is fed and the loop goes on (`<|turn_eos|>` included: it ends the

@@ -4,35 +4,114 @@ A subclass supplies `run(name, inputs) -> outputs` for one graph of `omni_ros.ru
 (inputs and outputs as torch tensors on `self.device`, in the graph's declared order); this class
 turns the session's calls into graph runs, keeps the explicit key/value caches (`StackedKV`) and
 reads what the session needs besides weights (config, tokenizer, special ids, the waveform
-stage's rates) from the checkpoint folder, without loading any weights.
+stage's dimensions and its prompt front end) from the checkpoint folder, without loading the
+LLM's weights.
+
+The waveform stage (`self.waveform`, a `GraphWaveform`) implements the `WaveformCompute` protocol
+of omni_ros.model.token2wav.stream over the `t2w_*` graphs; the prompt front end (speech tokenizer,
+CAM++, 24 kHz mel: `PromptFrontEnd`) runs on the host, once per voice, as for the torch backend.
 """
 from __future__ import annotations
 
 import abc
-import dataclasses
-import json
-import logging
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from omni_ros.model.loader import CheckpointError, read_config, released_token2wav_assets
-from omni_ros.model.token2wav import ASSET_DIR, CONFIG_NAME as T2W_CONFIG, Token2WavConfig
+from omni_ros.model.loader import CheckpointError, default_voice, read_config
+from omni_ros.model.token2wav import assets as A
+from omni_ros.model.token2wav.flow import FlowCaches
+from omni_ros.model.token2wav.hift import HiFTConfig, HiFTGenerator
+from omni_ros.model.token2wav.model import PromptFrontEnd, empty_flow_caches
 from omni_ros.model.tokenizer import load_tokenizer, resolve_special_ids
 
 from . import graphs as G
 from .compute import StackedKV, rope_delta
 
-SILENT_SAMPLES_PER_CODE = 960       # 24 kHz / 25 codes per second (as loader.SilentToken2Wav)
+Run = Callable[[str, Dict[str, torch.Tensor]], List[torch.Tensor]]
 
 
 def required_components(model_path) -> List[str]:
-    """The graphs an engine folder must hold for this checkpoint: all of them, except token2wav
-    for the released Step-Audio2 assets (which run as silence, as with the torch backend)."""
-    silent = released_token2wav_assets(Path(model_path) / ASSET_DIR)
-    return [n for n in G.GRAPHS if not (n == "token2wav" and silent)]
+    """The graphs an engine folder must hold for this checkpoint: all of them."""
+    return list(G.GRAPHS)
+
+
+def read_hift_config(path: Path) -> HiFTConfig:
+    """The vocoder's dimensions from the tensor shapes of `hift.pt`, memory-mapped (no weights
+    are read into memory where the file allows it)."""
+    try:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:            # a file torch cannot map (legacy format): read it
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        return HiFTConfig.from_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, OSError, AttributeError) as e:
+        raise A.AssetError(f"{path}: cannot read the vocoder's dimensions ({type(e).__name__}: {e})") from e
+
+
+class _DrawShape:
+    """What `HiFTGenerator.random_inputs` reads of its generator (the config): the draws are
+    made by that one function for every backend."""
+
+    def __init__(self, config: HiFTConfig):
+        self.config = config
+
+
+class GraphWaveform:
+    """The waveform stage's `WaveformCompute` (omni_ros.model.token2wav.stream) over the t2w_*
+    graphs run by `run`. Signals (mu, mel, speech, source, speaker) come back on the CPU; the flow
+    caches stay on `device` (they are large and only go back into the graphs)."""
+
+    def __init__(self, run: Run, asset_dir, device: torch.device):
+        asset_dir = Path(asset_dir)
+        self._run = run
+        self.device = torch.device(device)
+        self.flow_config = A.read_flow_yaml(asset_dir)
+        self.hift_config = read_hift_config(asset_dir / A.HIFT_WEIGHTS)
+        self.front_end = PromptFrontEnd(asset_dir, int(self.flow_config.encoder.up_stride))
+        self._draws = _DrawShape(self.hift_config)
+
+    @property
+    def t2w_lookahead(self) -> int:
+        return int(self.flow_config.encoder.pre_lookahead_len)
+
+    def t2w_prompt(self, voice) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.front_end(voice)
+
+    def t2w_speaker(self, embedding: torch.Tensor) -> torch.Tensor:
+        out = self._run("t2w_speaker", {"embedding": embedding.to(self.device, torch.float32)})
+        return out[0].float().cpu()
+
+    def t2w_empty_flow_caches(self, steps: int) -> FlowCaches:
+        return empty_flow_caches(self.flow_config, self.device, steps)
+
+    def t2w_encoder(self, codes, last_chunk, cnn_cache, att_cache):
+        dev = self.device
+        mu, cnn, att = self._run("t2w_encoder_last" if last_chunk else "t2w_encoder", {
+            "codes": codes.to(dev, torch.long), "cnn_cache": cnn_cache.to(dev), "att_cache": att_cache.to(dev)})
+        return mu.float().cpu(), cnn, att
+
+    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache):
+        dev = self.device
+        inputs = {"x": x, "mu_in": mu_in, "speaker_in": speaker_in, "cond_in": cond_in,
+                  "t": t.reshape(1), "dt": dt.reshape(1)}
+        inputs = {k: v.to(dev, torch.float32) for k, v in inputs.items()}
+        x_next, cnn, att = self._run("t2w_estimator_step", {**inputs, "cnn_cache": cnn_cache.to(dev),
+                                                            "att_cache": att_cache.to(dev)})
+        return x_next.float().cpu(), cnn, att
+
+    def t2w_vocoder_random(self, frames: int, generator: torch.Generator):
+        return HiFTGenerator.random_inputs(self._draws, frames, generator)
+
+    def t2w_vocoder(self, mel, cache_source, *random):
+        dev = self.device
+        sine_noise = random[1]            # (phase_init, sine_noise, branch_noise): only this one counts
+        speech, source = self._run("t2w_vocoder", {
+            "mel": mel.to(dev, torch.float32), "cache_source": cache_source.to(dev, torch.float32),
+            "sine_noise": sine_noise.to(dev, torch.float32)})
+        return speech.float().cpu(), source.float().cpu()
 
 
 class GraphCompute(abc.ABC):
@@ -51,17 +130,15 @@ class GraphCompute(abc.ABC):
         self.device = torch.device(device)
         self.dtype = dtype
         self.components = required_components(folder)
-        self.has_token2wav = "token2wav" in self.components
-        if self.has_token2wav:
-            raw = json.loads((folder / ASSET_DIR / T2W_CONFIG).read_text(encoding="utf-8"))
-            known = {f.name for f in dataclasses.fields(Token2WavConfig)}
-            t2w = Token2WavConfig(**{k: v for k, v in raw.items() if k in known})
-            self.samples_per_code, self.token2wav_context = t2w.samples_per_code, t2w.context_codes
-        else:
-            logging.getLogger(__name__).warning(
-                "%s holds the released Step-Audio2 token2wav, which omni_ros cannot run; speech "
-                "output will be SILENT", folder / ASSET_DIR)
-            self.samples_per_code, self.token2wav_context = SILENT_SAMPLES_PER_CODE, 0
+        t2w_dir = folder / A.ASSET_DIR
+        try:
+            A.check_layout(t2w_dir)
+            self.waveform = GraphWaveform(self.run, t2w_dir, self.device)
+        except A.AssetError as error:
+            raise CheckpointError(f"waveform stage: {error}") from error
+        except Exception as error:
+            raise CheckpointError(f"cannot load the waveform stage from {t2w_dir}: {error}") from error
+        self.default_voice = default_voice(folder)
 
     # -- what a subclass provides --------------------------------------------------------------
     @abc.abstractmethod
@@ -133,9 +210,3 @@ class GraphCompute(abc.ABC):
 
     def tts_step(self, embeds, position, cache):
         return self._step("tts_step", embeds, position, cache)[0][0].float()
-
-    def token2wav(self, codes):
-        codes = list(codes)
-        if not self.has_token2wav:
-            return torch.zeros(len(codes) * self.samples_per_code)
-        return self.run("token2wav", {"codes": self._tensor([codes])})[0][0].float()

@@ -17,7 +17,20 @@ torch backend runs, what `omni_ros.runtime.onnx_export` traces and what TensorRT
 | `tts_condition`  | text_ids [n], llm_hidden [n,D], semantic_mask [n]             | condition [n,Ht] |
 | `tts_code_embed` | codes [n]                                                     | embeds [n,Ht] |
 | `tts_step`       | inputs_embeds [1,n,Ht], position_ids [1,n], attention_bias [1,1,n,P+n], past_keys/values [Lt,1,Ht_kv,P,Dht] | logits [1,C], present_keys/values |
-| `token2wav`      | codes [1,T]                                                   | wav [1,T*960] |
+| `t2w_encoder`    | codes [1,T], cnn_cache [1,C,0 or 2+2s], att_cache [Le,1,He,P,2Dhe] | mu [1,80,s(T-3)], new_cnn_cache [1,C,2+2s], new_att_cache [Le,1,He,P+s(T-3),2Dhe] |
+| `t2w_encoder_last` | the same, the chunk ending the turn (no lookahead codes)    | mu [1,80,sT], caches [..,P+sT,..] |
+| `t2w_estimator_step` | x [1,80,F], mu_in / cond_in [2,80,F], speaker_in [2,80], t [1], dt [1], cnn_cache [Ld,2,2Hd,0 or 2], att_cache [Ld,2,Hh,P,2Dh] | x_next [1,80,F], new_cnn_cache [Ld,2,2Hd,2], new_att_cache [Ld,2,Hh,F+P,2Dh] |
+| `t2w_vocoder`    | mel [1,80,F], cache_source [1,1,S], sine_noise [1,480F,9]     | speech [1,480F], source [1,1,480F] |
+| `t2w_speaker`    | embedding [1,192]                                             | speaker [1,80] |
+
+The `t2w_*` graphs are the waveform stage (Step-Audio2 token2wav, omni_ros.model.token2wav) over
+the loaded model's `token2wav` (a Token2WavModel): the flow encoder turns 25 Hz speech codes into
+the 50 Hz condition `mu` (s = up_stride = 2; unless `_last`, the last 3 codes are lookahead), each
+of the `token2wav_steps` Euler steps of the flow-matching decoder is one `t2w_estimator_step` call
+with its own caches (batch 2: the guided and unguided halves), and HiFT turns the mel into 24 kHz
+speech. The host side (omni_ros.model.token2wav.stream.WaveformStream) keeps the caches, the noise,
+the time grid and the cross-fades; a cache of length 0 is a first chunk. The prompt front end
+(speech tokenizer, CAM++, 24 kHz mel) runs once per voice on the host for every backend.
 
 `hidden` is the last decoder state after the final norm (what the speech decoder's semantic
 projector reads). The output head is a graph of its own: most LLM calls of a unit (the unit
@@ -255,13 +268,58 @@ class TTSStepGraph(nn.Module):
         return self.head(hidden[:, -1]).float(), keys, values
 
 
-class Token2WavGraph(nn.Module):
+# --- the waveform stage (omni_ros.model.token2wav), over `model.token2wav` (a Token2WavModel) -----
+class T2WEncoderGraph(nn.Module):
+    """The flow's token embedding + streaming conformer encoder + projection for one chunk
+    (`FlowModel.encode`); `last_chunk` is fixed per graph (t2w_encoder / t2w_encoder_last)."""
+
+    def __init__(self, model, last_chunk: bool = False):
+        super().__init__()
+        self.flow = model.token2wav.flow
+        self.last_chunk = bool(last_chunk)
+
+    def forward(self, codes, cnn_cache, att_cache):
+        return self.flow.encode(codes, self.last_chunk, cnn_cache, att_cache)
+
+
+class T2WEncoderLastGraph(T2WEncoderGraph):
+    def __init__(self, model):
+        super().__init__(model, last_chunk=True)
+
+
+class T2WEstimatorStepGraph(nn.Module):
+    """One guided Euler step of the flow-matching decoder (`CausalConditionalCFM.euler_step`)
+    with that step's caches."""
+
     def __init__(self, model):
         super().__init__()
-        self.decoder = model.token2wav
+        self.decoder = model.token2wav.flow.decoder
 
-    def forward(self, codes):
-        return self.decoder(codes).float()
+    def forward(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache):
+        return self.decoder.euler_step(x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache)
+
+
+class T2WVocoderGraph(nn.Module):
+    """HiFT: mel (+ the previous call's source tail) and the sine noise -> speech, source. The
+    vocoder's other two random draws do not reach its output and are not graph inputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.hift = model.token2wav.hift
+
+    def forward(self, mel, cache_source, sine_noise):
+        return self.hift(mel, cache_source, None, sine_noise, None)
+
+
+class T2WSpeakerGraph(nn.Module):
+    """CAM++ speaker embedding -> the flow's speaker condition."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.flow = model.token2wav.flow
+
+    def forward(self, embedding):
+        return self.flow.speaker(embedding)
 
 
 # --- what an exporter or engine builder needs to know about each graph ---------------------------
@@ -310,9 +368,22 @@ GRAPHS: Dict[str, GraphSpec] = {spec.name: spec for spec in [
               {"inputs_embeds": {1: "tokens"}, "position_ids": {1: "tokens"},
                "attention_bias": {2: "tokens", 3: "total"},
                **_kv_axes("past", "past"), **_kv_axes("present", "total")}),
-    GraphSpec("token2wav", Token2WavGraph, ["codes"], ["wav"], {"codes": {1: "codes"},
-                                                                 "wav": {1: "samples"}}),
+    *[GraphSpec(name, build, ["codes", "cnn_cache", "att_cache"], ["mu", "new_cnn_cache", "new_att_cache"],
+                {"codes": {1: "codes"}, "cnn_cache": {2: "cnn_frames"}, "att_cache": {3: "past_frames"},
+                 "mu": {2: "frames"}, "new_att_cache": {3: "total_frames"}})
+      for name, build in (("t2w_encoder", T2WEncoderGraph), ("t2w_encoder_last", T2WEncoderLastGraph))],
+    GraphSpec("t2w_estimator_step", T2WEstimatorStepGraph,
+              ["x", "mu_in", "speaker_in", "cond_in", "t", "dt", "cnn_cache", "att_cache"],
+              ["x_next", "new_cnn_cache", "new_att_cache"],
+              {"x": {2: "frames"}, "mu_in": {2: "frames"}, "cond_in": {2: "frames"},
+               "cnn_cache": {3: "conv_context"}, "att_cache": {3: "past_frames"},
+               "x_next": {2: "frames"}, "new_att_cache": {3: "total_frames"}}),
+    GraphSpec("t2w_vocoder", T2WVocoderGraph, ["mel", "cache_source", "sine_noise"], ["speech", "source"],
+              {"mel": {2: "frames"}, "cache_source": {2: "cached_samples"}, "sine_noise": {1: "samples"},
+               "speech": {1: "samples"}, "source": {2: "samples"}}),
+    GraphSpec("t2w_speaker", T2WSpeakerGraph, ["embedding"], ["speaker"], {}),
 ]}
+WAVEFORM_GRAPHS = tuple(name for name in GRAPHS if name.startswith("t2w_"))
 
 
 # --- shapes of the caches ---------------------------------------------------------------------------
@@ -331,13 +402,67 @@ def audio_kv_shape(config, past: int) -> Tuple[int, ...]:
     return (a.encoder_layers, 1, a.encoder_attention_heads, past, a.d_model // a.encoder_attention_heads)
 
 
-def example_inputs(name: str, config, sizes: Dict[str, int] = None) -> Dict[str, torch.Tensor]:
+def t2w_encoder_cache_shapes(flow, past: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(cnn_cache, att_cache) shapes of the flow encoder with `past` cached 50 Hz frames (even;
+    0 = a first chunk, whose conv cache is empty too). `flow`: a token2wav FlowConfig."""
+    e = flow.encoder
+    cnn = (1, e.output_size, 0 if past == 0 else 2 + 2 * e.up_stride)
+    return cnn, (e.num_blocks + e.num_up_blocks, 1, e.attention_heads, past, 2 * (e.output_size // e.attention_heads))
+
+
+def t2w_estimator_cache_shapes(flow, past: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(cnn_cache, att_cache) shapes of one Euler step of the DiT estimator (batch 2: guidance)
+    with `past` cached frames (0 = a first chunk)."""
+    d = flow.decoder.estimator
+    cnn = (d.depth, 2, 2 * d.hidden_size, 0 if past == 0 else 2)
+    return cnn, (d.depth, 2, d.num_heads, past, 2 * d.head_dim)
+
+
+def _t2w_example(name: str, t2w, s: Dict[str, int], rand, g) -> Dict[str, torch.Tensor]:
+    if t2w is None:
+        raise ValueError(f"example_inputs({name!r}) needs t2w= (the model's Token2WavModel)")
+    flow = t2w.flow.config
+    mels = flow.output_size
+    if name in ("t2w_encoder", "t2w_encoder_last"):
+        cnn, att = t2w_encoder_cache_shapes(flow, s["t2w_enc_past"])
+        return {"codes": torch.randint(0, flow.vocab_size, (1, s["t2w_codes"]), generator=g),
+                "cnn_cache": rand(*cnn), "att_cache": rand(*att) * 0.5}
+    if name == "t2w_estimator_step":
+        f = s["t2w_frames"]
+        cnn, att = t2w_estimator_cache_shapes(flow, s["t2w_est_past"])
+        zeros = torch.zeros(1, mels, f)
+        return {"x": rand(1, mels, f), "mu_in": torch.cat([rand(1, mels, f), zeros]),
+                "speaker_in": torch.cat([rand(1, mels), torch.zeros(1, mels)]),
+                "cond_in": torch.cat([rand(1, mels, f) * (s["t2w_est_past"] == 0), zeros]),
+                "t": torch.tensor([0.3]), "dt": torch.tensor([0.12]),
+                "cnn_cache": rand(*cnn), "att_cache": rand(*att)}
+    if name == "t2w_vocoder":
+        h = t2w.hift.config
+        f = s["t2w_mel"]
+        samples = f * h.upsample_scale
+        return {"mel": rand(1, h.in_channels, f) - 4.0,
+                "cache_source": rand(1, 1, min(s["t2w_source"], samples)) * 0.1,
+                "sine_noise": rand(1, samples, h.num_harmonics)}
+    if name == "t2w_speaker":
+        return {"embedding": rand(1, flow.spk_embed_dim)}
+    raise KeyError(f"unknown graph {name!r}; graphs: {', '.join(GRAPHS)}")
+
+
+def example_inputs(name: str, config, sizes: Dict[str, int] = None, t2w=None) -> Dict[str, torch.Tensor]:
     """Random inputs of plausible unit shapes for graph `name` (export, parity tests, benchmarks).
-    Every dynamic size is at least 2 (an exporter may pin a dimension whose example size is 1)."""
-    s = {"tokens": 3, "past": 5, "mel_frames": 104, "height": 70, "width": 84, "codes": 4}
+    Every dynamic size is at least 2 (an exporter may pin a dimension whose example size is 1).
+    The waveform graphs (t2w_*) read their dimensions from `t2w`, the model's Token2WavModel;
+    their sizes: t2w_codes (encoder codes), t2w_enc_past (cached encoder frames, even),
+    t2w_frames / t2w_est_past (estimator frames / cached frames), t2w_mel / t2w_source (vocoder
+    mel frames / cached source samples); a past of 0 gives empty caches (a first chunk)."""
+    s = {"tokens": 3, "past": 5, "mel_frames": 104, "height": 70, "width": 84, "codes": 4,
+         "t2w_codes": 9, "t2w_enc_past": 10, "t2w_frames": 12, "t2w_est_past": 6, "t2w_mel": 10,
+         "t2w_source": 960}
     s.update(sizes or {})
     g = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=g)
+    if name.startswith("t2w_"):
+        return _t2w_example(name, t2w, s, rand, g)
     d, n, p = config.hidden_size, s["tokens"], s["past"]
     if name == "vision":
         patch = config.vision_config.patch_size
@@ -369,8 +494,6 @@ def example_inputs(name: str, config, sizes: Dict[str, int] = None) -> Dict[str,
                 "llm_hidden": rand(n, t.llm_dim), "semantic_mask": torch.tensor([1.0] * (n - 1) + [0.0])}
     if name == "tts_code_embed":
         return {"codes": torch.randint(0, config.tts_config.num_audio_tokens, (s["codes"],), generator=g)}
-    if name == "token2wav":
-        return {"codes": torch.randint(0, 6561, (1, s["codes"]), generator=g)}
     raise KeyError(f"unknown graph {name!r}; graphs: {', '.join(GRAPHS)}")
 
 

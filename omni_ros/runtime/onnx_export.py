@@ -4,7 +4,11 @@ The TorchScript exporter (`torch.onnx.export(..., dynamo=False)`) is used: on th
 matmul attention in the decoders and the audio encoder, transformers' SDPA without grouped heads in
 SigLIP) it keeps every dynamic axis symbolic, including an empty past (P = 0, the first audio chunk
 and the first LLM/TTS step) and a single new token, which test/test_onnx_export.py checks against the
-torch modules. Files larger than 2 GB are written with their weights in one external-data file
+torch modules. The waveform stage's graphs (`t2w_*`: the flow encoder, one Euler step of the
+flow-matching estimator, the HiFT vocoder, the speaker projection) export the same way, their
+zero-length caches (a first chunk) included; its prompt front end (speech tokenizer, CAM++, 24 kHz
+mel) is not exported: every backend runs it on the host from the checkpoint's `assets/token2wav/`,
+once per voice. Files larger than 2 GB are written with their weights in one external-data file
 `<graph>.onnx.data` next to `<graph>.onnx`.
 """
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime
 import shutil
 import tempfile
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Dict, Optional
@@ -25,14 +30,6 @@ from omni_ros.runtime.engine_files import (Manifest, checkpoint_fingerprint, ent
 
 OPSET = 18
 _PROTOBUF_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2      # keep a margin below protobuf's 2 GiB
-TOKEN2WAV_SKIPPED = ("not exported: the checkpoint holds the released Step-Audio2 token2wav "
-                     "assets, which omni_ros cannot run; backends produce silence (960 samples "
-                     "per code, no context) as the torch backend does")
-
-
-def has_token2wav_graph(model) -> bool:
-    """True when the checkpoint's waveform stage is this package's decoder (exportable)."""
-    return isinstance(getattr(model, "token2wav", None), torch.nn.Module)
 
 
 def export_graph(model, name: str, path, opset: int = OPSET,
@@ -46,7 +43,7 @@ def export_graph(model, name: str, path, opset: int = OPSET,
     path.parent.mkdir(parents=True, exist_ok=True)
     module = spec.build(model).eval()
     device = next(iter(module.parameters())).device
-    example = G.example_inputs(name, model.config, sizes)
+    example = G.example_inputs(name, model.config, sizes, t2w=getattr(model, "token2wav", None))
     args = tuple(example[k].to(device) for k in spec.inputs)
     data_name = path.name + ".data"
     with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:
@@ -75,6 +72,19 @@ def export_graph(model, name: str, path, opset: int = OPSET,
     return path.with_name(data_name) if external else path
 
 
+def export_waveform(token2wav, out_dir, log=print) -> Dict[str, Path]:
+    """Export only the waveform stage's graphs (t2w_*) of a Token2WavModel into `out_dir`, without
+    a manifest (benchmarks and tools that work on an `assets/token2wav/` folder alone)."""
+    holder = types.SimpleNamespace(token2wav=token2wav, config=None)
+    out = Path(out_dir)
+    written = {}
+    for name in G.WAVEFORM_GRAPHS:
+        started = time.perf_counter()
+        written[name] = export_graph(holder, name, out / f"{name}.onnx")
+        log(f"[export] {name}: {out / f'{name}.onnx'} ({time.perf_counter() - started:.1f} s)")
+    return written
+
+
 def versions() -> Dict[str, str]:
     import onnx
 
@@ -101,10 +111,6 @@ def export_all(model_path, out_dir, device: str = "cpu", log=print) -> Manifest:
                         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         versions=versions(), gpu=None)
     for name in G.GRAPHS:
-        if name == "token2wav" and not has_token2wav_graph(model):
-            manifest.notes[name] = TOKEN2WAV_SKIPPED
-            log(f"[export] {name}: {TOKEN2WAV_SKIPPED}")
-            continue
         started = time.perf_counter()
         written = export_graph(model, name, out / f"{name}.onnx")
         data = written.name if written.suffix == ".data" else ""

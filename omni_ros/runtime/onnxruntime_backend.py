@@ -6,7 +6,9 @@ Build the files once with `omni_ros_build_engines MODEL_PATH --backend onnxrunti
 folder `MODEL_PATH/engines/onnxruntime`, the backend's default `engine_dir`). At start the folder's
 manifest is checked against the checkpoint (omni_ros.runtime.engine_files.check_manifest); a
 mismatch is a BackendError naming what differs and the rebuild command. Config, tokenizer and
-special ids are read from the checkpoint folder; no torch weights are loaded.
+special ids are read from the checkpoint folder; no torch weights are loaded, except the
+waveform stage's prompt front end (speech tokenizer, CAM++, 24 kHz mel), which runs on the host
+from `assets/token2wav/` once per voice, as for every backend.
 
 Threads: onnxruntime's default intra-op thread count (one per physical core) unless the
 environment variable OMNI_ROS_ORT_THREADS sets it (an integer; 0 = onnxruntime's default). Pool
@@ -104,6 +106,21 @@ class OrtCompute(GraphCompute):
 
     def run(self, name: str, inputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
         return self.graphs[name](inputs)
+
+
+def waveform_compute(asset_dir, onnx_dir, device: str = "cpu", threads: int = None):
+    """The waveform stage alone over the t2w_* ONNX files in `onnx_dir` (as written by
+    onnx_export.export_waveform or export_all) for the `assets/token2wav/` folder `asset_dir`: a
+    WaveformCompute for omni_ros.model.token2wav.stream.WaveformStream (benchmarks, tools)."""
+    from omni_ros.model.token2wav import assets as A
+    from omni_ros.runtime import graphs as G
+    from omni_ros.runtime.graph_compute import GraphWaveform
+
+    A.check_layout(Path(asset_dir))
+    providers = providers_for(device)
+    count = _threads() if threads is None else threads
+    graphs = {n: _Graph(Path(onnx_dir) / f"{n}.onnx", providers, count) for n in G.WAVEFORM_GRAPHS}
+    return GraphWaveform(lambda name, inputs: graphs[name](inputs), asset_dir, torch.device("cpu"))
 
 
 class OrtBackend:

@@ -63,15 +63,79 @@ class ShapeLimits:
     opt_mel_frames: int = 104      # one 1 s unit with its context frames
     max_audio_past: int = 1500     # Whisper's position table
     max_image_side: int = 0        # 0: twice the checkpoint's scale_resolution
-    max_codes: int = 64            # codes decoded at once (unit + left context)
+    max_codes: int = 64            # speech codes embedded at once (tts_code_embed)
+    max_prompt_codes: int = 750    # reference-voice codes (30 s at 25/s): the waveform stage's prompt
+    opt_prompt_codes: int = 150    # a 6 s reference voice
 
 
 Shape = Tuple[int, ...]
 Profile = Dict[str, Tuple[Shape, Shape, Shape]]
 
 
-def shape_profiles(config, limits: ShapeLimits = ShapeLimits()) -> Dict[str, Profile]:
-    """graph -> input -> (min, opt, max) shapes."""
+def waveform_profiles(flow, hift=None, limits: ShapeLimits = ShapeLimits()) -> Dict[str, Profile]:
+    """The t2w_* graphs' profiles. `flow`: the checkpoint's FlowConfig (flow.yaml); `hift`: its
+    HiFTConfig (default: the released dimensions, which the vocoder's inputs do not depend on
+    otherwise).
+
+    Calls a session makes (omni_ros.model.token2wav.stream; s = up_stride, L = lookahead):
+    - once per voice: the encoder over the prompt codes + 3 silence codes with empty caches, then
+      every Euler step over its s*N frames with empty caches (N <= max_prompt_codes);
+    - per decode call: the encoder over 25 + L codes (fewer at a turn's first unit; `_last`: the
+      <= 27 left at a turn's end) with caches of at most the prompt's s*N frames + 100 (the caches
+      are trimmed to that after every call), the Euler steps over those frames, and the vocoder
+      over the 8 mel frames kept from the previous call + the chunk's (<= s*28) with the 3840
+      source samples kept (none at a turn's first call)."""
+    from omni_ros.model.token2wav.hift import HiFTConfig
+    from omni_ros.model.token2wav.stream import (CACHE_TAIL_FRAMES, CHUNK_CODES, MEL_CACHE_FRAMES,
+                                                 OVERLAP_SAMPLES, START_SILENCE_CODES)
+
+    from .graphs import t2w_encoder_cache_shapes, t2w_estimator_cache_shapes
+
+    h = hift or HiFTConfig()
+    lim = limits
+    look, s = int(flow.encoder.pre_lookahead_len), int(flow.encoder.up_stride)
+    mels = int(flow.output_size)
+    chunk = CHUNK_CODES + look                                     # codes of a regular decode call
+    prompt_codes = lim.max_prompt_codes + START_SILENCE_CODES
+    max_frames = s * prompt_codes                                  # the prompt's estimator calls
+    max_past = s * lim.max_prompt_codes + CACHE_TAIL_FRAMES + s * chunk
+    opt_past = s * lim.opt_prompt_codes + CACHE_TAIL_FRAMES
+    enc = lambda p: t2w_encoder_cache_shapes(flow, p)              # noqa: E731
+    est = lambda p: t2w_estimator_cache_shapes(flow, p)            # noqa: E731
+
+    def encoder(lo, opt, hi):
+        return {"codes": ((1, lo), (1, opt), (1, hi)),
+                "cnn_cache": (enc(0)[0], enc(opt_past)[0], enc(max_past)[0]),
+                "att_cache": (enc(0)[1], enc(opt_past)[1], enc(max_past)[1])}
+
+    vocoder_frames = MEL_CACHE_FRAMES + s * chunk
+    opt_vocoder = MEL_CACHE_FRAMES + s * CHUNK_CODES
+    scale, harmonics = h.upsample_scale, h.num_harmonics
+    return {
+        "t2w_encoder": encoder(look + 1, chunk, prompt_codes),
+        "t2w_encoder_last": encoder(1, chunk - look, chunk),
+        "t2w_estimator_step": {
+            "x": ((1, mels, 1), (1, mels, s * CHUNK_CODES), (1, mels, max_frames)),
+            "mu_in": ((2, mels, 1), (2, mels, s * CHUNK_CODES), (2, mels, max_frames)),
+            "speaker_in": ((2, mels),) * 3,
+            "cond_in": ((2, mels, 1), (2, mels, s * CHUNK_CODES), (2, mels, max_frames)),
+            "t": ((1,),) * 3, "dt": ((1,),) * 3,
+            "cnn_cache": (est(0)[0], est(opt_past)[0], est(max_past)[0]),
+            "att_cache": (est(0)[1], est(opt_past)[1], est(max_past)[1])},
+        "t2w_vocoder": {
+            "mel": ((1, h.in_channels, 1), (1, h.in_channels, opt_vocoder), (1, h.in_channels, vocoder_frames)),
+            "cache_source": ((1, 1, 0), (1, 1, OVERLAP_SAMPLES), (1, 1, OVERLAP_SAMPLES)),
+            "sine_noise": ((1, scale, harmonics), (1, scale * opt_vocoder, harmonics),
+                           (1, scale * vocoder_frames, harmonics))},
+        "t2w_speaker": {"embedding": ((1, flow.spk_embed_dim),) * 3},
+    }
+
+
+def shape_profiles(config, limits: ShapeLimits = ShapeLimits(), flow=None, hift=None) -> Dict[str, Profile]:
+    """graph -> input -> (min, opt, max) shapes. `flow` / `hift`: the checkpoint's token2wav
+    FlowConfig / HiFTConfig (default: the released dimensions)."""
+    from omni_ros.model.token2wav.assets import FlowConfig
+
     from .graphs import audio_kv_shape, llm_kv_shape, tts_kv_shape
 
     d = config.hidden_size
@@ -119,7 +183,7 @@ def shape_profiles(config, limits: ShapeLimits = ShapeLimits()) -> Dict[str, Pro
                           "semantic_mask": ((1,), (20,), (lim.max_tts_tokens,))},
         "tts_code_embed": {"codes": ((1,), (1,), (lim.max_codes,))},
         "tts_step": decoder(t.hidden_size, tts_kv_shape, lim.max_tts_tokens, 128, lim.max_tts_past),
-        "token2wav": {"codes": ((1, 1), (1, 28), (1, lim.max_codes))},
+        **waveform_profiles(flow if flow is not None else FlowConfig(), hift, lim),
     }
 
 
@@ -173,7 +237,13 @@ def build_engines(model_path, onnx_dir, out_dir, precision: str = "fp16",
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     exported = read_manifest(onnx_dir)
     check_manifest(onnx_dir, model_path, "onnx", list(exported.components))
-    profiles = shape_profiles(read_config(model_path), limits)
+    from omni_ros.model.token2wav import assets as A
+
+    from .graph_compute import read_hift_config
+
+    t2w_dir = Path(model_path) / A.ASSET_DIR
+    profiles = shape_profiles(read_config(model_path), limits, flow=A.read_flow_yaml(t2w_dir),
+                              hift=read_hift_config(t2w_dir / A.HIFT_WEIGHTS))
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(format="tensorrt", checkpoint=str(Path(model_path).resolve()),
                         checkpoint_hash=checkpoint_fingerprint(model_path),

@@ -19,7 +19,8 @@ noise `randn(1, T, 9)` and a noise branch `randn(1, T, 1)`. `random_inputs` draw
 `torch.Generator` so that seeding it with s reproduces the released call after `torch.manual_seed(s)`.
 Only the sine noise reaches the output: the phase offset is added to the first sample only, which the
 released frame-rate phase computation never reads (it reads samples 239/240 of every frame), and the
-noise branch is discarded. Both are still accepted by `forward` so the draw sequence stays explicit.
+noise branch is discarded. Both are still accepted by `forward` so the draw sequence stays explicit
+(the dynamo ONNX exporter keeps them as graph inputs; the TorchScript exporter drops unused inputs).
 
 STFT / inverse STFT are written as (transposed) convolutions with fixed DFT bases so that the graph
 exports to ONNX; they match `torch.stft` / `torch.istft` (center=True, periodic Hann) to float rounding.
@@ -27,7 +28,7 @@ exports to ONNX; they match `torch.stft` / `torch.istft` (center=True, periodic 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -155,10 +156,11 @@ class F0Predictor(nn.Module):
 class HarmonicSource(nn.Module):
     """f0 [B, F] + sine noise [B, T, H] -> excitation [B, 1, T] (T = F * scale, H harmonics).
 
-    The instantaneous phase of harmonic h is accumulated at frame rate
-    (cumsum over frames of (h f0 / sr) mod 1, times 2 pi) and linearly upsampled with the per-sample
-    slope (x scale); sines are kept where f0 > threshold, noise is added everywhere (std `noise_std`
-    when voiced, sine_amp / 3 when not), and a linear + tanh merges the harmonics.
+    As released: the per-sample phase increment of harmonic h, (h f0 / sr) mod 1 cycles, is summed
+    over frames, times 2 pi, times `scale`, then linearly interpolated up to the sample rate (the
+    phase grows by ~1e4 rad per second, so float32 rounding of it matters and is reproduced exactly);
+    sines (amplitude sine_amp) are kept where f0 > threshold, noise is added everywhere (std
+    `noise_std` when voiced, sine_amp / 3 when not), and a linear + tanh merges the harmonics.
     """
 
     def __init__(self, config: HiFTConfig):
@@ -179,9 +181,13 @@ class HarmonicSource(nn.Module):
         # per-sample phase increment in cycles (the release computes this per sample and reads it
         # back at frame rate; the values are the same since f0 is constant within a frame)
         rad = (freq / self.sampling_rate) % 1
-        phase = torch.cumsum(rad, dim=1) * 2 * math.pi      # [B, F, H]
-        phase = F.interpolate(phase.transpose(1, 2) * self.scale, scale_factor=float(self.scale),
-                              mode="linear")                # [B, H, T]
+        # torch's float cumsum accumulates in double; spelled out so that an exported graph does too
+        phase = torch.cumsum(rad.double(), dim=1).float() * 2 * math.pi       # [B, F, H]
+        phase = phase.transpose(1, 2) * self.scale                            # [B, H, F] slope
+        if _exporting():
+            phase = upsample_linear(phase, self.scale)                        # [B, H, T]
+        else:
+            phase = F.interpolate(phase, scale_factor=float(self.scale), mode="linear")
         # the release works in this [B, H, T] memory layout (seen as [B, T, H]); keep it so that
         # every op (and the merge matmul) rounds the same way
         sines = (torch.sin(phase) * self.sine_amp).reshape(b, h, frames, self.scale)
@@ -191,6 +197,29 @@ class HarmonicSource(nn.Module):
         noise = noise_amp * sine_noise.transpose(1, 2).reshape(b, h, frames, self.scale)
         waves = (sines * uv + noise).reshape(b, h, frames * self.scale)         # [B, H, T]
         return torch.tanh(self.l_linear(waves.transpose(1, 2))).transpose(1, 2)  # [B, 1, T]
+
+
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def upsample_linear(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """`F.interpolate(x, scale_factor=scale, mode="linear")` ([B, C, F] -> [B, C, F * scale],
+    half-pixel centres) with the rounding of torch's CPU kernel spelled out in plain ops, so that an
+    exported graph gives the same float32 values: the source position is rounded once from
+    step * (t + 0.5) - 0.5 (step = float32(1 / scale)), and the blend is a fused a * w0 + fl(b * w1).
+    This matters because the harmonic phase reaches ~1e4 rad, where one float32 ulp is ~1e-3 rad."""
+    frames = x.shape[-1]
+    t = torch.arange(frames * scale, dtype=torch.float64, device=x.device)
+    step = float(np.float32(1.0 / scale))
+    src = (step * (t + 0.5) - 0.5).clamp(min=0).float()
+    i0 = torch.minimum(src.floor(), torch.full_like(src, frames - 1))
+    w1 = (src - i0).clamp(0, 1)
+    w0 = 1 - w1
+    i0 = i0.long()
+    i1 = torch.minimum(i0 + 1, torch.full_like(i0, frames - 1))
+    a, b = x[..., i0], x[..., i1]
+    return (a.double() * w0.double() + (b * w1).double()).float()
 
 
 def _hann_periodic(n: int) -> np.ndarray:
@@ -400,8 +429,8 @@ class HiFTGenerator(nn.Module):
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor, cache_source: Optional[torch.Tensor] = None,
                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Convenience call: draws the random inputs from `generator` (a fresh unseeded-by-us
-        generator, seed 0, when None) and runs `forward`."""
+        """Convenience call: draws the random inputs from `generator` (a new generator seeded with
+        0 when None; never the global RNG) and runs `forward`."""
         if cache_source is None:
             cache_source = mel.new_zeros(mel.shape[0], 1, 0)
         if generator is None:
