@@ -158,7 +158,7 @@ class OmniDuplexSession:
                            for mode, ids in decoding_masks(self.tok, self.sp).items()}
         self.audio = StreamingAudioEncoder(self.compute)
         self.voice: Optional[Voice] = None
-        self.waveform = WaveformStream(self.compute.waveform, steps=self.options.token2wav_steps, seed=self.options.seed)
+        self.waveform = self._new_waveform_stream()
         self.set_voice()
         self.reset()
 
@@ -177,14 +177,19 @@ class OmniDuplexSession:
                              "assets/ref_audio/ref_minicpm_signature.wav)")
         return Voice.from_wav(default)
 
+    def _new_waveform_stream(self) -> WaveformStream:
+        o = self.options
+        codes = int(round(o.window_sec * self.compute.config.tts_config.codes_per_second))
+        return WaveformStream(self.compute.waveform, steps=o.token2wav_steps, seed=o.seed, chunk_codes=codes,
+                              window_samples=int(round(o.window_sec * OUTPUT_SAMPLE_RATE)))
+
     def set_voice(self) -> None:
         """(Re)read the reference voice from the options and recompute the waveform stage's prompt
         caches (about one decode call's time). Speech of an open turn restarts with the new voice; the
         LLM's voice slot takes it at the next prefill (start, reset or epoch)."""
         voice = self._voice_from_options()
         if self.waveform.steps != int(self.options.token2wav_steps):
-            self.waveform = WaveformStream(self.compute.waveform, steps=self.options.token2wav_steps,
-                                           seed=self.options.seed)
+            self.waveform = self._new_waveform_stream()
         self.waveform.set_voice(voice)
         self.voice = voice
 

@@ -65,10 +65,15 @@ class VoicePrompt:
 class WaveformStream:
     """One speaker's streaming waveform stage. Not thread-safe: one session drives it."""
 
-    def __init__(self, compute: WaveformCompute, steps: int = 10, seed: int = 0):
+    def __init__(self, compute: WaveformCompute, steps: int = 10, seed: int = 0,
+                 chunk_codes: int = CHUNK_CODES, window_samples: int = WINDOW_SAMPLES):
+        """`chunk_codes` new codes per decode call and `window_samples` per unit: the released 25 and
+        24000 for 1 s windows; other window lengths use their own (e.g. 12 codes for 0.5 s, whose
+        calls give 11520 samples, padded to the 12000 of a window)."""
         self.compute = compute
         self.steps = int(steps)
         self.seed = int(seed)
+        self.chunk_codes, self.window_samples = int(chunk_codes), int(window_samples)
         # drawn once, like the released stage: from the third call on every call reads the same window
         self.noise = draw_noise(torch.Generator().manual_seed(self.seed))
         self.schedule = cosine_time_grid(self.steps)
@@ -120,19 +125,19 @@ class WaveformStream:
         pieces: List[torch.Tensor] = []
         if turn_start:
             while len(self._buffer) >= look + EARLY_FLUSH_MIN:
-                n = min(CHUNK_CODES + look, len(self._buffer))
+                n = min(self.chunk_codes + look, len(self._buffer))
                 pieces.append(self._decode(self._buffer[:n], last_chunk=False))
-                self._buffer = self._buffer[min(CHUNK_CODES, n - look):]
+                self._buffer = self._buffer[min(self.chunk_codes, n - look):]
         else:
-            while len(self._buffer) >= CHUNK_CODES + look:
-                pieces.append(self._decode(self._buffer[:CHUNK_CODES + look], last_chunk=False))
-                self._buffer = self._buffer[CHUNK_CODES:]
+            while len(self._buffer) >= self.chunk_codes + look:
+                pieces.append(self._decode(self._buffer[:self.chunk_codes + look], last_chunk=False))
+                self._buffer = self._buffer[self.chunk_codes:]
         if end_of_turn and self._buffer:
             pieces.append(self._decode(self._buffer, last_chunk=True))
             self._buffer = []
         wav = torch.cat(pieces, dim=1)[0].numpy() if pieces else np.zeros(0, np.float32)
-        if not end_of_turn and wav.shape[0] < WINDOW_SAMPLES:
-            wav = np.pad(wav, (WINDOW_SAMPLES - wav.shape[0], 0))
+        if not end_of_turn and wav.shape[0] < self.window_samples:
+            wav = np.pad(wav, (self.window_samples - wav.shape[0], 0))
         if end_of_turn:
             self.start_turn()
         return np.ascontiguousarray(wav, dtype=np.float32)
