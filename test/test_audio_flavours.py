@@ -177,13 +177,17 @@ def _check_roundtrip(result: dict, codes, log: str, flavour: str) -> None:
     assert speaking, "with listen_prob_scale 0.02 the model must speak"
     samples = defaultdict(int)
     for chunk in result["speech"]:
-        assert chunk["samples"] == CHUNK_SAMPLES, chunk
+        assert 0 < chunk["samples"] <= CHUNK_SAMPLES, chunk   # a turn's last chunk may be shorter
         samples[chunk["window"]] += chunk["samples"]
         if flavour == "mgonzs13":
             assert chunk["info"] == [audio_flavours.PA_INT16, OUTPUT_RATE, 1, CHUNK_SAMPLES]
             assert chunk["rate"] == OUTPUT_RATE
-    for window in speaking[:-1] or speaking:   # the last one may still have been playing
-        assert samples[f"window_{window}"] == int(WINDOW_SEC * OUTPUT_RATE), window
+    # the last windows' speech may still be queued (a unit ending a turn plays 0.28 s past its
+    # window: the waveform stage's final flush)
+    finished = [w for w in speaking if w <= windows[-1] - 4] or speaking[:1]
+    for window in finished:
+        assert int(WINDOW_SEC * OUTPUT_RATE) <= samples[f"window_{window}"] \
+            <= int(WINDOW_SEC * OUTPUT_RATE) + (3 * 2 + 8) * 480, window
     assert result["speech_info"] == ["S16LE", 1, OUTPUT_RATE, "wave"]
     assert result["plain_count"] >= len(result["speech"]) - 2 > 0
     diagnostics = result["diagnostics"]
