@@ -180,7 +180,7 @@ def _check_roundtrip(result: dict, codes, log: str, flavour: str) -> None:
         assert 0 < chunk["samples"] <= CHUNK_SAMPLES, chunk   # a turn's last chunk may be shorter
         samples[chunk["window"]] += chunk["samples"]
         if flavour == "mgonzs13":
-            assert chunk["info"] == [audio_flavours.PA_INT16, OUTPUT_RATE, 1, CHUNK_SAMPLES]
+            assert chunk["info"] == [audio_flavours.PA_INT16, OUTPUT_RATE, 1, chunk["samples"]]
             assert chunk["rate"] == OUTPUT_RATE
     # the last windows' speech may still be queued (a unit ending a turn plays 0.28 s past its
     # window: the waveform stage's final flush)
