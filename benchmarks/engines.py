@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/engines.py [--repeats 50] [--units 40] [--checkpoint DIR]
     .venv/bin/python benchmarks/engines.py --full-size [--device cuda]     # a CUDA machine
+    .venv/bin/python benchmarks/engines.py --waveform tiny|released [--steps 5,10] [--calls 10]
 
 Tiny checkpoint (default): every graph of omni_ros.runtime.graphs at unit shapes, timed as
   torch eager (the graph module), onnxruntime (the exported file) and TensorRT (an fp16 engine)
@@ -10,6 +11,13 @@ Tiny checkpoint (default): every graph of omni_ros.runtime.graphs at unit shapes
 --full-size: the released architecture with random weights in bf16 on CUDA (compute cost does
   not depend on the weights): the LLM step, vision, audio and speech-decoder graphs for torch
   eager, torch.compile with CUDA graphs (mode reduce-overhead) and TensorRT where installed.
+--waveform SIZE: the waveform stage alone (Step-Audio2 token2wav) on an `assets/token2wav/` folder
+  with random weights at "tiny" or "released" dimensions (`write_random_assets`; `--assets DIR`
+  reuses or names the folder, default a folder under the system temp dir, kept between runs):
+  after `set_voice` (a synthetic voice of `--voice-seconds`), the time of one 1 s unit, i.e. one
+  28-code decode call with the vocoder (median of `--calls`), for torch eager (Token2WavModel) and
+  onnxruntime (the exported t2w_* graphs), at each `--steps` count, and each backend's peak RSS
+  (each runs in a process of its own). The ratio onnxruntime / torch is printed.
 
 Prints a table and appends it, with date and machine, to benchmarks/results/engines.md.
 """
@@ -43,7 +51,9 @@ CASES = [
     ("tts_condition", "20 rows", {"tokens": 20}),
     ("tts_code_embed", "1 code", {"codes": 1}),
     ("tts_step", "1 code, 200 past", {"tokens": 1, "past": 200}),
-    ("token2wav", "28 codes", {"codes": 28}),
+    ("t2w_encoder", "28 codes, 400 cached frames", {"t2w_codes": 28, "t2w_enc_past": 400}),
+    ("t2w_estimator_step", "50 frames, 400 cached", {"t2w_frames": 50, "t2w_est_past": 400}),
+    ("t2w_vocoder", "58 frames", {"t2w_mel": 58, "t2w_source": 3840}),
 ]
 
 
@@ -110,7 +120,7 @@ def bench_graphs(checkpoint: Path, work: Path, repeats: int):
     trt, trt_note = trt_compute(checkpoint, work / "onnx", work)
     rows = []
     for name, what, sizes in CASES:
-        inputs = G.example_inputs(name, model.config, case_sizes(model.config, sizes))
+        inputs = G.example_inputs(name, model.config, case_sizes(model.config, sizes), t2w=model.token2wav)
         with torch.inference_mode():
             t_torch = median_ms(lambda: modules[name](**inputs), repeats)
         feeds = {k: v.numpy() for k, v in inputs.items()}
@@ -220,6 +230,102 @@ def run_full_size(args) -> int:
     return 0
 
 
+# --- the waveform stage alone: torch eager vs onnxruntime ------------------------------------------
+def waveform_worker(args) -> int:
+    """One backend in a process of its own: JSON with the per-call times and the peak RSS."""
+    import json
+    import resource
+
+    from omni_ros.model.token2wav.model import Token2WavModel, synthetic_voice
+    from omni_ros.model.token2wav.stream import WaveformStream
+    from omni_ros.model.token2wav.voice import Voice
+
+    assets = Path(args.assets)
+    started = time.perf_counter()
+    if args.waveform_worker == "torch":
+        compute = Token2WavModel.from_folder(assets)
+    else:
+        from omni_ros.runtime.onnxruntime_backend import waveform_compute
+        compute = waveform_compute(assets, args.onnx_dir, threads=torch.get_num_threads())
+    result = {"load_s": time.perf_counter() - started, "steps": {}}
+    voice = Voice.from_samples(synthetic_voice(args.voice_seconds), 16000, "synthetic voice")
+    rng = np.random.default_rng(0)
+    codes = lambda: rng.integers(0, 6561, 25).tolist()          # noqa: E731 - a 1 s unit's codes
+    for steps in args.steps:
+        stream = WaveformStream(compute, steps=steps)
+        t0 = time.perf_counter()
+        stream.set_voice(voice)
+        set_voice_ms = (time.perf_counter() - t0) * 1000.0
+        stream.push(codes(), turn_start=True, end_of_turn=False)         # warm-up: three calls
+        for _ in range(2):
+            stream.push(codes(), turn_start=False, end_of_turn=False)
+        times = []
+        for _ in range(args.calls):
+            before = stream.calls
+            t0 = time.perf_counter()
+            wav = stream.push(codes(), turn_start=False, end_of_turn=False)
+            times.append((time.perf_counter() - t0) * 1000.0)
+            assert stream.calls == before + 1 and wav.shape == (24000,), (stream.calls, wav.shape)
+        result["steps"][str(steps)] = {"set_voice_ms": set_voice_ms, "call_ms": statistics.median(times),
+                                       "call_ms_min": min(times)}
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["prompt_codes"] = int(stream.prompt.codes.shape[1])
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+def run_waveform(args) -> int:
+    import json
+    import subprocess
+
+    from omni_ros.model.token2wav import assets as A
+    from omni_ros.model.token2wav.model import Token2WavModel, write_random_assets
+    from omni_ros.runtime import graphs as graphs_module
+    from omni_ros.runtime.onnx_export import export_waveform
+
+    size = args.waveform
+    assets = Path(args.assets) if args.assets else Path(tempfile.gettempdir()) / f"omni_ros_t2w_{size}"
+    if not all((assets / f).is_file() for f in A.RELEASED_FILES):
+        started = time.perf_counter()
+        write_random_assets(assets, size=size, seed=0)
+        print(f"[waveform] wrote {size} random assets to {assets} in {time.perf_counter() - started:.1f} s")
+    onnx_dir = assets.parent / (assets.name + "_onnx")
+    stamp = max((assets / f).stat().st_mtime for f in A.RELEASED_FILES)
+    if not all((onnx_dir / f"{n}.onnx").is_file() and (onnx_dir / f"{n}.onnx").stat().st_mtime >= stamp
+               for n in graphs_module.WAVEFORM_GRAPHS):
+        started = time.perf_counter()
+        export_waveform(Token2WavModel.from_folder(assets), onnx_dir, log=lambda *_: None)
+        print(f"[waveform] exported the t2w_* graphs to {onnx_dir} in {time.perf_counter() - started:.1f} s")
+    results = {}
+    for backend in ("torch", "onnxruntime"):
+        command = [sys.executable, str(Path(__file__).resolve()), "--waveform-worker", backend,
+                   "--assets", str(assets), "--onnx-dir", str(onnx_dir), "--calls", str(args.calls),
+                   "--steps", ",".join(map(str, args.steps)), "--voice-seconds", str(args.voice_seconds)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            print(done.stdout[-3000:], done.stderr[-3000:], file=sys.stderr)
+            return 1
+        results[backend] = json.loads(lines[-1][len("RESULT "):])
+    t, o = results["torch"], results["onnxruntime"]
+    lines = [f"Waveform stage, {size} random assets, {args.voice_seconds:g} s voice "
+             f"({t['prompt_codes']} prompt codes), {torch.get_num_threads()} threads; ms per 1 s unit "
+             f"(one 28-code decode call with the vocoder), median (min) of {args.calls}:", "",
+             "| token2wav_steps | torch eager | onnxruntime | ratio ort/torch, median (min) | "
+             "set_voice torch / ort |", "|---|---|---|---|---|"]
+    for steps in map(str, args.steps):
+        a, b = t["steps"][steps], o["steps"][steps]
+        lines.append(f"| {steps} | {a['call_ms']:.1f} ({a['call_ms_min']:.1f}) | "
+                     f"{b['call_ms']:.1f} ({b['call_ms_min']:.1f}) | {b['call_ms'] / a['call_ms']:.2f}x "
+                     f"({b['call_ms_min'] / a['call_ms_min']:.2f}x) | "
+                     f"{a['set_voice_ms']:.0f} / {b['set_voice_ms']:.0f} ms |")
+    lines += ["", f"Peak RSS: torch {t['peak_rss_mib']:.0f} MiB, onnxruntime {o['peak_rss_mib']:.0f} MiB "
+              f"(each process: imports, weights, the prompt front end, both step counts). "
+              f"Load: torch {t['load_s']:.1f} s, onnxruntime {o['load_s']:.1f} s."]
+    append_result("engines", f"Waveform stage ({size})", "\n".join(lines))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=50)
@@ -227,7 +333,19 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: a tiny one)")
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--waveform", choices=("tiny", "released"), default=None,
+                        help="benchmark the waveform stage alone at these dimensions")
+    parser.add_argument("--assets", default="", help="assets/token2wav folder (--waveform; written if absent)")
+    parser.add_argument("--steps", type=lambda v: [int(x) for x in v.split(",")], default=[5, 10])
+    parser.add_argument("--calls", type=int, default=10, help="timed decode calls per step count (--waveform)")
+    parser.add_argument("--voice-seconds", type=float, default=6.0)
+    parser.add_argument("--waveform-worker", choices=("torch", "onnxruntime"), help=argparse.SUPPRESS)
+    parser.add_argument("--onnx-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.waveform_worker:
+        return waveform_worker(args)
+    if args.waveform:
+        return run_waveform(args)
     return run_full_size(args) if args.full_size else run_tiny(args)
 
 

@@ -97,6 +97,7 @@ class ModuleGraphs(GraphCompute):
         super().__init__(checkpoint)
         self.modules = G.build_graphs(model)
 
+    @torch.inference_mode()
     def run(self, name, inputs):
         out = self.modules[name](**inputs)
         return list(out) if isinstance(out, tuple) else [out]

@@ -282,8 +282,9 @@ def test_session_over_onnxruntime_equals_torch(exported, tiny_checkpoint, tiny_m
         assert np.allclose(a.speech, b.speech, atol=1e-3), (i, np.abs(a.speech - b.speech).max())
         assert abs(a.speak_probability - b.speak_probability) < 1e-4
         spoke += not a.is_listen
-        if not a.is_listen:
-            assert a.speech.shape == (24000,) and float(np.abs(a.speech).max()) > 0.0
+        if not a.is_listen:          # one 1 s window; a turn's last unit appends the final flush
+            assert a.speech.shape == (24000,) or a.end_of_turn, (i, a.speech.shape)
+            assert float(np.abs(a.speech).max()) > 0.0
         assert torch_session.cache_length == ort_session.cache_length
         assert torch_session.position == ort_session.position
     assert spoke >= 3

@@ -51,6 +51,8 @@ def test_profiles_cover_every_shape_a_session_produces(tiny_checkpoint, tiny_mod
     for k, unit in enumerate(_units(8)):
         s._decision_override = True if k in (3, 4, 5) else None
         s.run_unit(unit)
+    # the random model need not end a turn: end one as the session does (the last chunk's graph)
+    s.waveform.push([1, 2, 3, 4, 5], turn_start=False, end_of_turn=True)
     t2w = tiny_model.token2wav
     profiles = shape_profiles(tiny_model.config, flow=t2w.flow.config, hift=t2w.hift.config)
     assert set(profiles) == set(G.GRAPHS)

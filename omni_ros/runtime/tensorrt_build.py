@@ -66,6 +66,7 @@ class ShapeLimits:
     max_codes: int = 64            # speech codes embedded at once (tts_code_embed)
     max_prompt_codes: int = 750    # reference-voice codes (30 s at 25/s): the waveform stage's prompt
     opt_prompt_codes: int = 150    # a 6 s reference voice
+    t2w_chunk_codes: int = 25      # new codes per waveform decode call: 25 * window_sec (1 s windows)
 
 
 Shape = Tuple[int, ...]
@@ -80,14 +81,15 @@ def waveform_profiles(flow, hift=None, limits: ShapeLimits = ShapeLimits()) -> D
     Calls a session makes (omni_ros.model.token2wav.stream; s = up_stride, L = lookahead):
     - once per voice: the encoder over the prompt codes + 3 silence codes with empty caches, then
       every Euler step over its s*N frames with empty caches (N <= max_prompt_codes);
-    - per decode call: the encoder over 25 + L codes (fewer at a turn's first unit; `_last`: the
-      <= 27 left at a turn's end) with caches of at most the prompt's s*N frames + 100 (the caches
-      are trimmed to that after every call), the Euler steps over those frames, and the vocoder
-      over the 8 mel frames kept from the previous call + the chunk's (<= s*28) with the 3840
-      source samples kept (none at a turn's first call)."""
+    - per decode call: the encoder over C + L codes (C = t2w_chunk_codes, 25 for 1 s windows;
+      fewer at a turn's first unit; `_last`: the < C + L left at a turn's end) with caches of at
+      most the prompt's s*N frames + 100 (the caches are trimmed to that after every call), the
+      Euler steps over those frames, and the vocoder over the 8 mel frames kept from the previous
+      call + the chunk's (<= s*(C + L)) with the 3840 source samples kept (none at a turn's first
+      call)."""
     from omni_ros.model.token2wav.hift import HiFTConfig
-    from omni_ros.model.token2wav.stream import (CACHE_TAIL_FRAMES, CHUNK_CODES, MEL_CACHE_FRAMES,
-                                                 OVERLAP_SAMPLES, START_SILENCE_CODES)
+    from omni_ros.model.token2wav.stream import (CACHE_TAIL_FRAMES, MEL_CACHE_FRAMES, OVERLAP_SAMPLES,
+                                                 START_SILENCE_CODES)
 
     from .graphs import t2w_encoder_cache_shapes, t2w_estimator_cache_shapes
 
@@ -95,7 +97,8 @@ def waveform_profiles(flow, hift=None, limits: ShapeLimits = ShapeLimits()) -> D
     lim = limits
     look, s = int(flow.encoder.pre_lookahead_len), int(flow.encoder.up_stride)
     mels = int(flow.output_size)
-    chunk = CHUNK_CODES + look                                     # codes of a regular decode call
+    new = lim.t2w_chunk_codes
+    chunk = new + look                                             # codes of a regular decode call
     prompt_codes = lim.max_prompt_codes + START_SILENCE_CODES
     max_frames = s * prompt_codes                                  # the prompt's estimator calls
     max_past = s * lim.max_prompt_codes + CACHE_TAIL_FRAMES + s * chunk
@@ -109,16 +112,16 @@ def waveform_profiles(flow, hift=None, limits: ShapeLimits = ShapeLimits()) -> D
                 "att_cache": (enc(0)[1], enc(opt_past)[1], enc(max_past)[1])}
 
     vocoder_frames = MEL_CACHE_FRAMES + s * chunk
-    opt_vocoder = MEL_CACHE_FRAMES + s * CHUNK_CODES
+    opt_vocoder = MEL_CACHE_FRAMES + s * new
     scale, harmonics = h.upsample_scale, h.num_harmonics
     return {
         "t2w_encoder": encoder(look + 1, chunk, prompt_codes),
         "t2w_encoder_last": encoder(1, chunk - look, chunk),
         "t2w_estimator_step": {
-            "x": ((1, mels, 1), (1, mels, s * CHUNK_CODES), (1, mels, max_frames)),
-            "mu_in": ((2, mels, 1), (2, mels, s * CHUNK_CODES), (2, mels, max_frames)),
+            "x": ((1, mels, 1), (1, mels, s * new), (1, mels, max_frames)),
+            "mu_in": ((2, mels, 1), (2, mels, s * new), (2, mels, max_frames)),
             "speaker_in": ((2, mels),) * 3,
-            "cond_in": ((2, mels, 1), (2, mels, s * CHUNK_CODES), (2, mels, max_frames)),
+            "cond_in": ((2, mels, 1), (2, mels, s * new), (2, mels, max_frames)),
             "t": ((1,),) * 3, "dt": ((1,),) * 3,
             "cnn_cache": (est(0)[0], est(opt_past)[0], est(max_past)[0]),
             "att_cache": (est(0)[1], est(opt_past)[1], est(max_past)[1])},
