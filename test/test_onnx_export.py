@@ -104,9 +104,10 @@ def test_empty_past_shapes(exported, tiny_model):
         assert (cnn.shape, att.shape) == G.t2w_encoder_cache_shapes(flow, frames)
     session = ort.InferenceSession(str(out / "t2w_estimator_step.onnx"), providers=["CPUExecutionProvider"])
     x = G.example_inputs("t2w_estimator_step", cfg, {"t2w_frames": 40, "t2w_est_past": 0}, t2w=t2w)
-    assert x["cnn_cache"].shape[3] == 0 and x["att_cache"].shape[3] == 0
-    x_next, cnn, att = session.run(None, {k: v.numpy() for k, v in x.items()})
-    assert x_next.shape == (1, 80, 40) and (cnn.shape, att.shape) == G.t2w_estimator_cache_shapes(flow, 40)
+    assert x["cnn_cache"].shape[3] == 0 and x["att_keys"].shape[3] == 0 == x["att_values"].shape[3]
+    x_next, cnn, keys, values = session.run(None, {k: v.numpy() for k, v in x.items()})
+    assert x_next.shape == (1, 80, 40) and (cnn.shape, keys.shape) == G.t2w_estimator_cache_shapes(flow, 40)
+    assert values.shape == keys.shape
     session = ort.InferenceSession(str(out / "t2w_vocoder.onnx"), providers=["CPUExecutionProvider"])
     x = G.example_inputs("t2w_vocoder", cfg, {"t2w_mel": 5, "t2w_source": 0}, t2w=t2w)
     speech, source = session.run(None, {k: v.numpy() for k, v in x.items()})

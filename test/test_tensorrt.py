@@ -86,7 +86,8 @@ def test_waveform_profiles_cover_a_30_s_voice_and_released_chunks():
     assert enc["cnn_cache"][0][2] == 0 and enc["cnn_cache"][2] == (1, 512, 6)
     assert p["t2w_encoder_last"]["codes"][2] == (1, 28)
     assert est["x"][2] == (1, 80, 1506) and est["mu_in"][1] == (2, 80, 50)
-    assert est["att_cache"][0] == (16, 2, 8, 0, 128) and est["att_cache"][2][3] >= 1500 + 100 + 50
+    assert est["att_keys"][0] == (16, 2, 8, 0, 64) and est["att_keys"][2][3] >= 1500 + 100 + 50
+    assert est["att_values"] == est["att_keys"]
     assert est["cnn_cache"][0] == (16, 2, 1024, 0) and est["cnn_cache"][2] == (16, 2, 1024, 2)
     assert voc["mel"][2] == (1, 80, 64) and voc["sine_noise"][2] == (1, 64 * 480, 9)
     assert voc["cache_source"] == ((1, 1, 0), (1, 1, 3840), (1, 1, 3840))

@@ -93,14 +93,14 @@ class GraphWaveform:
             "codes": codes.to(dev, torch.long), "cnn_cache": cnn_cache.to(dev), "att_cache": att_cache.to(dev)})
         return mu.float().cpu(), cnn, att
 
-    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache):
+    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, keys, values):
         dev = self.device
         inputs = {"x": x, "mu_in": mu_in, "speaker_in": speaker_in, "cond_in": cond_in,
                   "t": t.reshape(1), "dt": dt.reshape(1)}
         inputs = {k: v.to(dev, torch.float32) for k, v in inputs.items()}
-        x_next, cnn, att = self._run("t2w_estimator_step", {**inputs, "cnn_cache": cnn_cache.to(dev),
-                                                            "att_cache": att_cache.to(dev)})
-        return x_next.float().cpu(), cnn, att
+        x_next, cnn, k, v = self._run("t2w_estimator_step", {
+            **inputs, "cnn_cache": cnn_cache.to(dev), "att_keys": keys.to(dev), "att_values": values.to(dev)})
+        return x_next.float().cpu(), cnn, k, v
 
     def t2w_vocoder_random(self, frames: int, generator: torch.Generator):
         return HiFTGenerator.random_inputs(self._draws, frames, generator)

@@ -19,7 +19,7 @@ torch backend runs, what `omni_ros.runtime.onnx_export` traces and what TensorRT
 | `tts_step`       | inputs_embeds [1,n,Ht], position_ids [1,n], attention_bias [1,1,n,P+n], past_keys/values [Lt,1,Ht_kv,P,Dht] | logits [1,C], present_keys/values |
 | `t2w_encoder`    | codes [1,T], cnn_cache [1,C,0 or 2+2s], att_cache [Le,1,He,P,2Dhe] | mu [1,80,s(T-3)], new_cnn_cache [1,C,2+2s], new_att_cache [Le,1,He,P+s(T-3),2Dhe] |
 | `t2w_encoder_last` | the same, the chunk ending the turn (no lookahead codes)    | mu [1,80,sT], caches [..,P+sT,..] |
-| `t2w_estimator_step` | x [1,80,F], mu_in / cond_in [2,80,F], speaker_in [2,80], t [1], dt [1], cnn_cache [Ld,2,2Hd,0 or 2], att_cache [Ld,2,Hh,P,2Dh] | x_next [1,80,F], new_cnn_cache [Ld,2,2Hd,2], new_att_cache [Ld,2,Hh,F+P,2Dh] |
+| `t2w_estimator_step` | x [1,80,F], mu_in / cond_in [2,80,F], speaker_in [2,80], t [1], dt [1], cnn_cache [Ld,2,2Hd,0 or 2], att_keys / att_values [Ld,2,Hh,P,Dh] | x_next [1,80,F], new_cnn_cache [Ld,2,2Hd,2], new_keys / new_values [Ld,2,Hh,F,Dh] (the chunk's own; the host prepends them to the cache) |
 | `t2w_vocoder`    | mel [1,80,F], cache_source [1,1,S], sine_noise [1,480F,9]     | speech [1,480F], source [1,1,480F] |
 | `t2w_speaker`    | embedding [1,192]                                             | speaker [1,80] |
 
@@ -295,8 +295,8 @@ class T2WEstimatorStepGraph(nn.Module):
         super().__init__()
         self.decoder = model.token2wav.flow.decoder
 
-    def forward(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache):
-        return self.decoder.euler_step(x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache)
+    def forward(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_keys, att_values):
+        return self.decoder.euler_step(x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_keys, att_values)
 
 
 class T2WVocoderGraph(nn.Module):
@@ -373,11 +373,11 @@ GRAPHS: Dict[str, GraphSpec] = {spec.name: spec for spec in [
                  "mu": {2: "frames"}, "new_att_cache": {3: "total_frames"}})
       for name, build in (("t2w_encoder", T2WEncoderGraph), ("t2w_encoder_last", T2WEncoderLastGraph))],
     GraphSpec("t2w_estimator_step", T2WEstimatorStepGraph,
-              ["x", "mu_in", "speaker_in", "cond_in", "t", "dt", "cnn_cache", "att_cache"],
-              ["x_next", "new_cnn_cache", "new_att_cache"],
+              ["x", "mu_in", "speaker_in", "cond_in", "t", "dt", "cnn_cache", "att_keys", "att_values"],
+              ["x_next", "new_cnn_cache", "new_keys", "new_values"],
               {"x": {2: "frames"}, "mu_in": {2: "frames"}, "cond_in": {2: "frames"},
-               "cnn_cache": {3: "conv_context"}, "att_cache": {3: "past_frames"},
-               "x_next": {2: "frames"}, "new_att_cache": {3: "total_frames"}}),
+               "cnn_cache": {3: "conv_context"}, "att_keys": {3: "past_frames"}, "att_values": {3: "past_frames"},
+               "x_next": {2: "frames"}, "new_keys": {3: "frames"}, "new_values": {3: "frames"}}),
     GraphSpec("t2w_vocoder", T2WVocoderGraph, ["mel", "cache_source", "sine_noise"], ["speech", "source"],
               {"mel": {2: "frames"}, "cache_source": {2: "cached_samples"}, "sine_noise": {1: "samples"},
                "speech": {1: "samples"}, "source": {2: "samples"}}),
@@ -411,11 +411,11 @@ def t2w_encoder_cache_shapes(flow, past: int) -> Tuple[Tuple[int, ...], Tuple[in
 
 
 def t2w_estimator_cache_shapes(flow, past: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """(cnn_cache, att_cache) shapes of one Euler step of the DiT estimator (batch 2: guidance)
-    with `past` cached frames (0 = a first chunk)."""
+    """(cnn_cache, att_keys = att_values) shapes of one Euler step of the DiT estimator (batch 2:
+    guidance) with `past` cached frames (0 = a first chunk)."""
     d = flow.decoder.estimator
     cnn = (d.depth, 2, 2 * d.hidden_size, 0 if past == 0 else 2)
-    return cnn, (d.depth, 2, d.num_heads, past, 2 * d.head_dim)
+    return cnn, (d.depth, 2, d.num_heads, past, d.head_dim)
 
 
 def _t2w_example(name: str, t2w, s: Dict[str, int], rand, g) -> Dict[str, torch.Tensor]:
@@ -435,7 +435,7 @@ def _t2w_example(name: str, t2w, s: Dict[str, int], rand, g) -> Dict[str, torch.
                 "speaker_in": torch.cat([rand(1, mels), torch.zeros(1, mels)]),
                 "cond_in": torch.cat([rand(1, mels, f) * (s["t2w_est_past"] == 0), zeros]),
                 "t": torch.tensor([0.3]), "dt": torch.tensor([0.12]),
-                "cnn_cache": rand(*cnn), "att_cache": rand(*att)}
+                "cnn_cache": rand(*cnn), "att_keys": rand(*att), "att_values": rand(*att)}
     if name == "t2w_vocoder":
         h = t2w.hift.config
         f = s["t2w_mel"]

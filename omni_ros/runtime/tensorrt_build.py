@@ -124,7 +124,8 @@ def waveform_profiles(flow, hift=None, limits: ShapeLimits = ShapeLimits()) -> D
             "cond_in": ((2, mels, 1), (2, mels, s * new), (2, mels, max_frames)),
             "t": ((1,),) * 3, "dt": ((1,),) * 3,
             "cnn_cache": (est(0)[0], est(opt_past)[0], est(max_past)[0]),
-            "att_cache": (est(0)[1], est(opt_past)[1], est(max_past)[1])},
+            "att_keys": (est(0)[1], est(opt_past)[1], est(max_past)[1]),
+            "att_values": (est(0)[1], est(opt_past)[1], est(max_past)[1])},
         "t2w_vocoder": {
             "mel": ((1, h.in_channels, 1), (1, h.in_channels, opt_vocoder), (1, h.in_channels, vocoder_frames)),
             "cache_source": ((1, 1, 0), (1, 1, OVERLAP_SAMPLES), (1, 1, OVERLAP_SAMPLES)),

@@ -11,19 +11,20 @@ Two parts:
   estimator always runs on a batch of two, [conditional, unconditional (mu, spks, cond zeroed)],
   and each Euler step has its own caches (the caller keeps one set per step).
 
-Cache layouts (the released ones, so the released trimming code applies unchanged):
-- estimator, one Euler step: cnn (depth, 2B, 2*hidden, 2)             [conv1 inputs; conv2 inputs]
-                             att (depth, 2B, heads, T_cache, 2*head_dim)  [keys | values]
-- solver, stacked over the n steps: (n, depth, ...) for both.
-The attention cache is ordered newest chunk FIRST: a chunk's new cache is [this chunk, old cache]
+Caches of one Euler step:
+- cnn (depth, 2B, 2*hidden, 2): the last 2 inputs of conv1 and of conv2 (the released layout);
+- keys and values (depth, 2B, heads, T_cache, head_dim) each: the released attention cache holds the
+  two joined on the last axis; they are kept apart here so that a step reads the cached ones in
+  place and returns only the chunk's own (`step`), and the caller prepends those to the cache.
+The attention cache is ordered newest chunk FIRST: after a chunk it is [this chunk, old cache]
 along time (what the release does; attention ignores the order, the release's trimming does not).
 An empty cache (None, or a time axis of size 0) is the first chunk.
 
 Differences from the release that do not change results: the release writes the new caches into
 fixed buffers (16 steps x 16 blocks x 1000 frames) and returns views of them, so a cache it returned
 is overwritten by its next call (its callers clone the prompt cache); here every call returns fresh
-tensors, and the solver returns exactly n_timesteps step slots (the release returns all 16 buffer
-slots, the ones past n_timesteps unused) with no 1000-frame limit. The noise is an input (the release
+tensors, one set per Euler step actually taken (the chunked solver is
+omni_ros.model.token2wav.stream.WaveformStream._solve), with no 1000-frame limit. The noise is an input (the release
 slices a fixed `randn(1, 80, 30000)` buffer at the cached length; `draw_noise` draws that buffer).
 """
 from __future__ import annotations
@@ -153,22 +154,25 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def step(self, x: torch.Tensor, cache: Optional[torch.Tensor],
-             key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, dim], cache [B, H, Tc, 2D] (keys | values; Tc may be 0) or None.
-        key_mask: optional bool [B, 1, 1, Tc + T] (True = attend). -> y [B, T, dim],
-        new cache [B, H, T + Tc, 2D] = [this chunk, cache] along time."""
+    def step(self, x: torch.Tensor, keys: Optional[torch.Tensor], values: Optional[torch.Tensor],
+             key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, dim]; cached keys, values [B, H, Tc, D] (Tc may be 0) or None. key_mask: optional
+        bool [B, 1, 1, T] (True = attend; only without a cache). -> y [B, T, dim], this chunk's keys
+        and values [B, H, T, D]. The scores against the chunk and against the cache are taken apart
+        and normalised together, so the cache is only read, never copied."""
         b, t, _ = x.shape
         q = self.q_norm(self._heads(self.to_q(x)))
         k = self.k_norm(self._heads(self.to_k(x)))
         v = self._heads(self.to_v(x))
-        if cache is not None:
-            k_old, v_old = cache.chunk(2, dim=3)
-            k = torch.cat([k, k_old], dim=2)
-            v = torch.cat([v, v_old], dim=2)
-        new_cache = torch.cat([k, v], dim=3)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)    # [B, H, T, D]
-        return self.proj(y.transpose(1, 2).reshape(b, t, -1)), new_cache
+        if keys is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)    # [B, H, T, D]
+        else:
+            scale = self.head_dim ** -0.5
+            scores = torch.cat([torch.matmul(q, k.transpose(-1, -2)),
+                                torch.matmul(q, keys.transpose(-1, -2))], dim=-1) * scale
+            weights = torch.softmax(scores, dim=-1)
+            y = torch.matmul(weights[..., :t], v) + torch.matmul(weights[..., t:], values)
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1)), k, v
 
 
 class FeedForward(nn.Module):
@@ -195,16 +199,17 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 9 * hidden_size))
 
     def step(self, x: torch.Tensor, c: torch.Tensor, cnn_cache: Optional[torch.Tensor],
-             att_cache: Optional[torch.Tensor], key_mask: Optional[torch.Tensor] = None):
-        """x [B, T, hidden], c [B, 1, hidden] -> x, new cnn cache, new att cache."""
+             keys: Optional[torch.Tensor], values: Optional[torch.Tensor],
+             key_mask: Optional[torch.Tensor] = None):
+        """x [B, T, hidden], c [B, 1, hidden] -> x, new cnn cache, this chunk's keys and values."""
         (shift_a, scale_a, gate_a, shift_m, scale_m, gate_m,
          shift_c, scale_c, gate_c) = self.adaLN_modulation(c).chunk(9, dim=-1)
-        y, att_cache = self.attn.step(modulate(self.norm1(x), shift_a, scale_a), att_cache, key_mask)
+        y, k, v = self.attn.step(modulate(self.norm1(x), shift_a, scale_a), keys, values, key_mask)
         x = x + gate_a * y
         y, cnn_cache = self.conv.step(modulate(self.norm3(x), shift_c, scale_c), cnn_cache)
         x = x + gate_c * y
         x = x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
-        return x, cnn_cache, att_cache
+        return x, cnn_cache, k, v
 
 
 class FinalLayer(nn.Module):
@@ -217,10 +222,6 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
-
-
-def _empty(cache: Optional[torch.Tensor], time_dim: int) -> bool:
-    return cache is None or cache.shape[time_dim] == 0
 
 
 class DiT(nn.Module):
@@ -250,24 +251,23 @@ class DiT(nn.Module):
 
     def forward_chunk(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
                       spks: Optional[torch.Tensor], cond: Optional[torch.Tensor],
-                      cnn_cache: Optional[torch.Tensor] = None, att_cache: Optional[torch.Tensor] = None
-                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      cnn_cache: Optional[torch.Tensor], keys: Optional[torch.Tensor],
+                      values: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """One estimator call on a chunk.
-        x, mu, cond [B, 80, T]; t [B]; spks [B, 80];
-        cnn_cache (depth, B, 2*hidden, 2), att_cache (depth, B, heads, Tc, 2*head_dim); None or
-        empty (size 0 on the last / time axis) = first chunk.
-        -> dphi_dt [B, 80, T], new cnn cache (depth, B, 2*hidden, 2),
-           new att cache (depth, B, heads, T + Tc, 2*head_dim)."""
+        x, mu, cond [B, 80, T]; t [B]; spks [B, 80]; cnn_cache (depth, B, 2*hidden, 2), keys and
+        values (depth, B, heads, Tc, head_dim); None or empty (size 0 on the last / time axis) =
+        first chunk. -> dphi_dt [B, 80, T], new cnn cache (depth, B, 2*hidden, 2), this chunk's keys
+        and values (depth, B, heads, T, head_dim)."""
         h, c = self._inputs(x, mu, t, spks, cond)
-        new_cnn, new_att = [], []
+        new_cnn, new_keys, new_values = [], [], []
         for i, block in enumerate(self.blocks):
-            cc = None if cnn_cache is None else cnn_cache[i]
-            ac = None if att_cache is None else att_cache[i]
-            h, cc, ac = block.step(h, c, cc, ac)
+            h, cc, k, v = block.step(h, c, None if cnn_cache is None else cnn_cache[i],
+                                     None if keys is None else keys[i], None if values is None else values[i])
             new_cnn.append(cc)
-            new_att.append(ac)
+            new_keys.append(k)
+            new_values.append(v)
         out = self.final_layer(h, c).transpose(1, 2)
-        return out, torch.stack(new_cnn), torch.stack(new_att)
+        return out, torch.stack(new_cnn), torch.stack(new_keys), torch.stack(new_values)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
                 spks: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -276,7 +276,7 @@ class DiT(nn.Module):
         h, c = self._inputs(x, mu, t, spks, cond)
         key_mask = mask.bool().unsqueeze(1)                  # [B, 1, 1, T]
         for block in self.blocks:
-            h, _, _ = block.step(h, c, None, None, key_mask)
+            h, _, _, _ = block.step(h, c, None, None, None, key_mask)
         return self.final_layer(h, c).transpose(1, 2)
 
 
@@ -308,50 +308,17 @@ class CausalConditionalCFM(nn.Module):
         return (1.0 + self.inference_cfg_rate) * cond_v - self.inference_cfg_rate * uncond_v
 
     def euler_step(self, x: torch.Tensor, mu_in: torch.Tensor, spks_in: torch.Tensor,
-                   cond_in: torch.Tensor, t: torch.Tensor, dt: torch.Tensor,
-                   cnn_cache: Optional[torch.Tensor], att_cache: Optional[torch.Tensor]
-                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   cond_in: torch.Tensor, t: torch.Tensor, dt: torch.Tensor, cnn_cache: Optional[torch.Tensor],
+                   keys: Optional[torch.Tensor], values: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """One guided Euler step on a chunk (the exported "estimator step" graph).
         x [B, 80, T]; mu_in, cond_in [2B, 80, T], spks_in [2B, 80] (from `guidance_inputs`);
-        t [B] (or [1]) current time, dt [1] (or 0-d) step; caches of this step as in
-        `DiT.forward_chunk`. -> x + dt * guided velocity, new cnn cache, new att cache."""
+        t [B] (or [1]) current time, dt [1] (or 0-d) step; this step's caches as in
+        `DiT.forward_chunk`. -> x + dt * guided velocity, new cnn cache, this chunk's keys and
+        values (the caller prepends them to the cached ones)."""
         t = t.expand(x.shape[0])
-        dphi, cnn_cache, att_cache = self.estimator.forward_chunk(
-            torch.cat([x, x], dim=0), mu_in, torch.cat([t, t], dim=0), spks_in, cond_in,
-            cnn_cache, att_cache)
-        return x + dt * self._guided(dphi), cnn_cache, att_cache
-
-    def forward_chunk(self, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-                      noise: torch.Tensor, n_timesteps: int = 10,
-                      cnn_cache: Optional[torch.Tensor] = None, att_cache: Optional[torch.Tensor] = None
-                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Solve one chunk. mu, cond [1, 80, T]; spks [1, 80]; noise [1, 80, T] (the noise window
-        at offset = cached length, times the temperature); caches stacked over the steps:
-        cnn (n, depth, 2, 2*hidden, 2), att (n, depth, 2, heads, Tc, 2*head_dim); None or empty
-        (Tc = 0) = first chunk. -> mel [1, 80, T], new cnn cache (n, depth, 2, 2*hidden, 2),
-        new att cache (n, depth, 2, heads, T + Tc, 2*head_dim)."""
-        t_span = cosine_time_grid(n_timesteps, mu.dtype, mu.device)
-        mu_in, spks_in, cond_in = self.guidance_inputs(mu, spks, cond)
-        if _empty(cnn_cache, -1):
-            cnn_cache = None
-        if _empty(att_cache, 4):
-            att_cache = None
-        x = noise
-        t = t_span[0].unsqueeze(0)
-        dt = t_span[1] - t_span[0]
-        new_cnn, new_att = [], []
-        for step in range(1, n_timesteps + 1):
-            x, cc, ac = self.euler_step(
-                x, mu_in, spks_in, cond_in, t, dt,
-                None if cnn_cache is None else cnn_cache[step - 1],
-                None if att_cache is None else att_cache[step - 1])
-            new_cnn.append(cc)
-            new_att.append(ac)
-            # the release advances t by dt and takes the next dt against the grid (float32 rounding)
-            t = t + dt
-            if step < n_timesteps:
-                dt = t_span[step + 1] - t
-        return x, torch.stack(new_cnn), torch.stack(new_att)
+        dphi, cnn_cache, k, v = self.estimator.forward_chunk(
+            torch.cat([x, x], dim=0), mu_in, torch.cat([t, t], dim=0), spks_in, cond_in, cnn_cache, keys, values)
+        return x + dt * self._guided(dphi), cnn_cache, k, v
 
     def forward(self, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
                 noise: torch.Tensor, n_timesteps: int = 10) -> torch.Tensor:

@@ -24,19 +24,25 @@ class FlowCaches:
     encoder_cnn: torch.Tensor       # (1, C, 2 + 2 * up_stride)
     encoder_att: torch.Tensor       # (blocks + up_blocks, 1, heads, 2 * t, 2 * d_k)
     estimator_cnn: torch.Tensor     # (steps, depth, 2, C, k)
-    estimator_att: torch.Tensor     # (steps, depth, 2, heads, t, 2 * head_dim)
+    estimator_keys: torch.Tensor    # (steps, depth, 2, heads, t, head_dim), newest chunk first
+    estimator_values: torch.Tensor  # (steps, depth, 2, heads, t, head_dim)
 
     def clone(self) -> "FlowCaches":
-        return FlowCaches(*(t.clone() for t in (self.encoder_cnn, self.encoder_att,
-                                                   self.estimator_cnn, self.estimator_att)))
+        return FlowCaches(*(t.clone() for t in (self.encoder_cnn, self.encoder_att, self.estimator_cnn,
+                                                   self.estimator_keys, self.estimator_values)))
+
+    @property
+    def estimator_frames(self) -> int:
+        return int(self.estimator_keys.shape[4])
 
     def trim(self, keep_head: int, keep_tail: int = 100) -> None:
-        """Bound the attention caches to their first `keep_head` positions (the prompt) and the last
-        `keep_tail` (as the released stage does after every call: memory and the noise window stay
-        fixed however long a turn lasts)."""
-        est = self.estimator_att
-        if est.shape[4] > keep_head + keep_tail:
-            self.estimator_att = torch.cat([est[:, :, :, :, :keep_head], est[:, :, :, :, -keep_tail:]], dim=4)
+        """Bound the attention caches to their first `keep_head` positions and their last `keep_tail`
+        (as the released stage does after every call: memory and the noise window stay fixed however
+        long a turn lasts)."""
+        if self.estimator_frames > keep_head + keep_tail:
+            self.estimator_keys, self.estimator_values = (
+                torch.cat([c[:, :, :, :, :keep_head], c[:, :, :, :, -keep_tail:]], dim=4)
+                for c in (self.estimator_keys, self.estimator_values))
         enc = self.encoder_att
         if enc.shape[3] > keep_head + keep_tail:
             self.encoder_att = torch.cat([enc[:, :, :, :keep_head], enc[:, :, :, -keep_tail:]], dim=3)

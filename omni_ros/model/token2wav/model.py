@@ -117,10 +117,10 @@ class Token2WavModel(nn.Module):
         return self.flow.encode(codes.to(dev), bool(last_chunk), cnn_cache.to(dev), att_cache.to(dev))
 
     @torch.inference_mode()
-    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache):
+    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, keys, values):
         dev = self._device
         return self.flow.decoder.euler_step(*(v.to(dev) for v in (x, mu_in, speaker_in, cond_in, t, dt,
-                                                                   cnn_cache, att_cache)))
+                                                                   cnn_cache, keys, values)))
 
     def t2w_vocoder_random(self, frames: int, generator: torch.Generator):
         return self.hift.random_inputs(frames, generator)
@@ -141,7 +141,8 @@ def empty_flow_caches(config: A.FlowConfig, device="cpu", steps: int = 10) -> Fl
         encoder_att=torch.zeros(enc.num_blocks + enc.num_up_blocks, 1, enc.attention_heads, 0, 2 * d_k,
                                 device=device),
         estimator_cnn=torch.zeros(steps, dit.depth, 2, 2 * dit.hidden_size, 0, device=device),
-        estimator_att=torch.zeros(steps, dit.depth, 2, dit.num_heads, 0, 2 * dit.head_dim, device=device))
+        estimator_keys=torch.zeros(steps, dit.depth, 2, dit.num_heads, 0, dit.head_dim, device=device),
+        estimator_values=torch.zeros(steps, dit.depth, 2, dit.num_heads, 0, dit.head_dim, device=device))
 
 
 # --- random-weight folders in the released layout ---

@@ -42,8 +42,8 @@ class WaveformCompute(Protocol):
     def t2w_empty_flow_caches(self, steps: int) -> FlowCaches: ...
     def t2w_encoder(self, codes: torch.Tensor, last_chunk: bool, cnn_cache: torch.Tensor,
                     att_cache: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, att_cache
-                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, keys, values
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def t2w_vocoder_random(self, frames: int, generator: torch.Generator) -> Tuple[torch.Tensor, ...]: ...
     def t2w_vocoder(self, mel, cache_source, *random) -> Tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -96,9 +96,11 @@ class WaveformStream:
         mu, enc_cnn, enc_att = self.compute.t2w_encoder(tokens, False, empty.encoder_cnn, empty.encoder_att)
         if mu.shape[2] != mel.shape[1]:
             raise RuntimeError(f"prompt mel has {mel.shape[1]} frames, the flow gave {mu.shape[2]}")
-        _, est_cnn, est_att = self._solve(mu, speaker, mel.transpose(1, 2).contiguous(),
-                                          empty.estimator_cnn, empty.estimator_att)
-        self.prompt = VoicePrompt(codes, embedding, speaker, mel, FlowCaches(enc_cnn, enc_att, est_cnn, est_att))
+        _, est_cnn, est_keys, est_values = self._solve(mu, speaker, mel.transpose(1, 2).contiguous(),
+                                                       empty.estimator_cnn, empty.estimator_keys,
+                                                       empty.estimator_values)
+        self.prompt = VoicePrompt(codes, embedding, speaker, mel,
+                                  FlowCaches(enc_cnn, enc_att, est_cnn, est_keys, est_values))
         self.start_turn()
         return self.prompt
 
@@ -158,30 +160,40 @@ class WaveformStream:
         tokens = torch.tensor([codes], dtype=torch.long)
         mu, c.encoder_cnn, c.encoder_att = self.compute.t2w_encoder(tokens, last_chunk, c.encoder_cnn,
                                                                     c.encoder_att)
-        mel, c.estimator_cnn, c.estimator_att = self._solve(mu, self.prompt.speaker, torch.zeros_like(mu),
-                                                            c.estimator_cnn, c.estimator_att)
+        mel, c.estimator_cnn, c.estimator_keys, c.estimator_values = self._solve(
+            mu, self.prompt.speaker, torch.zeros_like(mu), c.estimator_cnn, c.estimator_keys, c.estimator_values)
         c.trim(self.prompt.mel_frames, CACHE_TAIL_FRAMES)
         self.calls += 1
         return mel
 
-    def _solve(self, mu, speaker, cond, cnn_cache, att_cache):
-        """The Euler solver over `steps` steps; caches [steps, ...] in, new caches [steps, ...] out."""
-        offset = int(att_cache.shape[4])
-        x = self.noise[:, :, offset:offset + mu.shape[2]].to(mu.dtype)
+    def _solve(self, mu, speaker, cond, cnn_cache, keys, values):
+        """The Euler solver over `steps` steps; caches [steps, ...] in, new caches [steps, ...] out
+        (each step's new keys and values are this chunk's, placed before the cached ones)."""
+        offset = int(keys.shape[4])
+        frames = int(mu.shape[2])
+        x = self.noise[:, :, offset:offset + frames].to(mu.dtype)
         # classifier-free guidance: a batch of [conditioned, unconditioned]
         mu_in, speaker_in, cond_in = CausalConditionalCFM.guidance_inputs(mu, speaker, cond)
         span = self.schedule
         t, dt = span[0:1], span[1] - span[0]
-        new_cnn, new_att = [], []
+        shape = list(keys.shape)
+        shape[4] = offset + frames
+        new_keys = keys.new_empty(shape)
+        new_values = values.new_empty(shape)
+        new_cnn = []
         for step in range(1, self.steps + 1):
-            x, cnn, att = self.compute.t2w_estimator_step(x, mu_in, speaker_in, cond_in, t, dt.reshape(1),
-                                                          cnn_cache[step - 1], att_cache[step - 1])
+            s = step - 1
+            x, cnn, k, v = self.compute.t2w_estimator_step(x, mu_in, speaker_in, cond_in, t, dt.reshape(1),
+                                                           cnn_cache[s], keys[s], values[s])
+            new_keys[s, :, :, :, :frames] = k
+            new_keys[s, :, :, :, frames:] = keys[s]
+            new_values[s, :, :, :, :frames] = v
+            new_values[s, :, :, :, frames:] = values[s]
             new_cnn.append(cnn)
-            new_att.append(att)
             t = t + dt
             if step < self.steps:
                 dt = span[step + 1] - t[0]
-        return x, torch.stack(new_cnn), torch.stack(new_att)
+        return x, torch.stack(new_cnn), new_keys, new_values
 
     def vocode(self, mel_chunk: torch.Tensor, last_chunk: bool) -> torch.Tensor:
         """mel chunk -> samples [1, n] with the released overlap handling; advances the vocoder caches."""
