@@ -290,7 +290,10 @@ def run_waveform(args) -> int:
         write_random_assets(assets, size=size, seed=0)
         print(f"[waveform] wrote {size} random assets to {assets} in {time.perf_counter() - started:.1f} s")
     onnx_dir = assets.parent / (assets.name + "_onnx")
-    stamp = max((assets / f).stat().st_mtime for f in A.RELEASED_FILES)
+    # exported graphs older than the assets or than the code that defines them are exported again
+    code = [Path(graphs_module.__file__), Path(graphs_module.__file__).with_name("onnx_export.py"),
+            *Path(A.__file__).parent.glob("*.py")]
+    stamp = max(p.stat().st_mtime for p in [*(assets / f for f in A.RELEASED_FILES), *code])
     if not all((onnx_dir / f"{n}.onnx").is_file() and (onnx_dir / f"{n}.onnx").stat().st_mtime >= stamp
                for n in graphs_module.WAVEFORM_GRAPHS):
         started = time.perf_counter()

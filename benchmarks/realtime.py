@@ -387,7 +387,7 @@ def bench_overhead(args, checkpoint):
 def bench_latency(args, checkpoint):
     graph = Graph(checkpoint, args.window_sec, "-p", "listen_prob_scale:=0.02",
                   "-p", "force_listen_count:=0", "-p", "barge_in:=false",
-                  "-p", "speech_chunk_ms:=100")
+                  "-p", "speech_chunk_ms:=100", "-p", f"token2wav_steps:={args.token2wav_steps}")
     driver = make_driver()
     executor = spin_in_background(driver)
     request = speech_16k("Robot, what do you see on the table?")
@@ -426,7 +426,12 @@ def bench_latency(args, checkpoint):
               "as the speech already queued ends. The random-weight model is forced to speak "
               "(listen_prob_scale 0.02) so it talks all the time: the answering unit's speech "
               "queues behind up to one window of the previous unit's speech, which this figure "
-              "includes (barge-in is off here, so the request does not silence the robot).")
+              "includes (barge-in is off here, so the request does not silence the robot). The "
+              "speech comes from the released waveform stage (token2wav_steps "
+              f"{args.token2wav_steps}): its lookahead adds no window of delay (a unit's speech is "
+              "decoded in the unit), but a turn's first window starts with 0.28 s of silence (160 ms "
+              "of zeros and three silence codes), so a new turn is audible 0.28 s after its first "
+              "published sample; the turn's last 0.28 s come with its end.")
 
 
 def vad_floor_ms(person: np.ndarray, voiced: int, alignments: int = 16) -> np.ndarray:
@@ -667,6 +672,7 @@ def main() -> int:
     parser.add_argument("--window-sec", type=float, default=1.0)
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--requests", type=int, default=6)
+    parser.add_argument("--token2wav-steps", type=int, default=10, help="latency: the waveform stage's steps")
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3,
                         help="overhead: nodes run one after the other per executor kind")

@@ -13,6 +13,7 @@ once per voice. Files larger than 2 GB are written with their weights in one ext
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+from torch import nn
 
 from omni_ros.runtime import graphs as G
 from omni_ros.runtime.engine_files import (Manifest, checkpoint_fingerprint, entry_for_file,
@@ -30,6 +32,42 @@ from omni_ros.runtime.engine_files import (Manifest, checkpoint_fingerprint, ent
 
 OPSET = 18
 _PROTOBUF_LIMIT = 2 * 1024 ** 3 - 64 * 1024 ** 2      # keep a margin below protobuf's 2 GiB
+
+
+# Graphs whose 1-D convolutions are exported as 2-D ones over [B, C, 1, T]: onnxruntime runs its
+# blocked 2-D convolution kernels on them (same weights, same results to float rounding).
+CONV_AS_2D = ("t2w_vocoder",)
+
+
+class _Conv1dAs2d(nn.Module):
+    """A Conv1d / ConvTranspose1d computed by its 2-D twin on [B, C, 1, T]."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        transpose = isinstance(conv, nn.ConvTranspose1d)
+        kind = nn.ConvTranspose2d if transpose else nn.Conv2d
+        extra = {"output_padding": (0, conv.output_padding[0])} if transpose else {}
+        self.conv = kind(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), stride=(1, conv.stride[0]),
+                         padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]), groups=conv.groups,
+                         bias=conv.bias is not None, **extra)
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight.detach().unsqueeze(2))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.unsqueeze(2)).squeeze(2)
+
+
+def convs_as_2d(module: nn.Module) -> nn.Module:
+    """A copy of `module` whose Conv1d / ConvTranspose1d (zero-padded) run as 2-D convolutions."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)) and child.padding_mode == "zeros" \
+                    and not isinstance(child.padding, str):
+                setattr(parent, child_name, _Conv1dAs2d(child))
+    return module
 
 
 def export_graph(model, name: str, path, opset: int = OPSET,
@@ -42,6 +80,8 @@ def export_graph(model, name: str, path, opset: int = OPSET,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = spec.build(model).eval()
+    if name in CONV_AS_2D:
+        module = convs_as_2d(module)
     device = next(iter(module.parameters())).device
     example = G.example_inputs(name, model.config, sizes, t2w=getattr(model, "token2wav", None))
     args = tuple(example[k].to(device) for k in spec.inputs)
