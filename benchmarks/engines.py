@@ -238,7 +238,7 @@ def waveform_worker(args) -> int:
 
     from omni_ros.model.token2wav.model import Token2WavModel, synthetic_voice
     from omni_ros.model.token2wav.stream import WaveformStream
-    from omni_ros.model.token2wav.voice import Voice
+    from omni_ros.model.token2wav.voice import PROMPT_RATE, Voice
 
     assets = Path(args.assets)
     started = time.perf_counter()
@@ -248,7 +248,7 @@ def waveform_worker(args) -> int:
         from omni_ros.runtime.onnxruntime_backend import waveform_compute
         compute = waveform_compute(assets, args.onnx_dir, threads=torch.get_num_threads())
     result = {"load_s": time.perf_counter() - started, "steps": {}}
-    voice = Voice.from_samples(synthetic_voice(args.voice_seconds), 16000, "synthetic voice")
+    voice = Voice.from_samples(synthetic_voice(args.voice_seconds), PROMPT_RATE, "synthetic voice")
     rng = np.random.default_rng(0)
     codes = lambda: rng.integers(0, 6561, 25).tolist()          # noqa: E731 - a 1 s unit's codes
     for steps in args.steps:

@@ -42,8 +42,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common import append_result  # noqa: E402 - benchmarks/ is the script's folder
-NS = 1_000_000_000
-RATE = 16000
+from omni_ros.flow.audio import float_to_s16le, s16le_to_float  # noqa: E402
+from omni_ros.flow.types import INPUT_SAMPLE_RATE as RATE, OUTPUT_SAMPLE_RATE  # noqa: E402
+from omni_ros.flow.units import NS_PER_S as NS  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NODE_PARAMS: list = []          # --param NAME:=VALUE, given to every omni_node of the run
 
@@ -54,7 +55,7 @@ def thread_cpu(pid: int, tid: int = None) -> float:
     run time from /proc/.../schedstat (the tick counts of /proc/.../stat are 10 ms coarse)."""
     tid = pid if tid is None else tid
     try:
-        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / NS
     except (OSError, ValueError, IndexError):   # a kernel without schedstat
         fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -161,12 +162,12 @@ def make_driver(echo_gain: float = 0.0):
             return cb
 
         def _speech(self, m):
-            pcm = np.frombuffer(bytes(m.audio.data), "<i2").astype(np.float32) / 32768.0
+            pcm = s16le_to_float(bytes(m.audio.data))
             stamp = stamp_to_ns(m.header.stamp)
             with self.lock:
                 self.speech.append((stamp, pcm.shape[0], m.header.frame_id, time.monotonic()))
                 if echo_gain:
-                    self.heard.add(stamp, soxr.resample(pcm, 24000, RATE))
+                    self.heard.add(stamp, soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE))
 
         def values(self):
             with self.lock:
@@ -197,8 +198,7 @@ def make_driver(echo_gain: float = 0.0):
                 while mic and next_ns + chunk_ms * 1_000_000 <= now:
                     m = AudioDataStamped()
                     m.header.stamp = ns_to_stamp(next_ns)
-                    m.audio.data = (np.clip(self.mic_chunk(next_ns, n), -1, 1) * 32767
-                                    ).astype("<i2").tobytes()
+                    m.audio.data = float_to_s16le(self.mic_chunk(next_ns, n))
                     self.mic.publish(m)
                     next_ns += chunk_ms * 1_000_000
                 if frame is not None and frames / fps <= time.monotonic() - start:
@@ -406,7 +406,7 @@ def bench_latency(args, checkpoint):
                 firsts = [stamp for stamp, _, frame_id, _ in driver.speech
                           if int(frame_id.split("_")[1]) >= last_window and stamp >= last_ns]
             if firsts:
-                latencies.append((min(firsts) - last_ns) / 1e9)
+                latencies.append((min(firsts) - last_ns) / NS)
             driver.person = None
             driver.feed(0.7)
         values = driver.values()
@@ -477,7 +477,7 @@ def bench_barge_in(args, checkpoint):
                 during = [s for s, *_ in driver.speech if onset - 2 * NS < s <= end]
             last = max([s for s in during], default=None)
             if last is not None:
-                stops.append(max(0.0, (last - onset) / 1e9))
+                stops.append(max(0.0, (last - onset) / NS))
             driver.person = None
             driver.feed(3.0)
             detect.append(int(driver.values().get("barge_ins", 0)) - barge0)
@@ -603,7 +603,7 @@ def bench_soak(args, checkpoint):
         started = time.perf_counter()
         for c in range(50):     # one window of 20 ms stereo 48 kHz mic chunks
             stamp = k * window_ns + c * 20_000_000
-            pcm = (rng.normal(0, 0.05, (960, 2)) * 32767).astype("<i2").tobytes()
+            pcm = float_to_s16le(rng.normal(0, 0.05, (960, 2)))
             out_stamp, samples = mic.push(stamp, pcm)
             buffer.add_audio(out_stamp, samples)
         for f in range(3):

@@ -47,3 +47,19 @@ def ros_context():
     rclpy.init(context=context)
     yield context
     rclpy.shutdown(context=context)
+
+
+KIND_MARKERS = ("unit", "slow", "dds", "build")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Every test says what it needs: `unit`, `slow`, `dds` or `build` (see pyproject.toml), as a
+    module-level `pytestmark` or on the test. Runs before `-m` deselects, so a test with none
+    fails every run, `-m unit` included."""
+    unmarked = [item.nodeid for item in items
+                if not any(item.get_closest_marker(name) for name in KIND_MARKERS)]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests without a kind marker (mark them pytest.mark.unit, .slow, .dds or .build):\n  "
+            + "\n  ".join(unmarked))

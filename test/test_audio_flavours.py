@@ -70,6 +70,7 @@ def mgonzs13_env(mgonzs13_prefix, ros_env):
 
 
 # -- converters ---------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_this_environment_is_the_ros_drivers_flavour():
     assert audio_flavours.FLAVOUR == audio_flavours.ROS_DRIVERS
     assert audio_flavours.MIC_TYPE.__name__ == "AudioDataStamped"
@@ -78,6 +79,7 @@ def test_this_environment_is_the_ros_drivers_flavour():
             audio_flavours.SPEECH_STAMPED_TYPE.__name__) == ("AudioData", "AudioDataStamped")
 
 
+@pytest.mark.unit
 def test_ros_drivers_converters():
     result = audio_flavour_client.unit()
     assert result["flavour"] == "ros-drivers"
@@ -94,6 +96,7 @@ def test_ros_drivers_converters():
     assert result["speech_info"] == ["S16LE", 1, 24000, "wave"]
 
 
+@pytest.mark.unit
 def test_ros_drivers_messages_are_the_ones_omni_node_always_sent():
     """The ros-drivers output is unchanged: the AudioInfo and AudioData fields as before."""
     from audio_common_msgs.msg import AudioData, AudioDataStamped, AudioInfo
@@ -109,6 +112,7 @@ def test_ros_drivers_messages_are_the_ones_omni_node_always_sent():
         coding_format="wave")
 
 
+@pytest.mark.build
 def test_mgonzs13_converters(mgonzs13_env):
     result = _client("unit", mgonzs13_env)
     assert result["flavour"] == "mgonzs13"
@@ -134,6 +138,7 @@ def test_mgonzs13_converters(mgonzs13_env):
     assert result["speech_info"] == ["S16LE", 1, 24000, "wave"]
 
 
+@pytest.mark.unit
 def test_overlay_environment_puts_the_prefix_first(tmp_path):
     env = audio_flavours.overlay_environment(tmp_path, {"LD_LIBRARY_PATH": "/x",
                                                         "PYTHONPATH": "/y"})
@@ -195,6 +200,7 @@ def _check_roundtrip(result: dict, codes, log: str, flavour: str) -> None:
     assert int(diagnostics["audio_info_refused"]) == 0
 
 
+@pytest.mark.dds
 def test_omni_node_speaks_ros_drivers_over_dds(ros_env, tiny_checkpoint, tmp_path):
     result, codes, log = _roundtrip(ros_env, tiny_checkpoint, tmp_path, refuse=0)
     _check_roundtrip(result, codes, log, "ros-drivers")
@@ -202,6 +208,8 @@ def test_omni_node_speaks_ros_drivers_over_dds(ros_env, tiny_checkpoint, tmp_pat
     assert int(result["diagnostics"]["audio_messages_refused"]) == 0
 
 
+@pytest.mark.dds
+@pytest.mark.build
 def test_omni_node_speaks_mgonzs13_over_dds(mgonzs13_env, tiny_checkpoint, tmp_path):
     result, codes, log = _roundtrip(mgonzs13_env, tiny_checkpoint, tmp_path, refuse=3)
     _check_roundtrip(result, codes, log, "mgonzs13")

@@ -28,6 +28,7 @@ print(json.dumps({"backends": available_backends(), "type": type(session).__modu
 """
 
 
+@pytest.mark.unit
 def test_builtin_backends_are_listed():
     found = available_backends()
     assert {"torch", "onnxruntime", "tensorrt"} <= set(found)
@@ -35,6 +36,7 @@ def test_builtin_backends_are_listed():
         load_backend("nope")
 
 
+@pytest.mark.build
 def test_a_separate_package_registers_a_backend(tmp_path, tiny_checkpoint):
     target, source = tmp_path / "site", tmp_path / "plugin"
     shutil.copytree(PLUGIN, source)                 # setuptools builds in the source folder

@@ -10,6 +10,8 @@ from omni_ros.flow.buffers import WindowBuffer
 from omni_ros.ros.conversions import (SUPPORTED_ENCODINGS, ImageFormatError, check_image,
                                       downscale, image_to_rgb, rgb_to_image)
 
+pytestmark = pytest.mark.unit
+
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ENCODINGS = st.sampled_from(list(SUPPORTED_ENCODINGS) + ["yuv422", "bayer_rggb8", "", "RGB8",
                                                          "32FC1", "16UC1"])

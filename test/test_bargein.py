@@ -10,6 +10,8 @@ from omni_ros.flow.bargein import (BargeInDetector, FdafEchoCanceller, Reference
 from omni_ros.flow.vad import VoiceActivity
 from omni_ros.tools.scene_player import synthesize_float
 
+pytestmark = pytest.mark.unit
+
 RATE = 16000
 NS = 1_000_000_000
 

@@ -5,6 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 from omni_ros.flow.buffers import WindowBuffer
 
+pytestmark = pytest.mark.unit
+
 W = 1_000_000_000
 SR = 16000
 NS_PER_SAMPLE = W // SR   # 62500 ns

@@ -7,6 +7,8 @@ from omni_ros.runtime import graphs as G
 from omni_ros.runtime.compute import StackedKV, TorchCompute
 from omni_ros.runtime.graph_compute import GraphCompute
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def compute(tiny_model):

@@ -31,11 +31,13 @@ def sections(path: Path) -> dict:
     return result
 
 
+@pytest.mark.unit
 def test_there_are_examples_for_camera_microphone_speaker():
     names = {p.name for p in FILES}
     assert {"realsense_camera.yaml", "audio_capture_mic.yaml", "audio_play_speaker.yaml"} <= names
 
 
+@pytest.mark.dds
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_rcl_loads_it_and_gives_each_node_its_section(path):
     """Parsed by rcl itself (as `--ros-args --params-file` does), wildcards matched to a node of
@@ -58,6 +60,7 @@ def test_rcl_loads_it_and_gives_each_node_its_section(path):
         rclpy.shutdown(context=context)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_key_is_a_declared_parameter_with_a_valid_value(path):
     for node, values in sections(path).items():
@@ -81,6 +84,7 @@ def test_every_key_is_a_declared_parameter_with_a_valid_value(path):
                 assert spec.value_range[0] <= value <= spec.value_range[1], (path.name, name)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_clock_and_node_agree_on_the_window(path):
     found = sections(path)
@@ -89,12 +93,14 @@ def test_clock_and_node_agree_on_the_window(path):
     assert len(windows) <= 1, f"{path.name}: window_sec differs between the nodes"
 
 
+@pytest.mark.unit
 def test_audio_play_is_told_the_speech_format():
     play = sections(CONFIG / "examples" / "audio_play_speaker.yaml")["audio_play_node"]
     assert (play["format"], play["sample_format"], play["channels"], play["sample_rate"],
             play["dst"]) == ("wave", "S16LE", 1, OUTPUT_SAMPLE_RATE, "alsasink")
 
 
+@pytest.mark.unit
 def test_audio_capture_records_raw_pcm_omni_node_accepts():
     found = sections(CONFIG / "examples" / "audio_capture_mic.yaml")
     capture, node = found["audio_capture_node"], found["omni_node"]

@@ -60,6 +60,7 @@ def clock(k):
     return format_time(T0 + k * 10**9, utc=True)
 
 
+@pytest.mark.unit
 def test_scripted_stream_renders_readably():
     lines = run(ConsoleView(utc=True), script())
     assert lines == [
@@ -85,6 +86,7 @@ def test_scripted_stream_renders_readably():
     assert clock(0) == "22:13:20.000"
 
 
+@pytest.mark.unit
 def test_min_level_warn_shows_only_warnings_and_errors():
     lines = run(ConsoleView(min_level="WARN", utc=True), script())
     assert [line.split("  ")[2].strip() for line in lines if not line.startswith("    ")] == \
@@ -92,11 +94,13 @@ def test_min_level_warn_shows_only_warnings_and_errors():
     assert all("ALERT" in line for line in lines if not line.startswith("    "))
 
 
+@pytest.mark.unit
 def test_all_states_gives_a_line_per_window():
     lines = run(ConsoleView(utc=True, all_states=True), script())
     assert sum(" state " in line for line in lines) == 7
 
 
+@pytest.mark.unit
 def test_colour_only_when_asked_and_on_a_terminal(monkeypatch):
     coloured = run(ConsoleView(color=True, utc=True), script())
     assert any("\033[1;33mWARN" in line for line in coloured)
@@ -119,11 +123,13 @@ def test_colour_only_when_asked_and_on_a_terminal(monkeypatch):
     assert not use_color(Tty(True), no_color=False)
 
 
+@pytest.mark.unit
 def test_bad_min_level_is_refused():
     with pytest.raises(ValueError):
         ConsoleView(min_level="LOUD")
 
 
+@pytest.mark.unit
 def test_alert_log_rotates_by_size_and_keeps_every_record_in_order(tmp_path):
     path = tmp_path / "alerts" / "alerts.jsonl"
     records = [alert_record(alert(k, 1, f"alert number {k} " + "x" * 100), "/r1", k)
@@ -143,6 +149,7 @@ def test_alert_log_rotates_by_size_and_keeps_every_record_in_order(tmp_path):
                           "text", "instruction", "confidence", "evidence_stamp_ns"}
 
 
+@pytest.mark.unit
 def test_alert_log_drops_the_oldest_beyond_its_backups(tmp_path):
     path = tmp_path / "alerts.jsonl"
     with AlertLog(path, max_bytes=500, backups=2) as log:
@@ -154,6 +161,7 @@ def test_alert_log_drops_the_oldest_beyond_its_backups(tmp_path):
     assert kept == list(range(50 - len(kept), 50))
 
 
+@pytest.mark.unit
 def test_alert_log_script_needs_a_file(capsys):
     from omni_ros.tools.console import alert_log_main, parse_args
     assert alert_log_main([]) == 2
@@ -162,6 +170,7 @@ def test_alert_log_script_needs_a_file(capsys):
         parse_args(["--alert-log", "x.jsonl", "--max-bytes", "0"])
 
 
+@pytest.mark.dds
 def test_console_script_follows_a_namespace_over_dds(tmp_path):
     """omni_ros_console --namespace r7 shows what is published under /r7 (not /r8) and logs it."""
     import rclpy

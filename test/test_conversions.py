@@ -12,6 +12,8 @@ from omni_ros.flow.audio import AudioFormatError, AudioInputStream, float_to_s16
 from omni_ros.ros.conversions import (ImageFormatError, compressed_to_rgb, image_to_rgb,
                                       ns_to_stamp, rgb_to_compressed, rgb_to_image, stamp_to_ns)
 
+pytestmark = pytest.mark.unit
+
 RNG = np.random.default_rng(1)
 RGB = RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8)
 

@@ -6,6 +6,8 @@ from omni_ros.flow.buffers import WindowBuffer
 from omni_ros.flow.duplex import LISTENING, SPEAKING, DuplexLoop, DuplexParams
 from omni_ros.flow.types import OUTPUT_SAMPLE_RATE, UnitOutput
 
+pytestmark = pytest.mark.unit
+
 W = 1_000_000_000
 
 

@@ -23,6 +23,8 @@ from omni_ros.msg import DuplexState, FlowTick, OmniText
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import rgb_to_image
 
+pytestmark = pytest.mark.dds
+
 WINDOW_SEC = 0.5
 OUTPUT_RATE = 24000
 # the waveform stage's final flush at a turn's end: 3 lookahead codes + 8 overlap frames, 480 samples each

@@ -36,6 +36,7 @@ def mapped_bytes_for_one_frame(mode, **env):
     return out[0] == "True", int(out[1])
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not ON_GLIBC, reason="glibc's allocator only")
 def test_frame_buffers_come_from_the_heap_once_tuned():
     applied, mapped = mapped_bytes_for_one_frame("tuned")
@@ -44,6 +45,7 @@ def test_frame_buffers_come_from_the_heap_once_tuned():
     assert not applied and mapped >= 1920 * 1080 * 3
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not ON_GLIBC, reason="glibc's allocator only")
 def test_the_users_own_malloc_settings_win():
     applied, mapped = mapped_bytes_for_one_frame("tuned", MALLOC_MMAP_THRESHOLD_="131072")
@@ -85,6 +87,7 @@ print("received", len(sizes), min(sizes, default=0), flush=True)
 """
 
 
+@pytest.mark.dds
 def test_fastdds_profile_delivers_1080p_frames_between_processes():
     """Best-effort 6 MB frames, the sensor-data QoS omni_node subscribes with: with the profile
     in both processes every frame arrives whole (with Fast DDS's defaults most are lost)."""

@@ -16,6 +16,8 @@ from launch import LaunchDescription  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 
+pytestmark = pytest.mark.dds
+
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "omni.launch.py"
 CHECKPOINT = os.environ.get("OMNI_ROS_TEST_CHECKPOINT", "")
 

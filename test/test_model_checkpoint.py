@@ -11,6 +11,8 @@ from safetensors.torch import save_file
 from omni_ros.model.config import OmniConfig
 from omni_ros.model.loader import INDEX_NAME, CheckpointError, expected_keys, load_model
 
+pytestmark = pytest.mark.unit
+
 PREFIXES = ("llm.", "vpm.", "resampler.", "apm.", "audio_projection_layer.", "tts.")
 
 

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from omni_ros.runtime.compute import StackedKV
@@ -11,6 +12,8 @@ from omni_ros.model.audio import (LogMel, StreamingAudioEncoder, StreamingMel, e
 from omni_ros.model.config import OmniConfig
 from omni_ros.model.tts import TTSTurnState, repetition_penalty_
 from omni_ros.model.vision import SiglipEmbeddings, best_resize, sincos_2d
+
+pytestmark = pytest.mark.unit
 
 SR, NFFT, HOP = 16000, 400, 160
 

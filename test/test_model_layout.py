@@ -11,8 +11,12 @@ import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import pytest
+
 from omni_ros.model.config import OmniConfig
 from omni_ros.model.loader import expected_keys
+
+pytestmark = pytest.mark.unit
 
 TREE = Path(__file__).parent / "data" / "minicpm-o-4.5-module-tree.txt"
 

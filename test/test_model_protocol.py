@@ -8,6 +8,8 @@ import torch
 from omni_ros.flow.types import UnitInput
 from omni_ros.model.session import OmniDuplexSession, SessionOptions
 
+pytestmark = pytest.mark.unit
+
 
 class ScriptedHead:
     """Returns logits making the next scripted token (near-)certain; 'listen' once the script ends."""

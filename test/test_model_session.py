@@ -1,9 +1,12 @@
 """OmniDuplexSession on the tiny checkpoint: unit protocol, speech lengths, reset, bounded cache."""
 import numpy as np
+import pytest
 import torch
 
 from omni_ros.flow.types import UnitInput, UnitOutput
 from omni_ros.model.session import OmniDuplexSession, SessionOptions
+
+pytestmark = pytest.mark.unit
 
 
 def _unit(i, image=True, level=0.05, rng=None):

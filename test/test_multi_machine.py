@@ -22,6 +22,8 @@ import pytest
 
 from graph import REPO, stop
 
+pytestmark = pytest.mark.dds
+
 WINDOW_SEC = 0.5
 PLAY_SEC = 5.0
 

@@ -23,6 +23,8 @@ from omni_ros.msg import DuplexState, FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import rgb_to_image
 
+pytestmark = pytest.mark.dds
+
 ROBOTS = ("r1", "r2")
 MIC_RATE = 16000
 

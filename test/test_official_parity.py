@@ -17,6 +17,8 @@ from omni_ros.model.tokenizer import (NUM_REGULAR_IDS, _bytes_of_symbol, banned_
                                       decoding_masks, load_tokenizer)
 from omni_ros.model.vision import best_resize, preprocess_image
 
+pytestmark = pytest.mark.unit
+
 
 class Head:
     """Scripted output head: each call puts logit 50 on the next scripted id (40 on its runner-up,

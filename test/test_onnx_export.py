@@ -23,6 +23,8 @@ from omni_ros.runtime.onnx_export import export_all
 from omni_ros.runtime.onnxruntime_backend import OrtBackend, OrtCompute
 from omni_ros.runtime.registry import BackendError, BackendSettings
 
+pytestmark = pytest.mark.slow  # integration: ONNX export of every graph, onnxruntime vs torch
+
 COMPONENTS = list(G.GRAPHS)
 # A second and third set of sizes (the export used the defaults of example_inputs): an empty past
 # (first audio chunk, first LLM/TTS step, the waveform stage's first chunk and first vocoder call),

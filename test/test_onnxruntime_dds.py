@@ -13,6 +13,8 @@ from omni_ros.runtime.onnx_export import export_all
 from test_integration_dds import (OUTPUT_RATE, check_one_state_per_tick,
                                   check_speech_is_one_window_per_speaking_unit, run_duplex_graph)
 
+pytestmark = pytest.mark.dds
+
 
 @pytest.fixture(scope="module")
 def engine_dir(tiny_checkpoint, tmp_path_factory):

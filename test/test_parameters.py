@@ -14,11 +14,13 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "parameters.md"
 ALL_SPECS = [spec for specs in NODE_PARAMETERS.values() for spec in specs]
 
 
+@pytest.mark.unit
 def test_docs_match_the_declarations():
     assert DOCS.read_text() == render(), \
         "docs/parameters.md is stale: python -m omni_ros.tools.parameter_docs > docs/parameters.md"
 
 
+@pytest.mark.unit
 def test_docs_cover_every_node_and_parameter():
     text = DOCS.read_text()
     for node, specs in NODE_PARAMETERS.items():
@@ -28,6 +30,7 @@ def test_docs_cover_every_node_and_parameter():
             assert spec.description in section, (node, spec.name)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("change", [
     {"description": "something else"}, {"default": 2.0}, {"value_range": (0.5, 5.0)},
     {"dynamic": True}])
@@ -39,6 +42,7 @@ def test_a_declaration_that_drifts_from_the_docs_is_caught(monkeypatch, change):
     assert render() != before
 
 
+@pytest.mark.unit
 def test_every_default_lies_in_its_range_and_choices():
     for spec in ALL_SPECS:
         assert spec.description.strip(), spec.name
@@ -48,11 +52,13 @@ def test_every_default_lies_in_its_range_and_choices():
             assert low <= spec.default <= high, spec.name
 
 
+@pytest.mark.unit
 def test_choices_refuse_other_values():
     spec = next(s for s in OMNI_NODE_PARAMETERS if s.name == "dtype")
     assert check_value(spec, "int8") is not None
 
 
+@pytest.mark.unit
 def test_shared_parameters_agree_between_nodes():
     clock = {s.name: s for s in CLOCK_NODE_PARAMETERS}
     node = {s.name: s for s in OMNI_NODE_PARAMETERS}
@@ -84,6 +90,7 @@ def compare(actual: dict, table: dict, node_name: str) -> None:
             assert got_value == value and type(got_value) is type(value), (node_name, name)
 
 
+@pytest.mark.dds
 def test_clock_node_declares_exactly_its_table(ros_context):
     from omni_ros.ros.clock_node import OmniFlowClock
     node = OmniFlowClock(context=ros_context)
@@ -93,6 +100,7 @@ def test_clock_node_declares_exactly_its_table(ros_context):
         node.destroy_node()
 
 
+@pytest.mark.dds
 def test_omni_node_declares_exactly_its_table(ros_context, tiny_checkpoint):
     from rclpy.parameter import Parameter
 

@@ -25,6 +25,8 @@ from omni_ros.ros import qos
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns
 from omni_ros.tools.scene_player import synthesize_float
 
+pytestmark = pytest.mark.dds
+
 WINDOW_SEC = 0.5
 CHUNK_MS = 100
 RATE = 16000

@@ -12,6 +12,8 @@ from omni_ros.flow.speech import SpeechPacer
 from omni_ros.flow.ticks import TickQueue
 from omni_ros.flow.types import OUTPUT_SAMPLE_RATE, UnitOutput
 
+pytestmark = pytest.mark.unit
+
 W = 1_000_000_000
 
 

@@ -12,6 +12,8 @@ from std_msgs.msg import String
 
 from omni_ros.ros.runner import spin_resiliently
 
+pytestmark = pytest.mark.dds
+
 
 class Fragile(Node):
     """Raises in the callback of any message that reads "bad"; records the others."""

@@ -3,9 +3,12 @@ starting to talk, and lets it out once the detector has decided (in process, rea
 import time
 
 import numpy as np
+import pytest
 
 from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
 from omni_ros.tools.scene_player import synthesize_float
+
+pytestmark = pytest.mark.dds
 
 NS = 1_000_000_000
 RATE = 16000

@@ -5,6 +5,8 @@ import pytest
 from omni_ros.flow.audio import s16le_to_float
 from omni_ros.flow.speech import SpeechPacer
 
+pytestmark = pytest.mark.unit
+
 SR = 24000
 MS = 1_000_000
 T0 = 5_000 * MS

@@ -15,6 +15,8 @@ from omni_ros.runtime.registry import BackendError, BackendSettings
 from omni_ros.runtime.tensorrt_build import ShapeLimits, shape_profiles
 from test_compute_graphs import ModuleGraphs
 
+pytestmark = pytest.mark.unit
+
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_GPU = torch.cuda.is_available()
 needs_trt = pytest.mark.skipif(not (HAVE_TRT and HAVE_GPU),

@@ -7,6 +7,8 @@ from omni_ros.flow.buffers import WindowBuffer
 from omni_ros.flow.timeline import (ClockWatcher, TickScheduler, Timeline, window_end,
                                     window_index, window_start)
 
+pytestmark = pytest.mark.unit
+
 W = 1_000_000_000
 
 

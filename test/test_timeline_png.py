@@ -1,8 +1,13 @@
 """The recorder's timeline PNG, drawn from recorded messages (no DDS needed)."""
 from types import SimpleNamespace
 
+import pytest
+
 from omni_ros.msg import DuplexState, ProactiveAlert
-from omni_ros.tools.recorder import _cdr_stamp_ns, draw_timeline
+from omni_ros.ros.conversions import header_stamp_ns
+from omni_ros.tools.recorder import draw_timeline
+
+pytestmark = pytest.mark.unit
 
 
 def test_timeline_png_is_written(tmp_path):
@@ -26,4 +31,4 @@ def test_header_stamp_read_from_serialized_image():
     from sensor_msgs.msg import Image
     m = Image()
     m.header.stamp.sec, m.header.stamp.nanosec = 1234, 567
-    assert _cdr_stamp_ns(serialize_message(m)) == 1234 * 1_000_000_000 + 567
+    assert header_stamp_ns(serialize_message(m)) == 1234 * 1_000_000_000 + 567

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts" / "token2wav_reference"))
 import scene  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 REFERENCE = ROOT / "test" / "data" / "token2wav_reference_tiny.npz"
 FLUSH_SAMPLES = (3 * 2 + 8) * 480       # lookahead codes (2 frames each) + the 8 held-back frames
 

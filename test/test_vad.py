@@ -10,6 +10,8 @@ pytest.importorskip("silero_vad", reason="silero-vad is not installed")
 
 from omni_ros.flow.vad import VoiceActivity, energy_speech_probability  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 SR = 16000
 
 

@@ -11,13 +11,12 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .types import INPUT_SAMPLE_RATE
-
-NS_PER_S = 1_000_000_000
+from .units import samples_to_ns
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 SUPPORTED_CHANNELS = (1, 2)
 # Sample format -> numpy dtype. Spellings of ros-drivers audio_common (S16LE, F32LE) and lowercase.
-_FORMATS = {"S16LE": np.dtype("<i2"), "F32LE": np.dtype("<f4")}
+SAMPLE_DTYPES = {"S16LE": np.dtype("<i2"), "F32LE": np.dtype("<f4")}
 _FORMAT_ALIASES = {"S16": "S16LE", "INT16": "S16LE", "F32": "F32LE", "FLOAT32": "F32LE"}
 DEFAULT_MAX_GAP_NS = 50_000_000
 
@@ -30,7 +29,7 @@ def normalize_sample_format(sample_format: str) -> str:
     """'s16le', 'S16LE', 'f32le', ... -> 'S16LE' | 'F32LE'; anything else raises AudioFormatError."""
     name = str(sample_format).strip().upper()
     name = _FORMAT_ALIASES.get(name, name)
-    if name not in _FORMATS:
+    if name not in SAMPLE_DTYPES:
         raise AudioFormatError(
             f"unsupported audio sample_format {sample_format!r}: supported are S16LE and F32LE "
             f"(little-endian 16-bit integer or 32-bit float PCM, case-insensitive)")
@@ -103,7 +102,7 @@ class AudioInputStream:
         if getattr(self, "_format", None) == fmt and self._rate == rate and self._channels == chans:
             return
         self._format, self._rate, self._channels = fmt, rate, chans
-        self._dtype = _FORMATS[fmt]
+        self._dtype = SAMPLE_DTYPES[fmt]
         self._frame_bytes = self._dtype.itemsize * chans
         self.reset()
 
@@ -137,8 +136,7 @@ class AudioInputStream:
             self.counters.partial_frame_bytes += len(data) - usable
         pcm = np.frombuffer(data, dtype=self._dtype, count=usable // self._dtype.itemsize)
         if self._dtype.kind == "i":
-            samples = pcm.astype(np.float32)
-            samples *= 1.0 / 32768.0
+            samples = s16_to_float(pcm)
         else:
             samples = pcm.astype(np.float32)   # native-endian copy we may modify
             bad = ~np.isfinite(samples)
@@ -161,12 +159,12 @@ class AudioInputStream:
         mono = self.decode(data)
         self.counters.chunks += 1
         if self._anchor_ns is not None:
-            expected_ns = self._anchor_ns + self._frames_in * NS_PER_S // self._rate
+            expected_ns = self._anchor_ns + samples_to_ns(self._frames_in, self._rate)
             if abs(stamp_ns - expected_ns) > self.max_gap_ns:
                 self.reset()
         if self._anchor_ns is None:
             self._anchor_ns = stamp_ns
-        out_stamp = self._anchor_ns + self._samples_out * NS_PER_S // INPUT_SAMPLE_RATE
+        out_stamp = self._anchor_ns + samples_to_ns(self._samples_out, INPUT_SAMPLE_RATE)
         self._frames_in += mono.shape[0]
         self.counters.input_frames += mono.shape[0]
         if self._resampler is None:
@@ -188,7 +186,14 @@ def float_to_s16le(samples: np.ndarray) -> bytes:
     return (x * 32767.0).round().astype("<i2").tobytes()
 
 
+def s16_to_float(pcm: np.ndarray) -> np.ndarray:
+    """16-bit integer samples -> float32 in [-1, 1) (divided by 32768), a new array."""
+    samples = np.asarray(pcm).astype(np.float32)
+    samples *= 1.0 / 32768.0
+    return samples
+
+
 def s16le_to_float(data) -> np.ndarray:
     """Little-endian 16-bit PCM bytes -> float32 in [-1, 1) (whole samples only)."""
     usable = len(data) - len(data) % 2
-    return np.frombuffer(data, dtype="<i2", count=usable // 2).astype(np.float32) / 32768.0
+    return s16_to_float(np.frombuffer(data, dtype="<i2", count=usable // 2))

@@ -18,7 +18,7 @@ ruled out there (no VAD run: the cheap common case while the robot speaks alone)
 scores the others; `min_speech_ms` of consecutive frames above the
 threshold while the robot is speaking is a barge-in, reported with the onset's stamp. Without
 a reference in the frame (the robot silent) nothing is cancelled and nothing triggers.
-No ROS here; torch only inside the VAD.
+No ROS and no torch here: the VAD (flow/vad.py) runs silero-vad in onnxruntime.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .audio import float_to_s16le, s16le_to_float
 from .types import INPUT_SAMPLE_RATE
-
-NS_PER_S = 1_000_000_000
+from .units import sample_index, samples_to_ns
 FRAME = 512                 # silero-vad's frame at 16 kHz (32 ms)
 ECHO_TAIL_FRAMES = 4        # how far back (128 ms) a frame's echo can come from in the reference
 ECHO_CANCELLERS = ("auto", "fdaf", "webrtc", "none")
@@ -48,7 +48,7 @@ class ReferenceBuffer:
         self.newest_end: Optional[int] = None                   # grid index after the newest sample
 
     def index(self, stamp_ns: int) -> int:
-        return (int(stamp_ns) * self.sample_rate + NS_PER_S // 2) // NS_PER_S
+        return sample_index(stamp_ns, self.sample_rate)
 
     def add(self, stamp_ns: int, samples: np.ndarray) -> None:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -158,11 +158,10 @@ class WebRtcEchoCanceller:
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         """Cancel `far`'s echo from `near`; both a whole number of 10 ms blocks long."""
-        to16 = lambda x: (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()  # noqa: E731
-        near16, far16, size = to16(near), to16(far), 2 * self.block
+        near16, far16, size = float_to_s16le(near), float_to_s16le(far), 2 * self.block
         out = b"".join(self._process_block(near16[i:i + size], far16[i:i + size])
                        for i in range(0, len(near16), size))
-        return np.frombuffer(out, dtype="<i2").astype(np.float32) / 32768.0
+        return s16le_to_float(out)
 
     def _process_block(self, near16: bytes, far16: bytes) -> bytes:
         self._ap.process_reverse_stream(far16)
@@ -209,8 +208,8 @@ class BargeInDetector:
     """
 
     def __init__(self, vad: Callable[[np.ndarray], float], echo_canceller=None,
-                 threshold: float = 0.5, min_speech_ms: float = 64.0, echo_delay_ms: float = 0.0,
-                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 10.0,
+                 threshold: float = 0.5, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
+                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 6.0,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.vad = vad
         self.canceller = echo_canceller
@@ -360,5 +359,5 @@ class BargeInDetector:
         self._run += 1
         if self._run == self.min_speech_frames:
             self.counters.triggers += 1
-            return self._onset * NS_PER_S // self.sample_rate
+            return samples_to_ns(self._onset, self.sample_rate)
         return None

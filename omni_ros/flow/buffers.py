@@ -12,8 +12,7 @@ import numpy as np
 
 from .timeline import DEFAULT_WINDOW_NS
 from .types import INPUT_SAMPLE_RATE
-
-NS_PER_S = 1_000_000_000
+from .units import NS_PER_S, ns_to_samples, sample_index
 
 
 @dataclass
@@ -70,7 +69,7 @@ class WindowBuffer:
                              f"at {sample_rate} Hz")
         self.window_ns = int(window_ns)
         self.sample_rate = int(sample_rate)
-        self.window_samples = self.window_ns * self.sample_rate // NS_PER_S
+        self.window_samples = ns_to_samples(self.window_ns, self.sample_rate)
         self.max_future_windows = int(max_future_windows)
         self.counters = BufferCounters()
         self._slots: Dict[int, _WindowSlot] = {}
@@ -118,7 +117,7 @@ class WindowBuffer:
         self.counters.samples_added += n
         W = self.window_samples
         # Global sample index of the first sample, rounded to the nearest grid point.
-        first = (int(stamp_ns) * self.sample_rate + NS_PER_S // 2) // NS_PER_S
+        first = sample_index(stamp_ns, self.sample_rate)
         end = first + n
         lo, hi = first, end   # the part that may be stored
         if self._newest_taken is not None:

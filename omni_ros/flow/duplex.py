@@ -16,7 +16,8 @@ import numpy as np
 
 from .buffers import WindowBuffer
 from .timeline import DEFAULT_WINDOW_NS, window_end, window_start
-from .types import DuplexSession, UnitInput, UnitOutput
+from .types import INPUT_SAMPLE_RATE, DuplexSession, UnitInput, UnitOutput
+from .units import ns_to_samples
 from .vad import energy_speech_probability
 
 LISTENING = "LISTENING"
@@ -329,7 +330,7 @@ class DuplexLoop:
     @property
     def buffer_window_samples(self) -> int:
         return int(getattr(self.buffer, "window_samples",
-                           self.params.window_ns * 16000 // 1_000_000_000))
+                           ns_to_samples(self.params.window_ns, INPUT_SAMPLE_RATE)))
 
     def _take_input(self, window_index: int, missed: int):
         """(image, image_stamp_ns, audio, coverage, merged_windows) for this unit."""

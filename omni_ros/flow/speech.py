@@ -12,8 +12,7 @@ import numpy as np
 
 from .audio import float_to_s16le
 from .types import OUTPUT_SAMPLE_RATE
-
-NS_PER_S = 1_000_000_000
+from .units import samples_to_ns
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class SpeechPacer:
         self._play_end_ns: Optional[int] = None   # end of the last scheduled speech
 
     def _offset_ns(self, samples: int) -> int:
-        return samples * NS_PER_S // self.sample_rate
+        return samples_to_ns(samples, self.sample_rate)
 
     @property
     def pending_chunks(self) -> int:

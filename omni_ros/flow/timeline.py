@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-DEFAULT_WINDOW_NS = 1_000_000_000
+from .units import NS_PER_S
+
+DEFAULT_WINDOW_NS = NS_PER_S   # one second
 DEFAULT_BACKWARD_TOLERANCE_NS = 10_000_000   # NTP slews and sim-time jitter of a few ms are not a new epoch
 DEFAULT_MAX_BURST_WINDOWS = 3
 

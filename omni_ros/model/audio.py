@@ -30,9 +30,11 @@ from torch import nn
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
+from omni_ros.flow.types import INPUT_SAMPLE_RATE
+
 from .config import OmniConfig
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = INPUT_SAMPLE_RATE   # the Whisper encoder's input rate
 N_FFT = 400
 HOP_LENGTH = 160
 

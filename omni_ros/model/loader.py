@@ -51,8 +51,6 @@ def expected_keys(config: OmniConfig) -> Dict[str, Tuple[int, ...]]:
 
 def _materialize(model: OmniModel, config: OmniConfig, device: torch.device) -> OmniModel:
     """Allocate storage for a meta model and rebuild its computed (non-stored) buffers."""
-    from .audio import LogMel
-
     model = model.to_empty(device=device)
     # rotary embeddings hold computed inv_freq buffers: rebuild them for real from their config
     rotary = [(name, mod) for name, mod in model.named_modules()
@@ -61,7 +59,6 @@ def _materialize(model: OmniModel, config: OmniConfig, device: torch.device) -> 
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, type(mod)(mod.config).to(device))
-    model.mel = LogMel(config.audio_config.num_mel_bins).to(device)
     return model
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
 
-from .audio import LogMel, MultiModalProjector, WhisperAudioEncoder, embed_audio
+from .audio import MultiModalProjector, WhisperAudioEncoder, embed_audio
 from .config import OmniConfig
 from .tts import MiniCPMTTS
 from .vision import Resampler, SiglipVision, preprocess_image
@@ -29,7 +29,6 @@ class OmniModel(nn.Module):
         self.audio_projection_layer = MultiModalProjector(config.audio_config.encoder_ffn_dim // 4, config.hidden_size)
         self.audio_avg_pooler = nn.AvgPool1d(config.audio_pool_step, stride=config.audio_pool_step)
         self.tts = MiniCPMTTS(config)                                      # tts.*
-        self.mel = LogMel(config.audio_config.num_mel_bins)                # buffers only, not stored
         # attached by the loader
         self.tokenizer = None
         self.token2wav = None          # Token2WavModel (assets/token2wav), attached by the loader

@@ -59,7 +59,7 @@ from omni_ros.runtime.compute import Compute, as_compute
 
 from .audio import StreamingAudioEncoder, embed_audio, pooled_length
 from .token2wav.stream import WaveformStream
-from .token2wav.voice import Voice, VoiceError
+from .token2wav.voice import PROMPT_RATE, Voice, VoiceError
 from .tokenizer import decoding_masks
 from .tts import TTSTurnState, condition_rows, generate_codes
 
@@ -169,7 +169,7 @@ class OmniDuplexSession:
             return Voice.from_wav(o.reference_voice)
         if o.reference_voice_samples is not None:
             return Voice.from_samples(np.asarray(o.reference_voice_samples, dtype=np.float32).reshape(-1),
-                                      16000, "reference voice samples")
+                                      PROMPT_RATE, "reference voice samples")
         default = getattr(self.compute, "default_voice", None)
         if default is None:
             raise VoiceError("no reference voice: set the reference_voice parameter to a wav file of a few "

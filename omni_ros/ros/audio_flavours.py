@@ -30,7 +30,8 @@ import numpy as np
 
 import audio_common_msgs.msg as _msgs
 
-from omni_ros.flow.audio import AudioFormatError, normalize_sample_format
+from omni_ros.flow.audio import SAMPLE_DTYPES, AudioFormatError, normalize_sample_format
+from omni_ros.flow.units import stamp_to_ns
 
 ROS_DRIVERS = "ros-drivers"
 MGONZS13 = "mgonzs13"
@@ -85,10 +86,6 @@ def describe() -> str:
             "are AudioDataStamped, speech/audio is AudioData, formats on */audio_info")
 
 
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def pa_to_sample_format(pa_format: int) -> Tuple[str, str]:
     """PortAudio code -> (AudioData field, "S16LE" | "F32LE"); AudioFormatError otherwise."""
     try:
@@ -100,7 +97,7 @@ def pa_to_sample_format(pa_format: int) -> Tuple[str, str]:
             f"are paInt16 ({PA_INT16}) and paFloat32 ({PA_FLOAT32})") from None
 
 
-def _samples_to_le_bytes(values, dtype: str) -> bytes:
+def _samples_to_le_bytes(values, dtype) -> bytes:
     """A typed sequence (array.array from rclpy, numpy, list) -> little-endian PCM bytes."""
     native = np.dtype(dtype).newbyteorder("=")
     samples = np.asarray(values, dtype=native)
@@ -110,13 +107,13 @@ def _samples_to_le_bytes(values, dtype: str) -> bytes:
 def mic_chunk(message) -> MicChunk:
     """A mic/audio_stamped message of this flavour -> MicChunk. Raises AudioFormatError for an
     mgonzs13 message whose format is not paInt16 or paFloat32."""
-    stamp_ns = _stamp_ns(message.header.stamp)
+    stamp_ns = stamp_to_ns(message.header.stamp)
     if FLAVOUR == ROS_DRIVERS:
         return MicChunk(stamp_ns, message.audio.data, None, None, None)
     info = message.audio.info
     field, sample_format = pa_to_sample_format(info.format)
     values = getattr(message.audio.audio_data, field)
-    data = _samples_to_le_bytes(values, "<i2" if sample_format == "S16LE" else "<f4")
+    data = _samples_to_le_bytes(values, SAMPLE_DTYPES[sample_format])
     return MicChunk(stamp_ns, data, sample_format, int(info.rate), int(info.channels))
 
 
@@ -228,7 +225,8 @@ def speech_pcm(message) -> Tuple[bytes, Optional[int]]:
         pa_to_sample_format(audio.info.format)   # raises for formats we do not know at all
         raise AudioFormatError(f"speech must be paInt16, got AudioInfo.format "
                                f"{audio.info.format}")
-    return _samples_to_le_bytes(audio.audio_data.int16_data, "<i2"), int(audio.info.rate)
+    return (_samples_to_le_bytes(audio.audio_data.int16_data, SAMPLE_DTYPES["S16LE"]),
+            int(audio.info.rate))
 
 
 # -- an environment with another audio_common_msgs in front ---------------------------------------

@@ -12,6 +12,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 
 from omni_ros.flow.timeline import TickScheduler
+from omni_ros.flow.units import seconds_to_ns
 from omni_ros.msg import FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.parameters import CLOCK_NODE_PARAMETERS, declare_all
@@ -24,7 +25,7 @@ class OmniFlowClock(Node):
         super().__init__("omni_flow_clock", **kwargs)
         settings = declare_all(self, CLOCK_NODE_PARAMETERS)
         window_sec = settings["window_sec"]
-        self.scheduler = TickScheduler(window_ns=int(round(window_sec * 1e9)))
+        self.scheduler = TickScheduler(window_ns=seconds_to_ns(window_sec))
         self.tick_publisher = self.create_publisher(FlowTick, "omni_flow/tick", qos.TICK)
         self.poll_timer = self.create_timer(settings["poll_period_sec"],
                                             self.poll, clock=Clock(clock_type=ClockType.STEADY_TIME))

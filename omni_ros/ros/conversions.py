@@ -6,13 +6,15 @@ element by element, which is orders of magnitude slower). No node code here.
 from __future__ import annotations
 
 import io
-from typing import Union
+import struct
+from typing import Optional, Union
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 
-NS_PER_S = 1_000_000_000
+from omni_ros.flow.units import NS_PER_S, ns_to_sec_nanosec, stamp_to_ns
+
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
 SUPPORTED_COMPRESSED = ("jpeg", "png")
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 1}
@@ -23,12 +25,8 @@ class ImageFormatError(ValueError):
     """An image message that cannot be converted to RGB."""
 
 
-def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
 def ns_to_stamp(ns: int) -> Time:
-    sec, nanosec = divmod(int(ns), NS_PER_S)
+    sec, nanosec = ns_to_sec_nanosec(ns)
     return Time(sec=sec, nanosec=nanosec)
 
 
@@ -70,54 +68,83 @@ class ImageHeader:
         return range(self.data_length)
 
 
+class _CdrReader:
+    """Reads the fields of a CDR-serialized message in order, after its 4-byte encapsulation
+    header (which says the byte order). Raises ValueError, struct.error or IndexError when the
+    bytes run out."""
+
+    BASE = 4
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) < self.BASE:
+            raise ValueError("shorter than the CDR encapsulation header")
+        self.raw = raw
+        self.order = "<" if raw[1] & 1 else ">"
+        self.pos = self.BASE
+
+    def _unpack(self, code: str, size: int):
+        self.pos += (-(self.pos - self.BASE)) % size   # CDR aligns each primitive to its size
+        (value,) = struct.unpack_from(self.order + code, self.raw, self.pos)
+        self.pos += size
+        return value
+
+    def int32(self) -> int:
+        return self._unpack("i", 4)
+
+    def uint32(self) -> int:
+        return self._unpack("I", 4)
+
+    def boolean(self) -> bool:
+        value = bool(self.raw[self.pos])
+        self.pos += 1
+        return value
+
+    def string(self) -> str:
+        n = self.uint32()
+        if n > self.remaining:
+            raise ValueError("string runs past the end")
+        text = bytes(self.raw[self.pos:self.pos + max(0, n - 1)]).decode("utf-8", "replace")
+        self.pos += n
+        return text
+
+    def stamp_ns(self) -> int:
+        """builtin_interfaces/Time (int32 sec, uint32 nanosec) -> nanoseconds."""
+        sec = self.int32()
+        return sec * NS_PER_S + self.uint32()
+
+    @property
+    def remaining(self) -> int:
+        return len(self.raw) - self.pos
+
+
+def header_stamp_ns(raw: bytes) -> Optional[int]:
+    """The header stamp of a CDR-serialized message that starts with std_msgs/Header, without
+    deserializing the rest (the pixels); None if the bytes are too short."""
+    try:
+        return _CdrReader(raw).stamp_ns()
+    except (ValueError, struct.error, IndexError):
+        return None
+
+
 def parse_image_header(raw: bytes) -> ImageHeader:
     """Read a CDR-serialized sensor_msgs/Image's header fields and data length (no pixels).
 
     Raises ImageFormatError if the bytes are not a well-formed Image."""
-    import struct  # noqa: PLC0415
-
     try:
-        if len(raw) < 4:
-            raise ValueError("shorter than the CDR encapsulation header")
-        order = "<" if raw[1] & 1 else ">"
-        base, pos = 4, 4
-
-        def align(n):
-            nonlocal pos
-            pos += (-(pos - base)) % n
-
-        def u32():
-            nonlocal pos
-            align(4)
-            (value,) = struct.unpack_from(order + "I", raw, pos)
-            pos += 4
-            return value
-
-        def string():
-            nonlocal pos
-            n = u32()
-            if n > len(raw) - pos:
-                raise ValueError("string runs past the end")
-            text = bytes(raw[pos:pos + max(0, n - 1)]).decode("utf-8", "replace")
-            pos += n
-            return text
-
-        sec = struct.unpack_from(order + "i", raw, pos)[0]
-        pos += 4
-        nanosec = u32()
-        frame_id = string()
-        height, width = u32(), u32()
-        encoding = string()
-        is_bigendian = bool(raw[pos])
-        pos += 1
-        step = u32()
-        data_length = u32()
-        if data_length > len(raw) - pos:
+        reader = _CdrReader(raw)
+        stamp_ns = reader.stamp_ns()
+        frame_id = reader.string()
+        height, width = reader.uint32(), reader.uint32()
+        encoding = reader.string()
+        is_bigendian = reader.boolean()
+        step = reader.uint32()
+        data_length = reader.uint32()
+        if data_length > reader.remaining:
             raise ValueError("data runs past the end")
     except (ValueError, struct.error, IndexError) as error:
         raise ImageFormatError(f"malformed serialized Image ({len(raw)} bytes): {error}") from None
-    return ImageHeader(sec * NS_PER_S + nanosec, frame_id, height, width, encoding, is_bigendian,
-                       step, data_length)
+    return ImageHeader(stamp_ns, frame_id, height, width, encoding, is_bigendian, step,
+                       data_length)
 
 
 def check_image(msg: Image) -> int:
@@ -296,12 +323,8 @@ def rgb_to_compressed(array: np.ndarray, fmt: str = "jpeg", stamp: Union[Time, i
     return msg
 
 
-def image_stamp_ns(msg: Union[Image, CompressedImage]) -> int:
-    return stamp_to_ns(msg.header.stamp)
-
-
 __all__ = ["ImageFormatError", "ImageHeader", "SUPPORTED_ENCODINGS", "SUPPORTED_COMPRESSED",
-           "check_image", "parse_image_header",
+           "check_image", "header_stamp_ns", "parse_image_header",
            "compressed_to_rgb", "downscale",
-           "image_stamp_ns", "image_to_rgb", "ns_to_stamp", "rgb_to_compressed", "rgb_to_image",
+           "image_to_rgb", "ns_to_stamp", "rgb_to_compressed", "rgb_to_image",
            "stamp_to_ns"]

@@ -23,13 +23,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
-from omni_ros.flow.audio import AudioFormatError, AudioInputStream
+from omni_ros.flow.audio import AudioFormatError, AudioInputStream, s16le_to_float
 from omni_ros.flow.buffers import WindowBuffer
 from omni_ros.flow.bargein import BargeInDetector, make_echo_canceller
 from omni_ros.flow.duplex import INTERRUPTED, SPEAKING, DuplexLoop, DuplexParams, UnitReport
 from omni_ros.flow.speech import SpeechPacer
 from omni_ros.flow.ticks import TickQueue
 from omni_ros.flow.types import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, UnitInput
+from omni_ros.flow.units import NS_PER_S, ns_to_samples, seconds_to_ns
 from omni_ros.msg import DuplexState, FlowTick, OmniText, ProactiveAlert
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import (ImageFormatError, ImageHeader, check_image,
@@ -89,7 +90,7 @@ class OmniNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("omni_node", **kwargs)
         self.settings = declare_all(self)
-        self.window_ns = int(round(self.settings["window_sec"] * 1e9))
+        self.window_ns = seconds_to_ns(self.settings["window_sec"])
         self.session = self._create_session()
         self._warm_up()
 
@@ -221,7 +222,7 @@ class OmniNode(Node):
         if callable(warmup):
             warmup()
         else:
-            samples = self.window_ns * INPUT_SAMPLE_RATE // 1_000_000_000
+            samples = ns_to_samples(self.window_ns, INPUT_SAMPLE_RATE)
             self.session.run_unit(UnitInput(
                 window_index=0, epoch=0, start_ns=0, end_ns=self.window_ns,
                 image=np.zeros((64, 64, 3), dtype=np.uint8), image_stamp_ns=0,
@@ -380,7 +381,7 @@ class OmniNode(Node):
         self.loop.interrupt(onset_ns // self.window_ns)
         self.input_counters["barge_ins"] += 1
         self.input_counters["speech_chunks_dropped_barge_in"] += dropped
-        self.get_logger().info(f"barge-in at {onset_ns / 1e9:.3f} s: {dropped} speech chunks "
+        self.get_logger().info(f"barge-in at {onset_ns / NS_PER_S:.3f} s: {dropped} speech chunks "
                                f"dropped", throttle_duration_sec=1.0)
 
     def on_tick(self, tick: FlowTick) -> None:
@@ -389,8 +390,8 @@ class OmniNode(Node):
         if length_ns != self.window_ns:
             self.input_counters["ticks_wrong_window"] += 1
             self.get_logger().error(
-                f"tick window is {length_ns / 1e9:.3f} s but window_sec is "
-                f"{self.window_ns / 1e9:.3f} s: set the same window_sec on omni_flow_clock and "
+                f"tick window is {length_ns / NS_PER_S:.3f} s but window_sec is "
+                f"{self.window_ns / NS_PER_S:.3f} s: set the same window_sec on omni_flow_clock and "
                 f"omni_node", throttle_duration_sec=LOG_THROTTLE_SEC)
             return
         self.pending_ticks.put(tick, time.monotonic())
@@ -536,7 +537,7 @@ class OmniNode(Node):
         while not self.stopping.is_set():
             with self.pacer_lock:
                 next_due = self.pacer.next_due_ns()
-            timeout = 0.5 if next_due is None else max(0.0, (next_due - time.monotonic_ns()) / 1e9)
+            timeout = 0.5 if next_due is None else max(0.0, (next_due - time.monotonic_ns()) / NS_PER_S)
             if timeout > 0:
                 self.speech_wakeup.wait(timeout)
                 self.speech_wakeup.clear()
@@ -569,7 +570,7 @@ class OmniNode(Node):
             self.input_counters["speech_chunks_published"] += 1
             if self.barge_in is not None:
                 # The echo canceller's reference: what was just played, on the mic's clock.
-                pcm = np.frombuffer(chunk.data_bytes, dtype="<i2").astype(np.float32) / 32768.0
+                pcm = s16le_to_float(chunk.data_bytes)
                 reference = self._reference_resampler.resample(pcm, OUTPUT_SAMPLE_RATE,
                                                                INPUT_SAMPLE_RATE)
                 with self.barge_lock:

@@ -3,10 +3,23 @@ can change while the node runs. The node declares from this table; the docs are 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from omni_ros.flow.bargein import BargeInDetector, make_echo_canceller
+from omni_ros.flow.buffers import WindowBuffer
+from omni_ros.flow.duplex import DuplexParams
+from omni_ros.flow.timeline import TickScheduler
+from omni_ros.flow.units import NS_PER_S
+
+
+def code_default(owner, name: str) -> Any:
+    """The default of `owner`'s keyword argument `name` (a dataclass field, an __init__ or a
+    function argument): a parameter that feeds it takes this default, so the two cannot drift."""
+    return inspect.signature(owner).parameters[name].default
 
 
 @dataclass(frozen=True)
@@ -92,16 +105,21 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("max_context_units", 24, "Units kept in the LLM context besides the system "
                   "prefix; older units are dropped so memory and time stay flat.", (1, 10000)),
     # timing and output
-    ParameterSpec("window_sec", 1.0, "Omni-Flow window length; must match omni_flow_clock.",
+    ParameterSpec("window_sec", code_default(DuplexParams, "window_ns") / NS_PER_S,
+                  "Omni-Flow window length; must match omni_flow_clock.",
                   (0.1, 10.0)),
     ParameterSpec("input_grace_ms", 100, "How long after a window's tick its unit starts, so "
                   "the window's last audio samples (still in flight) are in.", (0, 1000)),
     ParameterSpec("speech_chunk_ms", 200, "Duration of each published speech chunk.", (10, 1000)),
-    ParameterSpec("max_future_windows", 3, "Input stamped further ahead than this many windows "
+    ParameterSpec("max_future_windows", code_default(WindowBuffer, "max_future_windows"),
+                  "Input stamped further ahead than this many windows "
                   "is dropped (and counted).", (1, 100)),
-    ParameterSpec("speech_threshold", 0.5, "Voice-activity probability above which a window "
+    ParameterSpec("speech_threshold", code_default(DuplexParams, "speech_threshold"),
+                  "Voice-activity probability above which a window "
                   "counts as the person speaking.", (0.0, 1.0), dynamic=True),
-    ParameterSpec("proactive_lookback_windows", 2, "A turn the model starts with no speech heard "
+    ParameterSpec("proactive_lookback_windows",
+                  code_default(DuplexParams, "proactive_lookback_windows"),
+                  "A turn the model starts with no speech heard "
                   "in this many preceding windows is proactive (raises an alert).", (0, 100),
                   dynamic=True),
     ParameterSpec("alert_level", "WARN", "Level of published proactive alerts.",
@@ -122,31 +140,41 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("input_silence_warn_sec", 3.0, "A camera or microphone that has sent nothing "
                   "for this long raises a WARN diagnostic (units keep running).", (0.1, 3600.0)),
     # real time under pressure
-    ParameterSpec("overload_policy", "skip", "Windows whose tick came while a unit was still "
+    ParameterSpec("overload_policy", code_default(DuplexParams, "overload_policy"),
+                  "Windows whose tick came while a unit was still "
                   "running: skip drops them, merge folds their audio into the next unit (both "
                   "counted in /diagnostics).", choices=("skip", "merge"), dynamic=True),
-    ParameterSpec("max_merge_windows", 4, "With overload_policy merge, at most this many missed "
+    ParameterSpec("max_merge_windows", code_default(DuplexParams, "max_merge_windows"),
+                  "With overload_policy merge, at most this many missed "
                   "windows are folded into one unit (older ones are skipped).", (1, 32),
                   dynamic=True),
-    ParameterSpec("max_consecutive_failures", 3, "The model session is reset after this many "
+    ParameterSpec("max_consecutive_failures",
+                  code_default(DuplexParams, "max_consecutive_failures"),
+                  "The model session is reset after this many "
                   "failed units in a row (0: never).", (0, 1000), dynamic=True),
-    ParameterSpec("alert_max_units", 8, "A proactive turn alerts when it ends, or after this "
+    ParameterSpec("alert_max_units", code_default(DuplexParams, "alert_max_units"),
+                  "A proactive turn alerts when it ends, or after this "
                   "many speaking units if it is still going.", (1, 1000), dynamic=True),
     ParameterSpec("barge_in", True, "Stop speaking at once when a person starts talking over "
                   "the robot (voice activity on the echo-cancelled microphone, chunk by chunk)."),
-    ParameterSpec("barge_in_threshold", 0.5, "silero-vad probability above which a 32 ms mic "
+    ParameterSpec("barge_in_threshold", code_default(BargeInDetector, "threshold"),
+                  "silero-vad probability above which a 32 ms mic "
                   "frame counts as the person speaking (barge-in).", (0.0, 1.0), dynamic=True),
-    ParameterSpec("barge_in_min_speech_ms", 64, "Consecutive speech needed for a barge-in; "
+    ParameterSpec("barge_in_min_speech_ms", code_default(BargeInDetector, "min_speech_ms"),
+                  "Consecutive speech needed for a barge-in; "
                   "speech output waits while a shorter run of speech frames is being decided.",
                   (32, 2000), dynamic=True),
-    ParameterSpec("echo_canceller", "auto", "Echo canceller removing the robot's own speech "
+    ParameterSpec("echo_canceller", code_default(make_echo_canceller, "kind"),
+                  "Echo canceller removing the robot's own speech "
                   "from the mic before barge-in detection: webrtc (aec-audio-processing), fdaf "
                   "(built in), auto (webrtc if installed, else fdaf), none.",
                   choices=("auto", "webrtc", "fdaf", "none")),
-    ParameterSpec("echo_delay_ms", 0.0, "Bulk delay from publishing speech to hearing it in "
+    ParameterSpec("echo_delay_ms", code_default(BargeInDetector, "echo_delay_ms"),
+                  "Bulk delay from publishing speech to hearing it in "
                   "the mic (speaker latency); the canceller models up to 128 ms beyond it.",
                   (0.0, 2000.0)),
-    ParameterSpec("residual_echo_gate_db", 6.0, "A mic frame counts as the person only if "
+    ParameterSpec("residual_echo_gate_db", code_default(BargeInDetector, "residual_gate_db"),
+                  "A mic frame counts as the person only if "
                   "the echo canceller removed less than this much of its power.", (0.0, 60.0)),
     EXECUTOR_PARAMETER,
 )
@@ -171,7 +199,8 @@ SPECS_BY_NAME = {spec.name: spec for spec in OMNI_NODE_PARAMETERS}
 
 # -- omni_flow_clock ---------------------------------------------------------------------------
 CLOCK_NODE_PARAMETERS = (
-    ParameterSpec("window_sec", 1.0, "Length of one Omni-Flow window (unit) in seconds, on the "
+    ParameterSpec("window_sec", code_default(TickScheduler, "window_ns") / NS_PER_S,
+                  "Length of one Omni-Flow window (unit) in seconds, on the "
                   "ROS clock; omni_node must use the same.", (0.1, 10.0)),
     ParameterSpec("poll_period_sec", 0.01, "How often the ROS clock is read (steady time); "
                   "bounds the latency of a tick.", (0.001, 0.1)),

@@ -501,9 +501,3 @@ def build_graphs(model) -> Dict[str, nn.Module]:
     """Every graph of a loaded OmniModel (sharing its weights)."""
     return {name: spec.build(model).eval() for name, spec in GRAPHS.items()}
 
-
-def pooled_tokens(mel_frames: int, pool_step: int = 5) -> int:
-    """LLM audio tokens for a chunk's core mel length (the released output-length rule)."""
-    cnn = (mel_frames - 1) // 2 + 1
-    return max(0, (cnn - pool_step) // pool_step + 1)
-

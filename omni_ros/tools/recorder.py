@@ -21,11 +21,13 @@ from omni_ros.ros import audio_flavours
 from rclpy.node import Node
 
 from omni_ros.flow.audio import AudioFormatError, AudioInputStream
+from omni_ros.flow.units import seconds_to_ns
 from omni_ros.flow.vad import energy_speech_probability
 from omni_ros.msg import DuplexState, OmniText, ProactiveAlert
 from omni_ros.ros import qos
 from omni_ros.ros.runner import split_ros_args
-from omni_ros.ros.conversions import stamp_to_ns
+from omni_ros.ros.conversions import header_stamp_ns, stamp_to_ns
+from omni_ros.ros.parameters import SPECS_BY_NAME
 
 STATE_LETTERS = {DuplexState.LISTENING: "L", DuplexState.SPEAKING: "S",
                  DuplexState.INTERRUPTED: "I"}
@@ -35,20 +37,10 @@ MAX_WINDOWS = 100_000          # a recorder left running for a day stays bounded
 MAX_SPEECH_SECONDS = 600
 
 
-def _cdr_stamp_ns(raw: bytes) -> Optional[int]:
-    """The header stamp of a serialized message that starts with std_msgs/Header (CDR: 4-byte
-    encapsulation, int32 sec, uint32 nanosec), without deserializing the rest (the pixels)."""
-    if len(raw) < 12:
-        return None
-    order = "<" if raw[1] & 1 else ">"
-    sec, nanosec = np.frombuffer(raw, dtype=f"{order}i4", count=2, offset=4)
-    return int(sec) * 1_000_000_000 + int(np.uint32(nanosec))
-
-
 class Recorder(Node):
     def __init__(self, keep_speech: bool, inputs: bool = False, window_sec: float = 1.0) -> None:
         super().__init__("omni_recorder")
-        self.window_ns = int(round(window_sec * 1e9))
+        self.window_ns = seconds_to_ns(window_sec)
         self.frame_windows: dict = {}       # window -> camera frames stamped in it
         self.mic_energy: dict = {}          # window -> [sum of speech probability, chunks]
         self.speech_windows: dict = {}      # window -> speech samples published in it
@@ -83,7 +75,7 @@ class Recorder(Node):
                                      self.on_mic_info, qos.AUDIO_INFO)
 
     def on_frame(self, raw: bytes) -> None:
-        stamp = _cdr_stamp_ns(raw)
+        stamp = header_stamp_ns(raw)
         if stamp is not None and len(self.frame_windows) < MAX_WINDOWS:
             k = stamp // self.window_ns
             self.frame_windows[k] = self.frame_windows.get(k, 0) + 1
@@ -96,7 +88,9 @@ class Recorder(Node):
 
     def on_mic(self, message) -> None:
         if self.mic_stream is None:
-            self.mic_stream = AudioInputStream(16000, 1, "S16LE")
+            # omni_node's microphone defaults, until mic/audio_info says otherwise
+            self.mic_stream = AudioInputStream(*(SPECS_BY_NAME[name].default for name in (
+                "audio_sample_rate", "audio_channels", "audio_sample_format")))
         try:
             chunk = audio_flavours.mic_chunk(message)
             audio_flavours.apply_format(self.mic_stream, chunk)

@@ -21,11 +21,12 @@ import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
+from omni_ros.flow.audio import s16_to_float
+from omni_ros.flow.types import INPUT_SAMPLE_RATE
+from omni_ros.flow.units import NS_PER_S, samples_to_ns
 from omni_ros.ros import audio_flavours, qos
 from omni_ros.ros.runner import split_ros_args
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image
-
-NS_PER_S = 1_000_000_000
 
 
 def synthesize_speech(text: str, voice: str = "en-us", words_per_minute: int = 160):
@@ -45,12 +46,13 @@ def synthesize_speech(text: str, voice: str = "en-us", words_per_minute: int = 1
     return samples, int(rate)
 
 
-def synthesize_float(text: str, voice: str = "en-us", sample_rate: int = 16000) -> np.ndarray:
+def synthesize_float(text: str, voice: str = "en-us",
+                     sample_rate: int = INPUT_SAMPLE_RATE) -> np.ndarray:
     """`text` spoken by espeak-ng as float32 samples in [-1, 1] at `sample_rate`."""
     import soxr
 
     samples, rate = synthesize_speech(text, voice=voice)
-    return soxr.resample(samples.astype(np.float32) / 32768.0, rate,
+    return soxr.resample(s16_to_float(samples), rate,
                          sample_rate).astype(np.float32)
 
 
@@ -111,7 +113,7 @@ class ScenePlayer(Node):
             while next_chunk < chunks and (next_chunk + 1) * options.chunk_ms / 1000.0 <= elapsed:
                 begin = next_chunk * self.chunk_samples
                 message = audio_flavours.mic_message(
-                    ns_to_stamp(t0_ros + begin * NS_PER_S // self.sample_rate),
+                    ns_to_stamp(t0_ros + samples_to_ns(begin, self.sample_rate)),
                     self.track[begin:begin + self.chunk_samples], self.sample_rate, 1, "mic")
                 self.audio_publisher.publish(message)
                 next_chunk += 1

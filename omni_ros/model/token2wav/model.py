@@ -21,8 +21,8 @@ from .encoder import EncoderConfig
 from .estimator import DiTConfig
 from .flow import FlowCaches, FlowModel
 from .hift import HiFTConfig, HiFTGenerator, prompt_mel
-from .prompt import (S3TokenizerV2, SpeakerEncoder, TokenizerDims, prompt_tokens_and_speaker,
-                     write_random_campplus_onnx)
+from .prompt import (SAMPLE_RATE as PROMPT_SAMPLE_RATE, S3TokenizerV2, SpeakerEncoder,
+                     TokenizerDims, prompt_tokens_and_speaker, write_random_campplus_onnx)
 
 # Dimensions of the random-weight folders the project writes (tests, demo, benchmarks).
 TINY_FLOW = A.FlowConfig(
@@ -155,7 +155,7 @@ def _randomise(module: nn.Module, generator: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
 
 
-def synthetic_voice(seconds: float = 3.0, rate: int = 16000, seed: int = 0) -> np.ndarray:
+def synthetic_voice(seconds: float = 3.0, rate: int = PROMPT_SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """A deterministic voice-like signal: a gliding harmonic source shaped by three formants, in
     syllables. Stands in for a recorded reference voice in random-weight folders."""
     g = np.random.default_rng(seed)
@@ -204,6 +204,6 @@ def write_default_voice(checkpoint_folder, seed: int = 0) -> Path:
     """The checkpoint's default voice file (16 kHz 16-bit wav) from `synthetic_voice`."""
     path = Path(checkpoint_folder) / A.DEFAULT_VOICE
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), synthetic_voice(seed=seed), 16000, subtype="PCM_16")
+    soundfile.write(str(path), synthetic_voice(seed=seed), PROMPT_SAMPLE_RATE, subtype="PCM_16")
     path.chmod(0o644)
     return path

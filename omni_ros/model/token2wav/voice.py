@@ -18,7 +18,7 @@ import soundfile
 import torch
 import torch.nn.functional as F
 
-PROMPT_RATE = 16000
+from .prompt import SAMPLE_RATE as PROMPT_RATE   # the speech tokenizer's and speaker encoder's rate
 MEL_RATE = 24000
 MAX_VOICE_SECONDS = 30.0
 
