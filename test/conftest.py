@@ -25,6 +25,46 @@ def tiny_model(tiny_checkpoint):
     return load_model(tiny_checkpoint, device="cpu", dtype="float32")
 
 
+class ScriptedHead:
+    """Test double of the LLM output head (hidden state -> logits): each call makes the next
+    scripted token (near-)certain (logit 50; its runner-up, if any, 40); '<|listen|>' once the
+    script is over. Everything else is the tiny model."""
+
+    def __init__(self, tok, vocab, script, runner_up=None):
+        self.tok, self.vocab, self.script = tok, vocab, list(script)
+        self.runner_up = runner_up or {}
+
+    def id(self, name):
+        return int(name) if isinstance(name, int) else int(self.tok.convert_tokens_to_ids(name))
+
+    def __call__(self, hidden):
+        import torch
+
+        name = self.script.pop(0) if self.script else "<|listen|>"
+        logits = torch.zeros(self.vocab)
+        logits[self.id(name)] = 50.0
+        if name in self.runner_up:
+            logits[self.id(self.runner_up[name])] = 40.0
+        return logits
+
+
+@pytest.fixture
+def make(tiny_model):
+    """make(script, runner_up=None, **options): a duplex session on the tiny model whose output head
+    follows `script`, prefilled, with its trace of fed tokens started empty."""
+    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+
+    def _make(script, runner_up=None, **opts):
+        base = dict(force_listen_count=0, max_unit_chars=0, seed=0)
+        base.update(opts)
+        s = OmniDuplexSession(tiny_model, SessionOptions(**base))
+        s.head = ScriptedHead(tiny_model.tokenizer, tiny_model.config.vocab_size, script, runner_up)
+        s._prefill()
+        s.trace = []
+        return s
+    return _make
+
+
 @pytest.fixture(scope="module")
 def ros_env():
     """An isolated DDS environment for the module's node processes, and rclpy initialised for

@@ -11,45 +11,11 @@ from omni_ros.model.session import OmniDuplexSession, SessionOptions
 pytestmark = pytest.mark.unit
 
 
-class ScriptedHead:
-    """Returns logits making the next scripted token (near-)certain; 'listen' once the script ends."""
-
-    def __init__(self, tok, vocab, script, runner_up=None):
-        self.tok, self.vocab, self.script = tok, vocab, list(script)
-        self.runner_up = runner_up or {}
-        self.calls = 0
-
-    def id(self, name):
-        return int(name) if isinstance(name, int) else int(self.tok.convert_tokens_to_ids(name))
-
-    def __call__(self, hidden):
-        self.calls += 1
-        name = self.script.pop(0) if self.script else "<|listen|>"
-        logits = torch.zeros(self.vocab)
-        logits[self.id(name)] = 50.0
-        if name in self.runner_up:
-            logits[self.id(self.runner_up[name])] = 40.0
-        return logits
-
-
 def _unit(i=0, image=False, level=0.0):
     rng = np.random.default_rng(i)
     img = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8) if image else None
     audio = (rng.standard_normal(16000) * level).astype(np.float32)
     return UnitInput(window_index=i, epoch=0, start_ns=0, end_ns=0, image=img, image_stamp_ns=None, audio=audio)
-
-
-@pytest.fixture
-def make(tiny_model):
-    def _make(script, runner_up=None, **opts):
-        base = dict(force_listen_count=0, max_unit_chars=0, seed=0)
-        base.update(opts)
-        s = OmniDuplexSession(tiny_model, SessionOptions(**base))
-        s.head = ScriptedHead(tiny_model.tokenizer, tiny_model.config.vocab_size, script, runner_up)
-        s._prefill()
-        s.trace = []
-        return s
-    return _make
 
 
 def ids(tok, *names):

@@ -20,42 +20,10 @@ from omni_ros.model.vision import best_resize, preprocess_image
 pytestmark = pytest.mark.unit
 
 
-class Head:
-    """Scripted output head: each call puts logit 50 on the next scripted id (40 on its runner-up,
-    if any); '<|listen|>' once the script is over."""
-
-    def __init__(self, tok, vocab, script, runner_up=None):
-        self.tok, self.vocab, self.script, self.runner_up = tok, vocab, list(script), runner_up or {}
-
-    def id(self, t):
-        return int(t) if isinstance(t, int) else int(self.tok.convert_tokens_to_ids(t))
-
-    def __call__(self, hidden):
-        t = self.script.pop(0) if self.script else "<|listen|>"
-        logits = torch.zeros(self.vocab)
-        logits[self.id(t)] = 50.0
-        if t in self.runner_up:
-            logits[self.id(self.runner_up[t])] = 40.0
-        return logits
-
-
 def _unit(i=0, level=0.0):
     audio = (np.random.default_rng(i).standard_normal(16000) * level).astype(np.float32)
     return UnitInput(window_index=i, epoch=0, start_ns=0, end_ns=0, image=None, image_stamp_ns=None,
                      audio=audio)
-
-
-@pytest.fixture
-def make(tiny_model):
-    def _make(script, runner_up=None, **opts):
-        base = dict(force_listen_count=0, max_unit_chars=0, seed=0)
-        base.update(opts)
-        s = OmniDuplexSession(tiny_model, SessionOptions(**base))
-        s.head = Head(tiny_model.tokenizer, tiny_model.config.vocab_size, script, runner_up)
-        s._prefill()
-        s.trace = []
-        return s
-    return _make
 
 
 def _id(tok, t):

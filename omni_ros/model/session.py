@@ -183,11 +183,11 @@ class OmniDuplexSession:
         return WaveformStream(self.compute.waveform, steps=o.token2wav_steps, seed=o.seed, chunk_codes=codes,
                               window_samples=int(round(o.window_sec * OUTPUT_SAMPLE_RATE)))
 
-    def set_voice(self) -> None:
-        """(Re)read the reference voice from the options and recompute the waveform stage's prompt
-        caches (about one decode call's time). Speech of an open turn restarts with the new voice; the
-        LLM's voice slot takes it at the next prefill (start, reset or epoch)."""
-        voice = self._voice_from_options()
+    def set_voice(self, voice: Optional[Voice] = None) -> None:
+        """Take `voice` (default: read it as the options say) and recompute the waveform stage's
+        prompt caches (about one decode call's time). Speech of an open turn restarts with the new
+        voice; the LLM's voice slot takes it at the next prefill (start, reset or epoch)."""
+        voice = voice if voice is not None else self._voice_from_options()
         if self.waveform.steps != int(self.options.token2wav_steps):
             self.waveform = self._new_waveform_stream()
         self.waveform.set_voice(voice)
@@ -304,8 +304,8 @@ class OmniDuplexSession:
           without a voice: the span is then empty) + `<|audio_end|><|im_end|>`;
         turn_based (`streaming_prefill` of the system message through the chat template,
           omni_mode): `<|im_start|>system\\n{text}` + the voice as one
-          `<|audio_start|>`...`<|audio_end|>` span per started second (the processor's chunked
-          placeholder; nothing without a voice) + `<|im_end|>\\n`."""
+          `<|audio_start|>`...`<|audio_end|>` span per started second (as the processor chunks
+          audio; nothing without a voice) + `<|im_end|>\\n`."""
         self.cache = self.compute.new_llm_cache()
         prompt = self.system_text()
         voice = self._reference_voice()
@@ -427,12 +427,11 @@ class OmniDuplexSession:
                                repetition_penalty=o.tts_repetition_penalty, eos=t.audio_eos_code)
         # the released schedule: early flushes at a turn's first unit, the last chunk at its end
         wav = self.waveform.push(codes, turn_start=turn_start, end_of_turn=end_of_turn)
-        n = int(round(o.window_sec * OUTPUT_SAMPLE_RATE))
-        if wav.shape[0] < n:       # a turn that ended short: the rest of the window is silence
-            wav = np.pad(wav, (0, n - wav.shape[0]))
+        if wav.shape[0] < self.waveform.window_samples:    # a turn that ended short: silence after it
+            wav = np.pad(wav, (0, self.waveform.window_samples - wav.shape[0]))
         if end_of_turn:
             self._end_speech_turn()
-        return np.ascontiguousarray(wav, dtype=np.float32)
+        return wav
 
     # --- one unit ---
     def _unit_inputs(self, unit: UnitInput) -> Tuple[np.ndarray, torch.Tensor, Optional[torch.Tensor]]:

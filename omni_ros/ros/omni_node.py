@@ -412,6 +412,7 @@ class OmniNode(Node):
         return response
 
     def on_set_parameters(self, parameters) -> SetParametersResult:
+        voice = None
         for parameter in parameters:
             spec = SPECS_BY_NAME.get(parameter.name)
             if spec is None:
@@ -421,7 +422,7 @@ class OmniNode(Node):
                 return SetParametersResult(successful=False, reason=reason)
             if parameter.name == "reference_voice" and parameter.value:
                 try:
-                    Voice.from_wav(parameter.value)
+                    voice = Voice.from_wav(parameter.value)   # read once: handed to the session below
                 except VoiceError as error:
                     return SetParametersResult(successful=False, reason=str(error))
         for parameter in parameters:
@@ -445,7 +446,7 @@ class OmniNode(Node):
                 setattr(options, name, value)
             if name == "reference_voice" and hasattr(self.session, "set_voice"):
                 with self.loop_lock:
-                    self.session.set_voice()
+                    self.session.set_voice(voice)
                 self.get_logger().info(f"reference voice: {value or 'the checkpoint default'}")
         return SetParametersResult(successful=True)
 

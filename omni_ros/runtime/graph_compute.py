@@ -23,7 +23,7 @@ import torch
 from omni_ros.model.loader import CheckpointError, default_voice, read_config
 from omni_ros.model.token2wav import assets as A
 from omni_ros.model.token2wav.flow import FlowCaches
-from omni_ros.model.token2wav.hift import HiFTConfig, HiFTGenerator
+from omni_ros.model.token2wav.hift import HiFTConfig, random_inputs
 from omni_ros.model.token2wav.model import PromptFrontEnd, empty_flow_caches
 from omni_ros.model.tokenizer import load_tokenizer, resolve_special_ids
 
@@ -51,14 +51,6 @@ def read_hift_config(path: Path) -> HiFTConfig:
         raise A.AssetError(f"{path}: cannot read the vocoder's dimensions ({type(e).__name__}: {e})") from e
 
 
-class _DrawShape:
-    """What `HiFTGenerator.random_inputs` reads of its generator (the config): the draws are
-    made by that one function for every backend."""
-
-    def __init__(self, config: HiFTConfig):
-        self.config = config
-
-
 class GraphWaveform:
     """The waveform stage's `WaveformCompute` (omni_ros.model.token2wav.stream) over the t2w_*
     graphs run by `run`. Signals (mu, mel, speech, source, speaker) come back on the CPU; the flow
@@ -71,7 +63,6 @@ class GraphWaveform:
         self.flow_config = A.read_flow_yaml(asset_dir)
         self.hift_config = read_hift_config(asset_dir / A.HIFT_WEIGHTS)
         self.front_end = PromptFrontEnd(asset_dir, int(self.flow_config.encoder.up_stride))
-        self._draws = _DrawShape(self.hift_config)
 
     @property
     def t2w_lookahead(self) -> int:
@@ -103,7 +94,7 @@ class GraphWaveform:
         return x_next.float().cpu(), cnn, k, v
 
     def t2w_vocoder_random(self, frames: int, generator: torch.Generator):
-        return HiFTGenerator.random_inputs(self._draws, frames, generator)
+        return random_inputs(self.hift_config, frames, generator)
 
     def t2w_vocoder(self, mel, cache_source, *random):
         dev = self.device

@@ -152,10 +152,9 @@ class RelPosSelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.size(0), -1, self.h, self.d_k)                   # [B, T, h, d_k]
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, C], cache [B, h, t, 2*d_k] (t may be 0), key_mask [B, 1, t+T] bool (True = keep)
-        or None -> (out [B, T, C], new cache [B, h, t+T, 2*d_k])."""
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, C], cache [B, h, t, 2*d_k] (t may be 0) -> (out [B, T, C], new cache
+        [B, h, t+T, 2*d_k]). No mask: every frame sees the cache and the whole chunk (as released)."""
         b, n_q = x.size(0), x.size(1)
         q = self._heads(self.linear_q(x))                                 # [B, T, h, d_k]
         k = self._heads(self.linear_k(x)).transpose(1, 2)                 # [B, h, T, d_k]
@@ -174,11 +173,7 @@ class RelPosSelfAttention(nn.Module):
         position = torch.gather(position, -1, idx)                        # [B, h, T, S]
         scores = (content + position) / math.sqrt(self.d_k)
 
-        if key_mask is None:
-            attn = torch.softmax(scores, dim=-1)
-        else:
-            drop = ~key_mask.unsqueeze(1)                                 # [B, 1, 1, S]
-            attn = torch.softmax(scores.masked_fill(drop, float("-inf")), dim=-1).masked_fill(drop, 0.0)
+        attn = torch.softmax(scores, dim=-1)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(b, n_q, self.h * self.d_k)
         return self.linear_out(out), new_cache
 
@@ -208,14 +203,13 @@ class ConformerBlock(nn.Module):
         self.norm_mha = nn.LayerNorm(d, eps=1e-12)
         self.pre_norm = cfg.normalize_before
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, C], cache [B, h, t, 2*d_k] -> (x, new cache [B, h, t+T, 2*d_k])."""
         if self.pre_norm:
-            a, new_cache = self.self_attn(self.norm_mha(x), cache, key_mask)
+            a, new_cache = self.self_attn(self.norm_mha(x), cache)
             x = x + a
             return x + self.feed_forward(self.norm_ff(x)), new_cache
-        a, new_cache = self.self_attn(x, cache, key_mask)
+        a, new_cache = self.self_attn(x, cache)
         x = self.norm_mha(x + a)
         return self.norm_ff(x + self.feed_forward(x)), new_cache
 
@@ -235,12 +229,6 @@ class LookaheadConv(nn.Module):
         self.pre_lookahead_len = lookahead
         self.conv1 = nn.Conv1d(channels, channels, kernel_size=lookahead + 1)
         self.conv2 = nn.Conv1d(channels, channels, kernel_size=3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Whole utterance, zeros beyond both ends: x [B, T, C] -> [B, T, C]."""
-        y = F.leaky_relu(self.conv1(F.pad(x.transpose(1, 2), (0, self.pre_lookahead_len))))
-        y = self.conv2(F.pad(y, (2, 0)))
-        return y.transpose(1, 2) + x
 
     def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x [B, T+L, C] (the last L are lookahead), cache [B, C, 2 or 0]
@@ -264,10 +252,6 @@ class RepeatUpsample(nn.Module):
     def _repeat(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t = x.shape
         return x.unsqueeze(-1).expand(b, c, t, self.stride).reshape(b, c, t * self.stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, C, T] -> [B, C, stride*T], zeros before the start."""
-        return self.conv(F.pad(self._repeat(x), (2 * self.stride, 0)))
 
     def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x [B, C, T], cache [B, C, 2*stride or 0] -> ([B, C, stride*T], new cache)."""
@@ -370,38 +354,3 @@ class UpsampleConformerEncoder(nn.Module):
         new_att = torch.cat([torch.cat([new_att1, new_att1], dim=3), new_att2], dim=0)
         new_cnn = torch.cat([new_cnn1, new_cnn2], dim=2)
         return self._finish(x), new_cnn, new_att
-
-    def forward(self, xs: torch.Tensor, xs_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Whole utterances: xs [B, T, input_size], xs_lens [B] ->
-        (h [B, up_stride*T, C], mask [B, 1, up_stride*T] bool, True on valid frames)."""
-        b, t = xs.size(0), xs.size(1)
-        empty = xs.new_zeros(b, self.config.attention_heads, 0,
-                             2 * (self.config.output_size // self.config.attention_heads))
-        mask = torch.arange(t, device=xs.device).unsqueeze(0) < xs_lens.unsqueeze(1)
-        mask = mask.unsqueeze(1)                                             # [B, 1, T]
-        x = self.pre_lookahead_layer(self.embed(xs))
-        for block in self.encoders:
-            x, _ = block(x, empty, mask)
-
-        x = self.up_layer(x.transpose(1, 2)).transpose(1, 2)                 # [B, s*T, C]
-        lens = xs_lens * self.config.up_stride
-        mask = (torch.arange(x.size(1), device=xs.device).unsqueeze(0) < lens.unsqueeze(1)).unsqueeze(1)
-        x = self.up_embed(x)
-        for block in self.up_encoders:
-            x, _ = block(x, empty, mask)
-        return self._finish(x), mask
-
-
-class EncoderChunkStep(nn.Module):
-    """Graph-facing wrapper with `last_chunk` fixed (one exported graph per value):
-    (xs [1, T, C_in], cnn_cache [1, C, 0 or 2+2s], att_cache [L1+L2, 1, h, 2t, 2d_k])
-    -> (h, new cnn_cache, new att_cache). Zero-length caches = first chunk."""
-
-    def __init__(self, encoder: UpsampleConformerEncoder, last_chunk: bool):
-        super().__init__()
-        self.encoder = encoder
-        self.last_chunk = bool(last_chunk)
-
-    def forward(self, xs: torch.Tensor, cnn_cache: torch.Tensor,
-                att_cache: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.encoder.forward_chunk(xs, self.last_chunk, cnn_cache, att_cache)

@@ -154,18 +154,17 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def step(self, x: torch.Tensor, keys: Optional[torch.Tensor], values: Optional[torch.Tensor],
-             key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, dim]; cached keys, values [B, H, Tc, D] (Tc may be 0) or None. key_mask: optional
-        bool [B, 1, 1, T] (True = attend; only without a cache). -> y [B, T, dim], this chunk's keys
-        and values [B, H, T, D]. The scores against the chunk and against the cache are taken apart
+    def step(self, x: torch.Tensor, keys: Optional[torch.Tensor], values: Optional[torch.Tensor]
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, dim]; cached keys, values [B, H, Tc, D] (Tc may be 0) or None -> y [B, T, dim],
+        this chunk's keys and values [B, H, T, D]. The scores against the chunk and against the cache are taken apart
         and normalised together, so the cache is only read, never copied."""
         b, t, _ = x.shape
         q = self.q_norm(self._heads(self.to_q(x)))
         k = self.k_norm(self._heads(self.to_k(x)))
         v = self._heads(self.to_v(x))
         if keys is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)    # [B, H, T, D]
+            y = F.scaled_dot_product_attention(q, k, v)                         # [B, H, T, D]
         else:
             scale = self.head_dim ** -0.5
             scores = torch.cat([torch.matmul(q, k.transpose(-1, -2)),
@@ -199,12 +198,11 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 9 * hidden_size))
 
     def step(self, x: torch.Tensor, c: torch.Tensor, cnn_cache: Optional[torch.Tensor],
-             keys: Optional[torch.Tensor], values: Optional[torch.Tensor],
-             key_mask: Optional[torch.Tensor] = None):
+             keys: Optional[torch.Tensor], values: Optional[torch.Tensor]):
         """x [B, T, hidden], c [B, 1, hidden] -> x, new cnn cache, this chunk's keys and values."""
         (shift_a, scale_a, gate_a, shift_m, scale_m, gate_m,
          shift_c, scale_c, gate_c) = self.adaLN_modulation(c).chunk(9, dim=-1)
-        y, k, v = self.attn.step(modulate(self.norm1(x), shift_a, scale_a), keys, values, key_mask)
+        y, k, v = self.attn.step(modulate(self.norm1(x), shift_a, scale_a), keys, values)
         x = x + gate_a * y
         y, cnn_cache = self.conv.step(modulate(self.norm3(x), shift_c, scale_c), cnn_cache)
         x = x + gate_c * y
@@ -269,17 +267,6 @@ class DiT(nn.Module):
         out = self.final_layer(h, c).transpose(1, 2)
         return out, torch.stack(new_cnn), torch.stack(new_keys), torch.stack(new_values)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
-                spks: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Whole-utterance call (the offline path): mask [B, 1, T] masks keys (1 = valid); the conv
-        branch is not masked (as released). -> dphi_dt [B, 80, T]."""
-        h, c = self._inputs(x, mu, t, spks, cond)
-        key_mask = mask.bool().unsqueeze(1)                  # [B, 1, 1, T]
-        for block in self.blocks:
-            h, _, _, _ = block.step(h, c, None, None, None, key_mask)
-        return self.final_layer(h, c).transpose(1, 2)
-
-
 def cosine_time_grid(n_timesteps: int, dtype: torch.dtype = torch.float32,
                      device: Optional[torch.device] = None) -> torch.Tensor:
     """[n + 1] flow times 1 - cos(pi/2 * linspace(0, 1, n + 1)), computed as released."""
@@ -319,23 +306,3 @@ class CausalConditionalCFM(nn.Module):
         dphi, cnn_cache, k, v = self.estimator.forward_chunk(
             torch.cat([x, x], dim=0), mu_in, torch.cat([t, t], dim=0), spks_in, cond_in, cnn_cache, keys, values)
         return x + dt * self._guided(dphi), cnn_cache, k, v
-
-    def forward(self, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-                noise: torch.Tensor, n_timesteps: int = 10) -> torch.Tensor:
-        """Offline solve over a whole utterance (released `forward`/`solve_euler`): mu, cond
-        [B, 80, T], mask [B, 1, T], spks [B, 80], noise [B, 80, T] (`draw_noise()[:, :, :T]` times the
-        temperature) -> mel [B, 80, T]."""
-        t_span = cosine_time_grid(n_timesteps, mu.dtype, mu.device)
-        mu_in, spks_in, cond_in = self.guidance_inputs(mu, spks, cond)
-        mask_in = torch.cat([mask, mask], dim=0)
-        x = noise
-        t = t_span[0].unsqueeze(0)
-        dt = t_span[1] - t_span[0]
-        for step in range(1, n_timesteps + 1):
-            dphi = self.estimator(torch.cat([x, x], dim=0), mask_in, mu_in, torch.cat([t, t], dim=0),
-                                  spks_in, cond_in)
-            x = x + dt * self._guided(dphi)
-            t = t + dt
-            if step < n_timesteps:
-                dt = t_span[step + 1] - t
-        return x

@@ -31,18 +31,10 @@ class FlowCaches:
         return FlowCaches(*(t.clone() for t in (self.encoder_cnn, self.encoder_att, self.estimator_cnn,
                                                    self.estimator_keys, self.estimator_values)))
 
-    @property
-    def estimator_frames(self) -> int:
-        return int(self.estimator_keys.shape[4])
-
-    def trim(self, keep_head: int, keep_tail: int = 100) -> None:
-        """Bound the attention caches to their first `keep_head` positions and their last `keep_tail`
-        (as the released stage does after every call: memory and the noise window stay fixed however
-        long a turn lasts)."""
-        if self.estimator_frames > keep_head + keep_tail:
-            self.estimator_keys, self.estimator_values = (
-                torch.cat([c[:, :, :, :, :keep_head], c[:, :, :, :, -keep_tail:]], dim=4)
-                for c in (self.estimator_keys, self.estimator_values))
+    def trim_encoder(self, keep_head: int, keep_tail: int = 100) -> None:
+        """Bound the encoder's attention cache to its first `keep_head` positions and its last
+        `keep_tail`, as the released stage does after every call (the estimator's caches are placed
+        already trimmed: `stream.trimmed_spans`)."""
         enc = self.encoder_att
         if enc.shape[3] > keep_head + keep_tail:
             self.encoder_att = torch.cat([enc[:, :, :, :keep_head], enc[:, :, :, -keep_tail:]], dim=3)

@@ -73,6 +73,11 @@ class HiFTConfig:
     f0_cond_channels: int = 512
     f0_num_class: int = 1
 
+    def __post_init__(self):
+        if self.sampling_rate != SAMPLE_RATE or self.upsample_scale != 480:
+            raise ValueError(f"the released vocoder makes {SAMPLE_RATE} Hz audio, 480 samples per mel frame; "
+                             f"this one {self.sampling_rate} Hz, {self.upsample_scale}")
+
     @property
     def upsample_scale(self) -> int:
         """Output samples per mel frame (480)."""
@@ -279,8 +284,6 @@ class HiFTGenerator(nn.Module):
     def __init__(self, config: Optional[HiFTConfig] = None):
         super().__init__()
         cfg = self.config = config if config is not None else HiFTConfig()
-        if cfg.sampling_rate == 22050:
-            raise NotImplementedError("the 22.05 kHz source module is not part of the released vocoder")
         base = cfg.base_channels
         spec_ch = cfg.n_fft + 2
         self.m_source = HarmonicSource(cfg)
@@ -377,21 +380,9 @@ class HiFTGenerator(nn.Module):
 
     # --------------------------------------------------------------------------------- inference
 
-    def random_inputs(self, num_frames: int, generator: torch.Generator,
-                      batch: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The released call's random draws, in its order: phase offset [B, H] (uniform; unused,
-        see the module docstring), sine noise [B, T, H] (standard normal), noise branch [B, T, 1]
-        (standard normal; unused). T = num_frames * 480."""
-        t = num_frames * self.config.upsample_scale
-        h = self.config.num_harmonics
-        phase_init = torch.rand(batch, h, generator=generator)
-        # the release draws the sine noise into a [B, T, H] view of a [B, H, T] buffer; torch fills
-        # such a strided tensor element by element in memory order (not with the vectorised
-        # contiguous sampler), so draw into the same layout to get the same numbers
-        sine_noise = torch.empty(batch, h, t).transpose(1, 2)
-        sine_noise.normal_(generator=generator)
-        branch_noise = torch.randn(batch, t, 1, generator=generator)
-        return phase_init, sine_noise, branch_noise
+    def random_inputs(self, num_frames: int, generator: torch.Generator, batch: int = 1
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return random_inputs(self.config, num_frames, generator, batch)
 
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """mel [B, 80, F], source [B, 1, T] -> speech [B, T], clamped to +-audio_limit."""
@@ -426,17 +417,21 @@ class HiFTGenerator(nn.Module):
         source = torch.cat([cache_source.to(source.dtype), source[:, :, cache_source.shape[2]:]], dim=2)
         return self.decode(mel, source), source
 
-    @torch.inference_mode()
-    def vocode(self, mel: torch.Tensor, cache_source: Optional[torch.Tensor] = None,
-               generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Convenience call: draws the random inputs from `generator` (a new generator seeded with
-        0 when None; never the global RNG) and runs `forward`."""
-        if cache_source is None:
-            cache_source = mel.new_zeros(mel.shape[0], 1, 0)
-        if generator is None:
-            generator = torch.Generator().manual_seed(0)
-        rand = self.random_inputs(mel.shape[2], generator, batch=mel.shape[0])
-        return self(mel, cache_source, *(r.to(mel.device) for r in rand))
+def random_inputs(config: HiFTConfig, num_frames: int, generator: torch.Generator, batch: int = 1
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The released call's random draws, in its order: phase offset [B, H] (uniform; unused,
+    see the module docstring), sine noise [B, T, H] (standard normal), noise branch [B, T, 1]
+    (standard normal; unused). T = num_frames * 480. Every backend draws through this function."""
+    t = num_frames * config.upsample_scale
+    h = config.num_harmonics
+    phase_init = torch.rand(batch, h, generator=generator)
+    # the release draws the sine noise into a [B, T, H] view of a [B, H, T] buffer; torch fills
+    # such a strided tensor element by element in memory order (not with the vectorised
+    # contiguous sampler), so draw into the same layout to get the same numbers
+    sine_noise = torch.empty(batch, h, t).transpose(1, 2)
+    sine_noise.normal_(generator=generator)
+    branch_noise = torch.randn(batch, t, 1, generator=generator)
+    return phase_init, sine_noise, branch_noise
 
 
 # -------------------------------------------------------------------------------------- prompt mel

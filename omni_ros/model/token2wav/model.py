@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import soundfile
@@ -64,12 +64,10 @@ class PromptFrontEnd:
 
 
 class Token2WavModel(nn.Module):
-    def __init__(self, flow_config: A.FlowConfig, hift_config: HiFTConfig):
+    def __init__(self, flow: FlowModel, hift: HiFTGenerator, front_end: PromptFrontEnd, folder: Path):
         super().__init__()
-        self.flow = FlowModel(flow_config)
-        self.hift = HiFTGenerator(hift_config)
-        self.front_end: Optional[PromptFrontEnd] = None
-        self.folder: Optional[Path] = None
+        self.flow, self.hift = flow, hift
+        self.front_end, self.folder = front_end, folder
 
     @property
     def t2w_lookahead(self) -> int:
@@ -86,14 +84,9 @@ class Token2WavModel(nn.Module):
             hift = HiFTGenerator.from_state_dict(hift_state)
         except (KeyError, ValueError) as e:
             raise A.AssetError(f"{folder / A.HIFT_WEIGHTS}: {e}") from e
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model.flow = FlowModel(flow_config)
-        model.hift = hift
-        A.match_state_dict(model.flow, A.load_torch_weights(folder / A.FLOW_WEIGHTS), str(folder / A.FLOW_WEIGHTS))
-        model.front_end = PromptFrontEnd(folder, model.flow.up_rate)
-        model.folder = folder
-        return model.to(device).eval()
+        flow = FlowModel(flow_config)
+        A.match_state_dict(flow, A.load_torch_weights(folder / A.FLOW_WEIGHTS), str(folder / A.FLOW_WEIGHTS))
+        return cls(flow, hift, PromptFrontEnd(folder, flow.up_rate), folder).to(device).eval()
 
     # --- the graphs' torch implementation (WaveformCompute) ---
     @property
@@ -205,5 +198,4 @@ def write_default_voice(checkpoint_folder, seed: int = 0) -> Path:
     path = Path(checkpoint_folder) / A.DEFAULT_VOICE
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(str(path), synthetic_voice(seed=seed), PROMPT_SAMPLE_RATE, subtype="PCM_16")
-    path.chmod(0o644)
     return path

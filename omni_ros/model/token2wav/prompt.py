@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,9 +28,7 @@ from torch import nn
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
-MAX_TOKENIZER_FRAMES = 3000         # 30 s of mel: longer clips are cut in overlapping windows
-WINDOW_STRIDE_FRAMES = 2600         # 30 s windows, 4 s overlap
-OVERLAP_TOKENS = 2 * 25             # codes dropped on each side of a window seam (half the overlap)
+MAX_TOKENIZER_FRAMES = 3000         # 30 s of mel: the longest clip the tokenizer takes in one pass
 
 # Initializers of the released speech_tokenizer_v2_25hz.onnx that the official loader maps by their
 # own names (the input convolutions and the projection to the quantiser); every other weight is keyed
@@ -275,42 +273,11 @@ class S3TokenizerV2(nn.Module):
 
     @torch.inference_mode()
     def quantize(self, mel: torch.Tensor, mel_len: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """As `s3tokenizer.S3TokenizerV2.quantize`: a batch whose clips are all at most 3000 frames runs
-        at once (codes int32, lengths of mel_len's dtype); otherwise every clip is cut in 3000-frame
-        windows every 2600 frames (short clips: one window), all windows run as one zero-padded
-        batch, and a long clip's windows are joined dropping 50 codes on each side of every seam
-        (codes and lengths int64, codes zero past a row's length)."""
-        if not bool((mel_len > MAX_TOKENIZER_FRAMES).any()):
-            return self.forward(mel, mel_len)
-        windows, lengths, owners = [], [], []
-        for row in range(mel.shape[0]):
-            n = int(mel_len[row])
-            starts = [0] if n <= MAX_TOKENIZER_FRAMES else range(0, n, WINDOW_STRIDE_FRAMES)
-            for start in starts:
-                piece = mel[row, :, start:min(start + MAX_TOKENIZER_FRAMES, n)]
-                lengths.append(piece.shape[1])
-                windows.append(F.pad(piece, (0, MAX_TOKENIZER_FRAMES - piece.shape[1])))
-                owners.append(row)
-        codes, code_lens = self.forward(torch.stack(windows), torch.tensor(lengths, device=mel.device))
-        per_row: Dict[int, List[List[int]]] = {}
-        for i, row in enumerate(owners):
-            per_row.setdefault(row, []).append(codes[i, :int(code_lens[i])].tolist())
-        joined = []
-        for row in range(mel.shape[0]):
-            parts = per_row[row]
-            if int(mel_len[row]) <= MAX_TOKENIZER_FRAMES:
-                joined.append(parts[0])
-                continue
-            seq: List[int] = []
-            for i, part in enumerate(parts):
-                left = 0 if i == 0 else OVERLAP_TOKENS
-                right = len(part) if i == len(parts) - 1 else -OVERLAP_TOKENS
-                seq.extend(part[left:right])
-            joined.append(seq)
-        out = torch.zeros(len(joined), max(len(s) for s in joined), dtype=torch.long, device=mel.device)
-        for row, seq in enumerate(joined):
-            out[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return out, torch.tensor([len(s) for s in joined], dtype=torch.long, device=mel.device)
+        """As `s3tokenizer.S3TokenizerV2.quantize` for clips of at most 3000 frames (30 s; a reference
+        voice is never longer): codes int32, lengths of mel_len's dtype."""
+        if bool((mel_len > MAX_TOKENIZER_FRAMES).any()):
+            raise ValueError(f"clips longer than {MAX_TOKENIZER_FRAMES} mel frames (30 s) are not tokenized")
+        return self.forward(mel, mel_len)
 
     # -- the released ONNX file ------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ WINDOW_SAMPLES = 24000       # one 1 s window at 24 kHz
 class WaveformCompute(Protocol):
     """What the stream needs from a backend (see omni_ros.runtime.graphs for the shapes)."""
 
+    t2w_lookahead: int        # lookahead codes the flow encoder reads past a chunk (3 as released)
+
     def t2w_prompt(self, voice) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def t2w_speaker(self, embedding: torch.Tensor) -> torch.Tensor: ...
     def t2w_empty_flow_caches(self, steps: int) -> FlowCaches: ...
@@ -46,6 +48,22 @@ class WaveformCompute(Protocol):
                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
     def t2w_vocoder_random(self, frames: int, generator: torch.Generator) -> Tuple[torch.Tensor, ...]: ...
     def t2w_vocoder(self, mel, cache_source, *random) -> Tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def trimmed_spans(new: int, old: int, keep_head: int, keep_tail: int) -> List[Tuple[int, int, int, int]]:
+    """Where the positions of [new chunk (`new`), old cache (`old`)] that the released trim keeps
+    (all of them when they fit in `keep_head + keep_tail`, else the first `keep_head` and the last
+    `keep_tail`) come from: (part 0 new / 1 old, start, end, destination start) spans."""
+    total = new + old
+    kept = [(0, total)] if total <= keep_head + keep_tail else [(0, keep_head), (total - keep_tail, total)]
+    spans, dst = [], 0
+    for start, end in kept:
+        for part, (lo, hi) in enumerate(((0, new), (new, total))):
+            a, b = max(start, lo), min(end, hi)
+            if a < b:
+                spans.append((part, a - lo, b - lo, dst))
+                dst += b - a
+    return spans
 
 
 @dataclass
@@ -74,6 +92,7 @@ class WaveformStream:
         self.steps = int(steps)
         self.seed = int(seed)
         self.chunk_codes, self.window_samples = int(chunk_codes), int(window_samples)
+        self.lookahead = int(compute.t2w_lookahead)
         # drawn once, like the released stage: from the third call on every call reads the same window
         self.noise = draw_noise(torch.Generator().manual_seed(self.seed))
         self.schedule = cosine_time_grid(self.steps)
@@ -98,7 +117,7 @@ class WaveformStream:
             raise RuntimeError(f"prompt mel has {mel.shape[1]} frames, the flow gave {mu.shape[2]}")
         _, est_cnn, est_keys, est_values = self._solve(mu, speaker, mel.transpose(1, 2).contiguous(),
                                                        empty.estimator_cnn, empty.estimator_keys,
-                                                       empty.estimator_values)
+                                                       empty.estimator_values, keep_head=int(mel.shape[1]))
         self.prompt = VoicePrompt(codes, embedding, speaker, mel,
                                   FlowCaches(enc_cnn, enc_att, est_cnn, est_keys, est_values))
         self.start_turn()
@@ -119,10 +138,10 @@ class WaveformStream:
 
     # --- per unit ---
     def push(self, codes: List[int], turn_start: bool, end_of_turn: bool) -> np.ndarray:
-        """A unit's codes -> its speech (float32, 24 kHz): at least one window unless the turn ends,
-        left-padded with silence when the unit decoded less (early flushes); the turn's final flush is
-        appended at `end_of_turn`, after which a new turn starts."""
-        look = self._lookahead
+        """A unit's codes -> its speech (float32, 24 kHz) as the released stack returns it: at least
+        one window unless the turn ends, left-padded with silence when the unit decoded less (early
+        flushes); the turn's final flush is appended at `end_of_turn`, after which a new turn starts."""
+        look = self.lookahead
         self._buffer += [int(c) for c in codes]
         pieces: List[torch.Tensor] = []
         if turn_start:
@@ -145,10 +164,6 @@ class WaveformStream:
         return np.ascontiguousarray(wav, dtype=np.float32)
 
     # --- one decode call (the released `stream`) ---
-    @property
-    def _lookahead(self) -> int:
-        return int(getattr(self.compute, "t2w_lookahead", 3))
-
     def _decode(self, codes: List[int], last_chunk: bool) -> torch.Tensor:
         mel = self.decode_mel(codes, last_chunk)
         return self.vocode(mel, last_chunk)
@@ -161,14 +176,16 @@ class WaveformStream:
         mu, c.encoder_cnn, c.encoder_att = self.compute.t2w_encoder(tokens, last_chunk, c.encoder_cnn,
                                                                     c.encoder_att)
         mel, c.estimator_cnn, c.estimator_keys, c.estimator_values = self._solve(
-            mu, self.prompt.speaker, torch.zeros_like(mu), c.estimator_cnn, c.estimator_keys, c.estimator_values)
-        c.trim(self.prompt.mel_frames, CACHE_TAIL_FRAMES)
+            mu, self.prompt.speaker, torch.zeros_like(mu), c.estimator_cnn, c.estimator_keys, c.estimator_values,
+            keep_head=self.prompt.mel_frames)
+        c.trim_encoder(self.prompt.mel_frames, CACHE_TAIL_FRAMES)
         self.calls += 1
         return mel
 
-    def _solve(self, mu, speaker, cond, cnn_cache, keys, values):
-        """The Euler solver over `steps` steps; caches [steps, ...] in, new caches [steps, ...] out
-        (each step's new keys and values are this chunk's, placed before the cached ones)."""
+    def _solve(self, mu, speaker, cond, cnn_cache, keys, values, keep_head: int):
+        """The Euler solver over `steps` steps; caches [steps, ...] in, new caches [steps, ...] out.
+        Each step's new keys and values are this chunk's; they go before the cached ones and the
+        result is trimmed as released (`trimmed_spans`), written once into the new cache."""
         offset = int(keys.shape[4])
         frames = int(mu.shape[2])
         x = self.noise[:, :, offset:offset + frames].to(mu.dtype)
@@ -176,19 +193,18 @@ class WaveformStream:
         mu_in, speaker_in, cond_in = CausalConditionalCFM.guidance_inputs(mu, speaker, cond)
         span = self.schedule
         t, dt = span[0:1], span[1] - span[0]
+        spans = trimmed_spans(frames, offset, keep_head, CACHE_TAIL_FRAMES)
         shape = list(keys.shape)
-        shape[4] = offset + frames
-        new_keys = keys.new_empty(shape)
-        new_values = values.new_empty(shape)
+        shape[4] = spans[-1][3] + spans[-1][2] - spans[-1][1]
+        new_keys, new_values = keys.new_empty(shape), values.new_empty(shape)
         new_cnn = []
         for step in range(1, self.steps + 1):
             s = step - 1
             x, cnn, k, v = self.compute.t2w_estimator_step(x, mu_in, speaker_in, cond_in, t, dt.reshape(1),
                                                            cnn_cache[s], keys[s], values[s])
-            new_keys[s, :, :, :, :frames] = k
-            new_keys[s, :, :, :, frames:] = keys[s]
-            new_values[s, :, :, :, :frames] = v
-            new_values[s, :, :, :, frames:] = values[s]
+            for out, parts in ((new_keys, (k, keys[s])), (new_values, (v, values[s]))):
+                for part, start, end, dst in spans:
+                    out[s, :, :, :, dst:dst + end - start] = parts[part][:, :, :, start:end]
             new_cnn.append(cnn)
             t = t + dt
             if step < self.steps:
