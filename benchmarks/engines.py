@@ -7,7 +7,7 @@
 Tiny checkpoint (default): every graph of omni_ros.runtime.graphs at unit shapes, timed as
   torch eager (the graph module), onnxruntime (the exported file) and TensorRT (an fp16 engine)
   where installed: median of `--repeats` after warm-up, ratio against torch. Then whole units
-  through OmniDuplexSession per backend (torch's cached eager path, onnxruntime, TensorRT).
+  through OmniSession per backend (torch's cached eager path, onnxruntime, TensorRT).
 --full-size: the released architecture with random weights in bf16 on CUDA (compute cost does
   not depend on the weights): the LLM step, vision, audio and speech-decoder graphs for torch
   eager, torch.compile with CUDA graphs (mode reduce-overhead) and TensorRT where installed.
@@ -138,8 +138,9 @@ def bench_graphs(checkpoint: Path, work: Path, repeats: int):
 def bench_units(checkpoint: Path, work: Path, units: int, trt) -> List[tuple]:
     from omni_ros.flow.types import UnitInput
     from omni_ros.model.loader import load_model
-    from omni_ros.model.session import OmniDuplexSession, SessionOptions
-    from omni_ros.runtime.compute import TorchCompute
+    from omni_ros.session.options import SessionOptions
+    from omni_ros.session.session import OmniSession
+    from omni_ros.runtime.torch_compute import TorchCompute
     from omni_ros.runtime.onnxruntime_backend import OrtCompute
 
     rng = np.random.default_rng(0)
@@ -153,12 +154,12 @@ def bench_units(checkpoint: Path, work: Path, units: int, trt) -> List[tuple]:
         computes.append(("tensorrt", trt))
     rows = []
     for label, compute in computes:
-        session = OmniDuplexSession(compute, SessionOptions(force_listen_count=0, seed=1))
+        session = OmniSession(compute, SessionOptions(force_listen_count=0, seed=1))
         session.warmup()
         times = {"listen": [], "speak": []}
         for k, unit in enumerate(inputs):
             speak = k % 4 in (1, 2)                  # half the units speak, in two-unit turns
-            session._decision_override = speak
+            session.decision_override = speak
             started = time.perf_counter()
             session.run_unit(unit)
             times["speak" if speak else "listen"].append((time.perf_counter() - started) * 1000.0)
@@ -179,7 +180,7 @@ def run_tiny(args) -> int:
              "| graph | case | torch eager | onnxruntime | tensorrt fp16 |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {w} | {fmt(a, None)} | {fmt(b, a)} | {fmt(c, a)} |" for n, w, a, b, c in rows]
     base = unit_rows[0]
-    lines += ["", f"Whole units through OmniDuplexSession ({args.units} units, 640x480 frame + 1 s "
+    lines += ["", f"Whole units through OmniSession ({args.units} units, 640x480 frame + 1 s "
               "audio each, half of them speaking), median ms (ratio against torch):", "",
               "| backend | listening unit | speaking unit |", "|---|---|---|"]
     lines += [f"| {label} | {fmt(l, base[1] if label != 'torch' else None)} | "
@@ -237,7 +238,7 @@ def waveform_worker(args) -> int:
     import resource
 
     from omni_ros.model.token2wav.model import Token2WavModel, synthetic_voice
-    from omni_ros.model.token2wav.stream import WaveformStream
+    from omni_ros.session.waveform import WaveformStream
     from omni_ros.model.token2wav.voice import PROMPT_RATE, Voice
 
     assets = Path(args.assets)

@@ -49,7 +49,9 @@ def main(argv=None) -> int:
     from omni_ros.flow.types import UnitInput
     from omni_ros.model.checkpoint import write_checkpoint
     from omni_ros.model.loader import load_model
-    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+    from omni_ros.session.options import SessionOptions
+    from omni_ros.session.session import OmniSession
+    from omni_ros.runtime.torch_compute import TorchCompute
 
     tmp = None
     ckpt = args.checkpoint
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="long_session_")
         ckpt = write_checkpoint(Path(tmp.name) / "tiny", seed=0)
     model = load_model(ckpt, device="cpu", dtype="float32")
-    session = OmniDuplexSession(model, SessionOptions(mode=args.mode, seed=args.seed,
+    session = OmniSession(TorchCompute(model), SessionOptions(mode=args.mode, seed=args.seed,
                                                       max_context_units=args.max_context_units))
     session.warmup()
     rng = np.random.default_rng(args.seed)

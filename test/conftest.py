@@ -52,15 +52,17 @@ class ScriptedHead:
 def make(tiny_model):
     """make(script, runner_up=None, **options): a duplex session on the tiny model whose output head
     follows `script`, prefilled, with its trace of fed tokens started empty."""
-    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+    from omni_ros.session.options import SessionOptions
+    from omni_ros.session.session import OmniSession
+    from omni_ros.runtime.torch_compute import TorchCompute
 
     def _make(script, runner_up=None, **opts):
         base = dict(force_listen_count=0, max_unit_chars=0, seed=0)
         base.update(opts)
-        s = OmniDuplexSession(tiny_model, SessionOptions(**base))
-        s.head = ScriptedHead(tiny_model.tokenizer, tiny_model.config.vocab_size, script, runner_up)
+        s = OmniSession(TorchCompute(tiny_model), SessionOptions(**base))
+        s.context.head = ScriptedHead(tiny_model.tokenizer, tiny_model.config.vocab_size, script, runner_up)
         s._prefill()
-        s.trace = []
+        s.context.trace = []
         return s
     return _make
 

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from omni_ros.runtime import graphs as G
-from omni_ros.runtime.compute import StackedKV, TorchCompute
-from omni_ros.runtime.graph_compute import GraphCompute
+from omni_ros.runtime.kv import StackedKV
+from omni_ros.runtime.torch_compute import TorchCompute
+from omni_ros.session.audio_stream import embed_audio
+from omni_ros.runtime.exported_compute import ExportedCompute
 
 pytestmark = pytest.mark.unit
 
@@ -88,11 +90,11 @@ def test_vision_and_audio_graphs_match_the_model_functions(compute, tiny_model):
     assert compute.vision(img).shape == (tiny_model.config.query_num, tiny_model.config.hidden_size)
     _close(compute.vision(img), tiny_model.embed_image(img))
     voice = np.random.default_rng(1).standard_normal(24000).astype(np.float32) * 0.1
-    assert tiny_model.embed_audio(voice).shape == (15, tiny_model.config.hidden_size)
+    assert embed_audio(compute, torch.from_numpy(voice)[None])[0].shape == (15, tiny_model.config.hidden_size)
 
 
-class ModuleGraphs(GraphCompute):
-    """GraphCompute running the graph modules themselves: the host side of the explicit-KV
+class ModuleGraphs(ExportedCompute):
+    """ExportedCompute running the graph modules themselves: the host side of the explicit-KV
     backends (onnxruntime, TensorRT) checked without either runtime."""
 
     def __init__(self, checkpoint, model):
@@ -107,7 +109,8 @@ class ModuleGraphs(GraphCompute):
 
 def test_explicit_kv_session_equals_the_torch_session(tiny_checkpoint, tiny_model):
     from omni_ros.flow.types import UnitInput
-    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+    from omni_ros.session.options import SessionOptions
+    from omni_ros.session.session import OmniSession
 
     rng = np.random.default_rng(5)
     units = [UnitInput(window_index=k, epoch=0, start_ns=0, end_ns=0,
@@ -116,12 +119,12 @@ def test_explicit_kv_session_equals_the_torch_session(tiny_checkpoint, tiny_mode
              for k in range(6)]
     outputs = []
     for compute in (TorchCompute(tiny_model), ModuleGraphs(tiny_checkpoint, tiny_model)):
-        s = OmniDuplexSession(compute, SessionOptions(force_listen_count=0, seed=3, max_context_units=3))
+        s = OmniSession(compute, SessionOptions(force_listen_count=0, seed=3, max_context_units=3))
         run = []
         for k, unit in enumerate(units):
-            s._decision_override = True if k in (2, 3) else None     # two speaking units
+            s.decision_override = True if k in (2, 3) else None     # two speaking units
             run.append(s.run_unit(unit))
-        outputs.append((run, s.cache_length, s.position))
+        outputs.append((run, s.cache_length, s.context.position))
     (a, len_a, pos_a), (b, len_b, pos_b) = outputs
     assert (len_a, pos_a) == (len_b, pos_b) and len_a == pos_a       # context policy ran on both
     assert [o.is_listen for o in a] == [o.is_listen for o in b]
@@ -154,10 +157,10 @@ def test_graph_waveform_reads_the_checkpoint_dimensions(tiny_checkpoint, tiny_mo
 
 @torch.inference_mode()
 def test_graph_waveform_over_the_graph_modules_equals_the_torch_stage(tiny_checkpoint, tiny_model):
-    """The host side of the explicit-graph backends (GraphWaveform: which graph, which inputs,
+    """The host side of the explicit-graph backends (ExportedWaveform: which graph, which inputs,
     where the outputs go) with the graph modules standing in for ONNX/TensorRT."""
     from omni_ros.model.token2wav.model import synthetic_voice
-    from omni_ros.model.token2wav.stream import WaveformStream
+    from omni_ros.session.waveform import WaveformStream
     from omni_ros.model.token2wav.voice import Voice
 
     voice = Voice.from_samples(synthetic_voice(1.5, seed=1), 16000)

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from omni_ros.runtime.compute import StackedKV
+from omni_ros.runtime.kv import StackedKV
 from omni_ros.runtime.graphs import audio_kv_shape
-from omni_ros.model.audio import (LogMel, StreamingAudioEncoder, StreamingMel, embed_audio,
-                                  pooled_length)
+from omni_ros.model.audio import LogMel, pooled_length
 from omni_ros.model.config import OmniConfig
-from omni_ros.model.tts import TTSTurnState, repetition_penalty_
+from omni_ros.runtime.torch_compute import TorchCompute
+from omni_ros.session.audio_stream import StreamingAudioEncoder, StreamingMel, embed_audio
+from omni_ros.session.sampling import Sampler, repetition_penalty
+from omni_ros.session.speech import SpeechTurn, generate_codes
 from omni_ros.model.vision import SiglipEmbeddings, best_resize, sincos_2d
 
 pytestmark = pytest.mark.unit
@@ -96,7 +98,8 @@ def test_pooling_rates():
 
 
 def test_audio_tokens_per_second_streaming_and_offline(tiny_model):
-    enc = StreamingAudioEncoder(tiny_model)
+    compute = TorchCompute(tiny_model)
+    enc = StreamingAudioEncoder(compute)
     rng = np.random.default_rng(2)
     with torch.inference_mode():
         counts = [enc.embed_unit((0.1 * rng.standard_normal(16000)).astype(np.float32)).shape[0]
@@ -108,9 +111,9 @@ def test_audio_tokens_per_second_streaming_and_offline(tiny_model):
         enc.cache = StackedKV(torch.zeros(shape), torch.zeros(shape))
         assert enc.embed_unit(np.zeros(16000, np.float32)).shape[0] == 10
         assert enc.cache_length == 50
-        half = StreamingAudioEncoder(tiny_model, chunk_ms=500)     # 0.5 s units: 5 tokens each
+        half = StreamingAudioEncoder(compute, chunk_ms=500)     # 0.5 s units: 5 tokens each
         assert [half.embed_unit(np.zeros(8000, np.float32)).shape[0] for _ in range(4)] == [5] * 4
-        off = embed_audio(tiny_model, torch.zeros(1, 40000))
+        off = embed_audio(compute, torch.zeros(1, 40000))
     assert off.shape == (1, 25, tiny_model.config.hidden_size)
 
 
@@ -157,24 +160,34 @@ def test_image_size_rule_and_tokens_per_image(tiny_model):
 
 # --- speech -----------------------------------------------------------------------------------
 
-def test_tts_penalty_formula():
+def test_repetition_penalty_rules():
     logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
-    out = repetition_penalty_(logits.clone(), [0, 0, 1, 3], 1.05)
+    # the speech decoder's: the penalty to the power of the count, negative logits multiplied
+    out = repetition_penalty(logits, [0, 0, 1, 3], 1.05, counted=True)
     np.testing.assert_allclose(out.numpy(), [2.0 / 1.05 ** 2, -2.0 * 1.05, 1.0, 0.5 / 1.05], rtol=1e-6)
+    # the turn-based generator's: once per token, negative logits multiplied
+    out = repetition_penalty(logits, [0, 0, 1, 3], 1.05)
+    np.testing.assert_allclose(out.numpy(), [2.0 / 1.05, -2.0 * 1.05, 1.0, 0.5 / 1.05], rtol=1e-6)
+    # the duplex decoder's: once per token, divided whatever the sign
+    out = repetition_penalty(logits, [0, 0, 1, 3, 99], 1.05, sign_aware=False)
+    np.testing.assert_allclose(out.numpy(), [2.0 / 1.05, -2.0 / 1.05, 1.0, 0.5 / 1.05], rtol=1e-6)
+    assert repetition_penalty(logits, [], 1.05) is logits and repetition_penalty(logits, [1], 1.0) is logits
+    np.testing.assert_array_equal(logits.numpy(), [2.0, -2.0, 1.0, 0.5])     # never in place
 
 
 def test_25_codes_and_24000_samples_per_speaking_unit(tiny_model):
     m = tiny_model
-    g = torch.Generator().manual_seed(0)
+    c = TorchCompute(m)
     ids = torch.tensor(m.tokenizer.encode(" hello there", add_special_tokens=False))
     with torch.inference_mode():
         cond = m.tts.condition(ids, torch.randn(len(ids), m.config.hidden_size))
         assert cond.shape == (len(ids) + 1, m.config.tts_config.hidden_size)
-        state = TTSTurnState()
-        codes = m.tts.generate_unit(cond, state, g, max_new_tokens=26, min_new_tokens=26)
+        state = SpeechTurn()
+        codes = generate_codes(c.tts_step, c.tts_code_embed, c.new_tts_cache, cond, state, Sampler(0),
+                               max_new_tokens=26, min_new_tokens=26)
         assert len(codes) == 25 and max(codes) < m.config.tts_config.audio_eos_code
         assert state.position == cond.shape[0] + 25 == state.cache.get_seq_length()
-    from omni_ros.model.token2wav.stream import WaveformStream
+    from omni_ros.session.waveform import WaveformStream
     from omni_ros.model.token2wav.voice import Voice
 
     stream = WaveformStream(m.token2wav, steps=2)

@@ -1,10 +1,14 @@
-"""OmniDuplexSession on the tiny checkpoint: unit protocol, speech lengths, reset, bounded cache."""
+"""OmniSession on the tiny checkpoint: unit protocol, speech lengths, reset, bounded cache."""
 import numpy as np
 import pytest
 import torch
 
 from omni_ros.flow.types import UnitInput, UnitOutput
-from omni_ros.model.session import OmniDuplexSession, SessionOptions
+from omni_ros.session.options import SessionOptions
+from omni_ros.session.session import OmniSession
+from omni_ros.runtime.torch_compute import TorchCompute
+from omni_ros.model.audio import pooled_length
+from omni_ros.session.audio_stream import embed_audio
 
 pytestmark = pytest.mark.unit
 
@@ -19,9 +23,10 @@ def _unit(i, image=True, level=0.05, rng=None):
 
 def test_embedding_shapes(tiny_model):
     cfg = tiny_model.config
+    compute = TorchCompute(tiny_model)
     with torch.inference_mode():
-        a = tiny_model.embed_audio(np.zeros(16000, dtype=np.float32))
-        a2 = tiny_model.embed_audio(np.random.default_rng(0).standard_normal(32000).astype(np.float32))
+        a = embed_audio(compute, torch.zeros(1, 16000))[0]
+        a2 = embed_audio(compute, torch.from_numpy(np.random.default_rng(0).standard_normal((1, 32000)).astype(np.float32)))[0]
         v = tiny_model.embed_image(np.zeros((480, 640, 3), dtype=np.uint8))
     assert a.shape == (10, cfg.hidden_size) and a2.shape == (20, cfg.hidden_size)
     assert v.shape == (cfg.query_num, cfg.hidden_size)
@@ -29,7 +34,7 @@ def test_embedding_shapes(tiny_model):
 
 
 def test_one_unit_with_and_without_image(tiny_model):
-    s = OmniDuplexSession(tiny_model, SessionOptions(force_listen_count=0))
+    s = OmniSession(TorchCompute(tiny_model), SessionOptions(force_listen_count=0))
     assert callable(getattr(s, "run_unit", None)) and callable(getattr(s, "reset", None))
     out = s.run_unit(_unit(1, image=True))
     assert isinstance(out, UnitOutput) and 0.0 <= out.speak_probability <= 1.0
@@ -38,13 +43,13 @@ def test_one_unit_with_and_without_image(tiny_model):
     assert isinstance(out, UnitOutput)
     q = tiny_model.config.query_num
     # the image unit holds <image> + query_num + </image> more positions (listen: +2 tail tokens)
-    assert after_image - s.prefix_len >= 1 + q + 2 + 10 + 2
+    assert after_image - s.context.prefix_len >= 1 + q + 2 + 10 + 2
     assert s.units_done == 2
 
 
 def test_listen_and_speak_over_units(tiny_model):
     opts = SessionOptions(seed=0, force_listen_count=3)
-    s = OmniDuplexSession(tiny_model, opts)
+    s = OmniSession(TorchCompute(tiny_model), opts)
     outs = [s.run_unit(_unit(i, image=(i % 2 == 0))) for i in range(10)]
     assert all(o.is_listen for o in outs[:3])            # force_listen_count
     assert any(not o.is_listen for o in outs)
@@ -57,7 +62,7 @@ def test_listen_and_speak_over_units(tiny_model):
             assert np.isfinite(o.speech).all() and np.abs(o.speech).max() <= 1.0
             assert np.abs(o.speech).max() > 0.01
     # reproducible for a seed
-    s2 = OmniDuplexSession(tiny_model, opts)
+    s2 = OmniSession(TorchCompute(tiny_model), opts)
     outs2 = [s2.run_unit(_unit(i, image=(i % 2 == 0))) for i in range(6)]
     assert [(o.is_listen, o.text) for o in outs2] == [(o.is_listen, o.text) for o in outs[:6]]
     for a, b in zip(outs2, outs[:6]):
@@ -65,27 +70,27 @@ def test_listen_and_speak_over_units(tiny_model):
 
 
 def test_reset_clears_state(tiny_model):
-    s = OmniDuplexSession(tiny_model, SessionOptions(force_listen_count=0))
+    s = OmniSession(TorchCompute(tiny_model), SessionOptions(force_listen_count=0))
     first = [s.run_unit(_unit(i)) for i in range(3)]
     assert s.units_done == 3 and s.cache_length > 0
     s.reset()
-    assert s.units_done == 0 and s.cache_length == 0 and s.context_units == 0 and not s.in_turn
+    assert s.units_done == 0 and s.cache_length == 0 and s.context_units == 0 and not s.speech.in_turn
     again = [s.run_unit(_unit(i)) for i in range(3)]
     assert [(o.is_listen, o.text) for o in again] == [(o.is_listen, o.text) for o in first]
 
 
 def test_cache_bounded(tiny_model):
-    s = OmniDuplexSession(tiny_model, SessionOptions(max_context_units=3, force_listen_count=0,
+    s = OmniSession(TorchCompute(tiny_model), SessionOptions(max_context_units=3, force_listen_count=0,
                                                      max_text_tokens_per_unit=6))
     lengths = []
     for i in range(7):
         s.run_unit(_unit(i, image=(i % 3 == 0)))
         lengths.append(s.cache_length)
         assert s.context_units <= 3
-        assert s.cache_length == s.position
+        assert s.cache_length == s.context.position
     per_unit_max = 1 + (2 + tiny_model.config.query_num) + 10 + 1 + 6 + 3
-    assert max(lengths) <= s.prefix_len + 3 * per_unit_max
-    assert s.unit_spans[0][0] == s.prefix_len
+    assert max(lengths) <= s.context.prefix_len + 3 * per_unit_max
+    assert s.context.unit_spans[0][0] == s.context.prefix_len
 
 
 def test_dropped_span_rerotates_keys(tiny_model):
@@ -94,27 +99,29 @@ def test_dropped_span_rerotates_keys(tiny_model):
     d = tiny_model.config.hidden_size
     a, b = (torch.randn(n, d, generator=g) for n in (7, 5))
     with torch.inference_mode():
-        s = OmniDuplexSession(tiny_model, SessionOptions())
+        s = OmniSession(TorchCompute(tiny_model), SessionOptions())
         s._prefill()
         for span in (a, b):
-            start = s.position
-            s._feed(span, need_logits=False)
-            s.unit_spans.append((start, s.position))
-        s._drop_oldest_unit()
-        ref = OmniDuplexSession(tiny_model, SessionOptions())
+            start = s.context.position
+            s.context.feed(span, need_logits=False)
+            s.context.unit_spans.append((start, s.context.position))
+        s.context.drop_oldest_unit()
+        ref = OmniSession(TorchCompute(tiny_model), SessionOptions())
         ref._prefill()
-        ref._feed(b, need_logits=False)
-    assert s.position == ref.position == s.cache_length
-    assert s.unit_spans[0] == (ref.prefix_len, ref.position)
+        ref.context.feed(b, need_logits=False)
+    assert s.context.position == ref.context.position == s.cache_length
+    assert s.context.unit_spans[0] == (ref.context.prefix_len, ref.context.position)
     # layer 0 sees only the embeddings, so its keys/values must match exactly up to rounding
-    torch.testing.assert_close(s.cache.layers[0].keys, ref.cache.layers[0].keys, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(s.cache.layers[0].values, ref.cache.layers[0].values)
+    torch.testing.assert_close(s.context.cache.layers[0].keys, ref.context.cache.layers[0].keys, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s.context.cache.layers[0].values, ref.context.cache.layers[0].values)
 
 
 def test_warmup_runs_both_paths_then_leaves_a_fresh_session(tiny_model):
-    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+    from omni_ros.session.options import SessionOptions
+    from omni_ros.session.session import OmniSession
+    from omni_ros.runtime.torch_compute import TorchCompute
 
-    session = OmniDuplexSession(tiny_model, SessionOptions(force_listen_count=0))
+    session = OmniSession(TorchCompute(tiny_model), SessionOptions(force_listen_count=0))
     session.warmup()
     assert session.units_done == 0 and session.cache_length == 0
 
@@ -123,14 +130,16 @@ def test_standing_instruction_is_part_of_the_prefilled_system_prompt(tiny_model)
     import numpy as np
 
     from omni_ros.flow.types import UnitInput
-    from omni_ros.model.session import OmniDuplexSession, SessionOptions
+    from omni_ros.session.options import SessionOptions
+    from omni_ros.session.session import OmniSession
+    from omni_ros.runtime.torch_compute import TorchCompute
 
-    plain = OmniDuplexSession(tiny_model, SessionOptions())
-    instructed = OmniDuplexSession(tiny_model, SessionOptions(
+    plain = OmniSession(TorchCompute(tiny_model), SessionOptions())
+    instructed = OmniSession(TorchCompute(tiny_model), SessionOptions(
         standing_instruction="Warn people about the wet floor."))
     assert instructed.system_text().endswith("Warn people about the wet floor.")
     unit = UnitInput(window_index=0, epoch=0, start_ns=0, end_ns=0, image=None,
                      image_stamp_ns=None, audio=np.zeros(16000, np.float32))
     plain.run_unit(unit)
     instructed.run_unit(unit)
-    assert instructed.prefix_len > plain.prefix_len
+    assert instructed.context.prefix_len > plain.context.prefix_len

@@ -6,13 +6,17 @@ import json
 import os
 import stat
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from omni_ros.flow.types import UnitInput
-from omni_ros.model.session import OmniDuplexSession, SessionOptions
+from omni_ros.session.options import SessionOptions
+from omni_ros.session.session import OmniSession
+from omni_ros.runtime.torch_compute import TorchCompute
 from omni_ros.model.tokenizer import (NUM_REGULAR_IDS, _bytes_of_symbol, banned_token_ids,
                                       decoding_masks, load_tokenizer)
 from omni_ros.model.vision import best_resize, preprocess_image
@@ -68,9 +72,9 @@ def test_tiny_checkpoint_writes_bad_token_ids(tiny_checkpoint, tiny_model):
 
 
 def test_every_backend_gets_bad_token_ids(tiny_checkpoint, tiny_model):
-    from omni_ros.runtime.graph_compute import GraphCompute
+    from omni_ros.runtime.exported_compute import ExportedCompute
 
-    class NoGraphs(GraphCompute):
+    class NoGraphs(ExportedCompute):
         def run(self, name, inputs):
             raise NotImplementedError(name)
 
@@ -115,8 +119,8 @@ def test_duplex_never_draws_a_banned_id(make, tiny_model, which):
     a = _word(tok)
     s = make(["<|speak|>", banned, "<|chunk_eos|>"], runner_up={banned: a})
     s.run_unit(_unit())
-    assert banned not in s.trace
-    assert s.trace == [_id(tok, "<unit>"), ("embeds", 10)] + [
+    assert banned not in s.context.trace
+    assert s.context.trace == [_id(tok, "<unit>"), ("embeds", 10)] + [
         _id(tok, "<|speak|>"), a, _id(tok, "<|chunk_eos|>"), _id(tok, "</unit>")]
 
 
@@ -129,11 +133,11 @@ def test_duplex_all_mass_on_banned_ids(make, tiny_model):
         s = make(["<|speak|>"] + [bad[k % len(bad)] for k in range(0, 400, 7)], decode_mode=mode)
         for i in range(2):
             s.run_unit(_unit(i))
-        fed = [t for t in s.trace if isinstance(t, int)]
+        fed = [t for t in s.context.trace if isinstance(t, int)]
         assert not set(fed) & set(bad), mode
         logits = torch.zeros(tiny_model.config.vocab_size)
         logits[bad[3]] = 50.0
-        assert s.decode(logits) not in bad
+        assert s.protocols["duplex"].decode(logits) not in bad
 
 
 def test_turn_based_never_draws_a_banned_id(make, tiny_model):
@@ -143,20 +147,20 @@ def test_turn_based_never_draws_a_banned_id(make, tiny_model):
     colon = _id(tok, ":")
     s = make([], mode="turn_based")
     s.run_unit(_unit(1, level=0.2))                      # the user speaks
-    s.head.script = [bad[0], colon, bad[-1], "<|tts_eos|>"]
-    s.head.runner_up = {bad[0]: a, colon: a, bad[-1]: a}
+    s.context.head.script = [bad[0], colon, bad[-1], "<|tts_eos|>"]
+    s.context.head.runner_up = {bad[0]: a, colon: a, bad[-1]: a}
     s.run_unit(_unit(2))                                 # silence: the answer prompt is fed
-    s.trace.clear()
+    s.context.trace.clear()
     out = s.run_unit(_unit(3))                           # one answer unit
-    assert s.trace == [a, a, a] and out.end_of_turn
+    assert s.context.trace == [a, a, a] and out.end_of_turn
     # with all the mass on banned ids some other token is drawn
     s.run_unit(_unit(4, level=0.2))
-    s.head.script, s.head.runner_up = [bad[k] for k in range(0, 120, 6)] + ["<|tts_eos|>"], {}
+    s.context.head.script, s.context.head.runner_up = [bad[k] for k in range(0, 120, 6)] + ["<|tts_eos|>"], {}
     s.run_unit(_unit(5))
-    s.trace.clear()
+    s.context.trace.clear()
     s.run_unit(_unit(6))
     s.run_unit(_unit(7))
-    assert not {t for t in s.trace if isinstance(t, int)} & set(bad)
+    assert not {t for t in s.context.trace if isinstance(t, int)} & set(bad)
 
 
 # --- 2. image resize ------------------------------------------------------------------------
@@ -198,9 +202,10 @@ def test_vision_inputs_use_the_released_resize(tiny_model):
 # --- 3. system prefix -----------------------------------------------------------------------
 
 def _prefill_trace(tiny_model, monkeypatch, mode, voice=None, prompt="Streaming Omni Conversation."):
-    s = OmniDuplexSession(tiny_model, SessionOptions(mode=mode, system_prompt=prompt))
-    monkeypatch.setattr(s, "_reference_voice", lambda: voice)
-    s.trace = []
+    s = OmniSession(TorchCompute(tiny_model), SessionOptions(mode=mode, system_prompt=prompt))
+    # the LLM's voice slot only (the waveform stage keeps the voice it was built with)
+    monkeypatch.setattr(s, "voice", None if voice is None else SimpleNamespace(audio_16k=torch.from_numpy(voice)))
+    s.context.trace = []
     s._prefill()
     return s
 
@@ -211,21 +216,21 @@ def test_duplex_prefix_without_voice_is_the_released_one(tiny_model, monkeypatch
     prefix = "<|im_start|>system\nStreaming Omni Conversation.\n<|audio_start|>"
     suffix = "<|audio_end|><|im_end|>"
     expected = tok.encode(prefix, add_special_tokens=False) + tok.encode(suffix, add_special_tokens=False)
-    assert s.trace == expected == tok.encode(prefix + suffix, add_special_tokens=False)
-    assert s.prefix_len == len(expected)
+    assert s.context.trace == expected == tok.encode(prefix + suffix, add_special_tokens=False)
+    assert s.context.prefix_len == len(expected)
 
 
 def test_turn_based_prefix_is_the_released_chat_template(tiny_model, monkeypatch):
     tok = tiny_model.tokenizer
     s = _prefill_trace(tiny_model, monkeypatch, "turn_based")
-    assert s.trace == tok.encode("<|im_start|>system\nStreaming Omni Conversation.<|im_end|>\n",
+    assert s.context.trace == tok.encode("<|im_start|>system\nStreaming Omni Conversation.<|im_end|>\n",
                                  add_special_tokens=False)
     # with a 1.5 s voice: one audio span per started second (10 + 5 embeddings)
     s = _prefill_trace(tiny_model, monkeypatch, "turn_based", voice=np.zeros(24000, np.float32))
     a0, a1 = _id(tok, "<|audio_start|>"), _id(tok, "<|audio_end|>")
     head = tok.encode("<|im_start|>system\nStreaming Omni Conversation.", add_special_tokens=False)
     tail = tok.encode("<|im_end|>\n", add_special_tokens=False)
-    assert s.trace == head + [a0, ("embeds", 10), a1, a0, ("embeds", 5), a1] + tail
+    assert s.context.trace == head + [a0, ("embeds", 10), a1, a0, ("embeds", 5), a1] + tail
 
 
 # --- 4. interchangeable checkpoints ---------------------------------------------------------

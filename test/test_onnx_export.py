@@ -12,9 +12,11 @@ import torch
 
 from omni_ros.flow.types import UnitInput
 from omni_ros.model.checkpoint import write_checkpoint
-from omni_ros.model.session import OmniDuplexSession, SessionOptions
+from omni_ros.session.options import SessionOptions
+from omni_ros.session.session import OmniSession
+from omni_ros.runtime.torch_compute import TorchCompute
 from omni_ros.model.token2wav.model import synthetic_voice
-from omni_ros.model.token2wav.stream import WaveformStream
+from omni_ros.session.waveform import WaveformStream
 from omni_ros.model.token2wav.voice import Voice
 from omni_ros.runtime import graphs as G
 from omni_ros.runtime.engine_files import (MANIFEST_NAME, EngineMismatch, checkpoint_fingerprint,
@@ -270,16 +272,16 @@ def units(count: int, seed: int = 3):
 def test_session_over_onnxruntime_equals_torch(exported, tiny_checkpoint, tiny_model):
     out, _ = exported
     options = dict(decode_mode="greedy", force_listen_count=0, seed=0, max_context_units=3)
-    torch_session = OmniDuplexSession(tiny_model, SessionOptions(**options))
+    torch_session = OmniSession(TorchCompute(tiny_model), SessionOptions(**options))
     ort_session = OrtBackend(BackendSettings(model_path=str(tiny_checkpoint), engine_dir=str(out),
                                              session_options=options)).create_session()
     assert isinstance(ort_session.compute, OrtCompute)
     spoke = 0
     for i, unit in units(7):
         if i in (2, 3, 5):                  # drive speaking units whatever the random model decides
-            torch_session._decision_override = ort_session._decision_override = True
+            torch_session.decision_override = ort_session.decision_override = True
         a, b = torch_session.run_unit(unit), ort_session.run_unit(unit)
-        torch_session._decision_override = ort_session._decision_override = None
+        torch_session.decision_override = ort_session.decision_override = None
         assert (a.is_listen, a.text, a.end_of_turn) == (b.is_listen, b.text, b.end_of_turn), i
         assert a.speech.shape == b.speech.shape
         assert np.allclose(a.speech, b.speech, atol=1e-3), (i, np.abs(a.speech - b.speech).max())
@@ -289,6 +291,6 @@ def test_session_over_onnxruntime_equals_torch(exported, tiny_checkpoint, tiny_m
             assert a.speech.shape == (24000,) or a.end_of_turn, (i, a.speech.shape)
             assert float(np.abs(a.speech).max()) > 0.0
         assert torch_session.cache_length == ort_session.cache_length
-        assert torch_session.position == ort_session.position
+        assert torch_session.context.position == ort_session.context.position
     assert spoke >= 3
     assert torch_session.context_units == ort_session.context_units == 3   # spans were dropped

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from omni_ros.flow.types import UnitInput
-from omni_ros.model.session import OmniDuplexSession, SessionOptions
+from omni_ros.session.options import SessionOptions
+from omni_ros.session.session import OmniSession
 from omni_ros.runtime import graphs as G
 from omni_ros.runtime.engine_files import (EngineMismatch, Manifest, check_manifest,
                                            checkpoint_fingerprint, entry_for_file, write_manifest)
@@ -48,10 +49,10 @@ def test_profiles_cover_every_shape_a_session_produces(tiny_checkpoint, tiny_mod
     at work: every input shape of every graph call lies inside its profile."""
     recorder = ShapeRecorder(tiny_checkpoint, tiny_model)
     voice = (0.1 * np.random.default_rng(1).standard_normal(16000 * 3)).astype(np.float32)
-    s = OmniDuplexSession(recorder, SessionOptions(force_listen_count=0, max_context_units=4,
+    s = OmniSession(recorder, SessionOptions(force_listen_count=0, max_context_units=4,
                                                    reference_voice_samples=voice))
     for k, unit in enumerate(_units(8)):
-        s._decision_override = True if k in (3, 4, 5) else None
+        s.decision_override = True if k in (3, 4, 5) else None
         s.run_unit(unit)
     # the random model need not end a turn: end one as the session does (the last chunk's graph)
     s.waveform.push([1, 2, 3, 4, 5], turn_start=False, end_of_turn=True)
@@ -178,7 +179,7 @@ def test_tensorrt_session_runs_units(engines, tiny_checkpoint):
     s = backend.create_session()
     outs = []
     for k, unit in enumerate(_units(4)):
-        s._decision_override = True if k == 2 else None
+        s.decision_override = True if k == 2 else None
         outs.append(s.run_unit(unit))
     assert not outs[2].is_listen and outs[2].speech.shape == (24000,)
 

@@ -1,12 +1,13 @@
 """Plain data passed between the Omni-Flow loop and a duplex model session.
 
-No ROS and no torch here: the flow side hands a `UnitInput` to any object that satisfies
-`DuplexSession` and gets a `UnitOutput` back.
+No ROS and no torch here: the flow side hands a `UnitInput` to a `DuplexSession` and gets a
+`UnitOutput` back.
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Any, FrozenSet, Mapping, Optional
 
 import numpy as np
 
@@ -46,11 +47,51 @@ class UnitOutput:
     speak_probability: float = 0.0
 
 
-class DuplexSession(Protocol):
-    """A stateful model session run one window (unit) at a time."""
+@dataclass(frozen=True)
+class SessionCapabilities:
+    """What a session takes, declared once at construction."""
 
+    # INPUT_SAMPLE_RATE samples per unit: one window (the loop checks it against its buffer)
+    window_samples: int
+    # True: a unit may carry several windows' audio back to back (the overload policy "merge");
+    # False: the loop folds them into one window's length first.
+    accepts_merged_audio: bool = False
+
+
+class DuplexSession(abc.ABC):
+    """A stateful model session run one window (unit) at a time: the contract between the
+    Omni-Flow side (omni_ros.flow.duplex, the node) and a model (omni_ros.session). The turn
+    inside the model (what the model has said, whether its turn is open) is the session's; the
+    flow side sees it only through each UnitOutput."""
+
+    capabilities: SessionCapabilities
+    # The option names `apply_options` takes (the node's run-time parameters of the same names).
+    option_names: FrozenSet[str] = frozenset()
+
+    @abc.abstractmethod
     def reset(self) -> None:
         """Forget the conversation: caches, turn state and unit count."""
 
+    @abc.abstractmethod
     def run_unit(self, unit: UnitInput) -> UnitOutput:
         """Take in one window and decide listen or speak."""
+
+    def interrupt(self) -> bool:
+        """The person spoke over the robot (barge-in): close the model's turn now, keeping the
+        context. Whether a turn was open. A session without a turn of its own has nothing to close."""
+        return False
+
+    def warmup(self) -> None:
+        """Pay lazy initialisation before the first real window: one silent unit, then a reset.
+        Sessions with more paths (speaking) cover them too."""
+        self.run_unit(UnitInput(window_index=0, epoch=0, start_ns=0, end_ns=0,
+                                image=np.zeros((64, 64, 3), dtype=np.uint8), image_stamp_ns=0,
+                                audio=np.zeros(self.capabilities.window_samples, dtype=np.float32)))
+        self.reset()
+
+    def apply_options(self, changes: Mapping[str, Any]) -> None:
+        """Change options while running: all of `changes` or none (ValueError with the reason).
+        Not called while a unit runs."""
+        unknown = sorted(set(changes) - set(self.option_names))
+        if unknown:
+            raise ValueError(f"not options of this session: {', '.join(unknown)}")

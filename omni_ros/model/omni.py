@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import Qwen3ForCausalLM
 
-from .audio import MultiModalProjector, WhisperAudioEncoder, embed_audio
+from .audio import MultiModalProjector, WhisperAudioEncoder
 from .config import OmniConfig
 from .tts import MiniCPMTTS
 from .vision import Resampler, SiglipVision, preprocess_image
@@ -54,11 +54,6 @@ class OmniModel(nn.Module):
         pixels = preprocess_image(image, scale, self.config.vision_config.patch_size).to(self.device, self.dtype)
         feats, grid = self.vpm(pixels)                     # [1, N, Cv]
         return self.resampler(feats, grid)[0]              # [Q, D]
-
-    def embed_audio(self, audio: np.ndarray) -> torch.Tensor:
-        """Offline (reference voice): float32 16 kHz mono -> [n_seconds * 10, hidden]."""
-        wav = torch.as_tensor(np.asarray(audio, dtype=np.float32), device=self.device)[None]
-        return embed_audio(self, wav)[0].to(self.dtype)
 
     def llm_step(self, embeds: torch.Tensor, position: int, cache, need_logits: bool = True):
         """Append embeds [n, D] at positions position.. to `cache`.

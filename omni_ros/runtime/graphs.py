@@ -28,7 +28,7 @@ the loaded model's `token2wav` (a Token2WavModel): the flow encoder turns 25 Hz 
 the 50 Hz condition `mu` (s = up_stride = 2; unless `_last`, the last 3 codes are lookahead), each
 of the `token2wav_steps` Euler steps of the flow-matching decoder is one `t2w_estimator_step` call
 with its own caches (batch 2: the guided and unguided halves), and HiFT turns the mel into 24 kHz
-speech. The host side (omni_ros.model.token2wav.stream.WaveformStream) keeps the caches, the noise,
+speech. The host side (omni_ros.session.waveform.WaveformStream) keeps the caches, the noise,
 the time grid and the cross-fades; a cache of length 0 is a first chunk. The prompt front end
 (speech tokenizer, CAM++, 24 kHz mel) runs once per voice on the host for every backend.
 
@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
+from omni_ros.model.audio import chunked_bias
 from omni_ros.model.vision import preprocess_image, sincos_2d
 
 NEG_INF = float("-inf")
@@ -81,17 +82,6 @@ def causal_bias(new: int, past: int, dtype=torch.float32) -> torch.Tensor:
     cols = torch.arange(past + new)
     rows = torch.arange(new)[:, None] + past
     return torch.zeros(new, past + new, dtype=dtype).masked_fill(cols[None, :] > rows, NEG_INF)
-
-
-def chunked_bias(new: int, past: int, chunk_frames: int, dtype=torch.float32) -> torch.Tensor:
-    """[new, past+new]: every past frame visible; a new frame sees new frames up to the end of its
-    own `chunk_frames` chunk (the released offline audio mask); chunk_frames <= 0: all visible."""
-    bias = torch.zeros(new, past + new, dtype=dtype)
-    if chunk_frames > 0 and new > chunk_frames:
-        idx = torch.arange(new)
-        hidden = idx[None, :] >= ((idx[:, None] // chunk_frames) + 1) * chunk_frames
-        bias[:, past:] = bias[:, past:].masked_fill(hidden, NEG_INF)
-    return bias
 
 
 def rope_rotation(head_dim: int, theta: float, delta: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from omni_ros.runtime.engine_files import check_manifest
-from omni_ros.runtime.graph_compute import GraphCompute
-from omni_ros.runtime.registry import BackendError, BackendSettings
+from omni_ros.runtime.exported_compute import ExportedCompute
+from omni_ros.runtime.registry import BackendError, BackendSettings, omni_session
 
 THREADS_ENV = "OMNI_ROS_ORT_THREADS"
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16,
@@ -87,8 +87,8 @@ class _Graph:
         return [torch.from_numpy(a) for a in self.session.run(self.outputs, feed)]
 
 
-class OrtCompute(GraphCompute):
-    """The Compute protocol (omni_ros.runtime.compute) over exported ONNX graphs."""
+class OrtCompute(ExportedCompute):
+    """The Compute protocol (omni_ros.session.compute) over exported ONNX graphs."""
 
     name = "onnxruntime"
 
@@ -111,16 +111,16 @@ class OrtCompute(GraphCompute):
 def waveform_compute(asset_dir, onnx_dir, device: str = "cpu", threads: int = None):
     """The waveform stage alone over the t2w_* ONNX files in `onnx_dir` (as written by
     onnx_export.export_waveform or export_all) for the `assets/token2wav/` folder `asset_dir`: a
-    WaveformCompute for omni_ros.model.token2wav.stream.WaveformStream (benchmarks, tools)."""
+    WaveformCompute for omni_ros.session.waveform.WaveformStream (benchmarks, tools)."""
     from omni_ros.model.token2wav import assets as A
     from omni_ros.runtime import graphs as G
-    from omni_ros.runtime.graph_compute import GraphWaveform
+    from omni_ros.runtime.exported_compute import ExportedWaveform
 
     A.check_layout(Path(asset_dir))
     providers = providers_for(device)
     count = _threads() if threads is None else threads
     graphs = {n: _Graph(Path(onnx_dir) / f"{n}.onnx", providers, count) for n in G.WAVEFORM_GRAPHS}
-    return GraphWaveform(lambda name, inputs: graphs[name](inputs), asset_dir, torch.device("cpu"))
+    return ExportedWaveform(lambda name, inputs: graphs[name](inputs), asset_dir, torch.device("cpu"))
 
 
 class OrtBackend:
@@ -144,6 +144,4 @@ class OrtBackend:
             raise BackendError(f"the onnxruntime backend needs the onnxruntime package: {error}") from error
 
     def create_session(self):
-        from omni_ros.model.session import OmniDuplexSession, SessionOptions
-
-        return OmniDuplexSession(self.compute(), SessionOptions.from_mapping(self.settings.session_options))
+        return omni_session(self.compute(), self.settings)

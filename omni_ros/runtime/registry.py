@@ -32,7 +32,7 @@ class BackendSettings:
     dtype: str = "float32"
     # Exported graphs / engines (onnxruntime, tensorrt); "" = the backend's default folder.
     engine_dir: str = ""
-    # Session options by name (see omni_ros.model.session.SessionOptions).
+    # Session options by name (see omni_ros.session.options.SessionOptions).
     session_options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,3 +63,12 @@ def load_backend(name: str) -> Callable:
 def create_session(name: str, settings: BackendSettings):
     """Build a DuplexSession with the named backend."""
     return load_backend(name)(settings).create_session()
+
+
+def omni_session(compute, settings: BackendSettings):
+    """The MiniCPM-o session (omni_ros.session) over a backend's Compute, with the settings'
+    session options: what the built-in backends' `create_session` returns."""
+    from omni_ros.session.options import SessionOptions
+    from omni_ros.session.session import OmniSession
+
+    return OmniSession(compute, SessionOptions.from_mapping(settings.session_options))

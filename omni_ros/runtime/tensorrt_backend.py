@@ -14,8 +14,8 @@ from typing import Dict, List
 import torch
 
 from .engine_files import check_manifest
-from .graph_compute import GraphCompute
-from .registry import BackendError, BackendSettings
+from .exported_compute import ExportedCompute
+from .registry import BackendError, BackendSettings, omni_session
 from .tensorrt_build import TensorRTUnavailable, current_gpu, import_tensorrt
 
 
@@ -43,7 +43,7 @@ class _Engine:
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
 
 
-class TrtCompute(GraphCompute):
+class TrtCompute(ExportedCompute):
     name = "tensorrt"
 
     def __init__(self, model_path, engine_dir, device: str = "cuda"):
@@ -91,11 +91,9 @@ class TrtBackend:
         return Path(self.settings.engine_dir or Path(self.settings.model_path) / "engines" / "tensorrt")
 
     def create_session(self):
-        from omni_ros.model.session import OmniDuplexSession, SessionOptions
-
         device = self.settings.device if self.settings.device.startswith("cuda") else "cuda"
         try:
             compute = TrtCompute(self.settings.model_path, self.engine_dir(), device=device)
         except TensorRTUnavailable as error:
             raise BackendError(f"backend tensorrt: {error}") from error
-        return OmniDuplexSession(compute, SessionOptions.from_mapping(self.settings.session_options))
+        return omni_session(compute, self.settings)

@@ -78,7 +78,7 @@ def waveform_profiles(flow, hift=None, limits: ShapeLimits = ShapeLimits()) -> D
     HiFTConfig (default: the released dimensions, which the vocoder's inputs do not depend on
     otherwise).
 
-    Calls a session makes (omni_ros.model.token2wav.stream; s = up_stride, L = lookahead):
+    Calls a session makes (omni_ros.session.waveform; s = up_stride, L = lookahead):
     - once per voice: the encoder over the prompt codes + 3 silence codes with empty caches, then
       every Euler step over its s*N frames with empty caches (N <= max_prompt_codes);
     - per decode call: the encoder over C + L codes (C = t2w_chunk_codes, 25 for 1 s windows;
@@ -88,7 +88,7 @@ def waveform_profiles(flow, hift=None, limits: ShapeLimits = ShapeLimits()) -> D
       call + the chunk's (<= s*(C + L)) with the 3840 source samples kept (none at a turn's first
       call)."""
     from omni_ros.model.token2wav.hift import HiFTConfig
-    from omni_ros.model.token2wav.stream import (CACHE_TAIL_FRAMES, MEL_CACHE_FRAMES, OVERLAP_SAMPLES,
+    from omni_ros.session.waveform import (CACHE_TAIL_FRAMES, MEL_CACHE_FRAMES, OVERLAP_SAMPLES,
                                                  START_SILENCE_CODES)
 
     from .graphs import t2w_encoder_cache_shapes, t2w_estimator_cache_shapes
@@ -243,7 +243,7 @@ def build_engines(model_path, onnx_dir, out_dir, precision: str = "fp16",
     check_manifest(onnx_dir, model_path, "onnx", list(exported.components))
     from omni_ros.model.token2wav import assets as A
 
-    from .graph_compute import read_hift_config
+    from .exported_compute import read_hift_config
 
     t2w_dir = Path(model_path) / A.ASSET_DIR
     profiles = shape_profiles(read_config(model_path), limits, flow=A.read_flow_yaml(t2w_dir),

@@ -1,7 +1,7 @@
 """The portable PyTorch backend: eager execution on CPU or CUDA of the model in omni_ros.model."""
 from __future__ import annotations
 
-from omni_ros.runtime.registry import BackendError, BackendSettings
+from omni_ros.runtime.registry import BackendError, BackendSettings, omni_session
 
 
 class TorchBackend:
@@ -12,11 +12,11 @@ class TorchBackend:
 
     def create_session(self):
         from omni_ros.model.loader import CheckpointError, load_model
-        from omni_ros.model.session import OmniDuplexSession, SessionOptions
+        from omni_ros.runtime.torch_compute import TorchCompute
 
         try:
             model = load_model(self.settings.model_path, device=self.settings.device,
                                dtype=self.settings.dtype)
         except CheckpointError as error:
             raise BackendError(str(error)) from error
-        return OmniDuplexSession(model, SessionOptions.from_mapping(self.settings.session_options))
+        return omni_session(TorchCompute(model), self.settings)

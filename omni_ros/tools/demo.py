@@ -36,7 +36,7 @@ def ensure_onnx_files(model_path: Path) -> Path:
     there already matches it."""
     from omni_ros.runtime.engine_files import EngineMismatch, check_manifest
     from omni_ros.runtime.onnx_export import export_all
-    from omni_ros.runtime.graph_compute import required_components
+    from omni_ros.runtime.exported_compute import required_components
 
     engine_dir = model_path / "engines" / "onnxruntime"
     try:

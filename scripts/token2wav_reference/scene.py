@@ -13,7 +13,7 @@ import numpy as np
 import soundfile
 
 from omni_ros.model.token2wav.model import Token2WavModel, synthetic_voice, write_random_assets
-from omni_ros.model.token2wav.stream import WaveformStream
+from omni_ros.session.waveform import WaveformStream
 from omni_ros.model.token2wav.voice import Voice
 
 NOISE_SEED = 0

@@ -1,5 +1,5 @@
 """The speech omni_node publishes, checked against the official waveform stage: a checkpoint whose
-`assets/token2wav/` is random at `--size` runs OmniDuplexSession (the object omni_node drives) for
+`assets/token2wav/` is random at `--size` runs OmniSession (the object omni_node drives) for
 `--units` windows; the speech codes and turn boundaries each speaking unit handed to the waveform
 stage are replayed through the official implementation (minicpmo-utils 1.0.6) with the checkpoint's
 default voice and the same seeds, and every unit's speech is compared. Run by `run --session`.
@@ -18,7 +18,9 @@ import numpy as np
 from omni_ros.flow.types import UnitInput
 from omni_ros.model.checkpoint import write_checkpoint
 from omni_ros.model.loader import load_model
-from omni_ros.model.session import OmniDuplexSession, SessionOptions
+from omni_ros.session.options import SessionOptions
+from omni_ros.session.session import OmniSession
+from omni_ros.runtime.torch_compute import TorchCompute
 from omni_ros.model.token2wav.assets import ASSET_DIR
 from omni_ros.model.token2wav.model import write_random_assets
 
@@ -48,18 +50,18 @@ def main() -> int:
     shutil.rmtree(ckpt / ASSET_DIR)
     write_random_assets(ckpt / ASSET_DIR, size=a.size, seed=0)
     model = load_model(ckpt)
-    session = OmniDuplexSession(model, SessionOptions(force_listen_count=0, listen_prob_scale=0.02, seed=a.seed,
+    session = OmniSession(TorchCompute(model), SessionOptions(force_listen_count=0, listen_prob_scale=0.02, seed=a.seed,
                                                       token2wav_steps=a.steps))
     # a random model seldom ends a turn: every `--turn-every` units its <|turn_eos|> logit is raised
     # so that turn ends (and the waveform stage's final flush) are part of the check
-    turn_eos = session.sp.turn_eos
+    turn_eos = session.special.turn_eos
 
     def head(hidden):
         logits = model.llm.lm_head(hidden).float()
         if a.turn_every and session.units_done % a.turn_every == a.turn_every - 1:
             logits[turn_eos] = logits.max() + 20.0
         return logits
-    session.head = head
+    session.context.head = head
     pushes = []
     push = session.waveform.push
 

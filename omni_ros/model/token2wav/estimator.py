@@ -24,7 +24,7 @@ Differences from the release that do not change results: the release writes the 
 fixed buffers (16 steps x 16 blocks x 1000 frames) and returns views of them, so a cache it returned
 is overwritten by its next call (its callers clone the prompt cache); here every call returns fresh
 tensors, one set per Euler step actually taken (the chunked solver is
-omni_ros.model.token2wav.stream.WaveformStream._solve), with no 1000-frame limit. The noise is an input (the release
+omni_ros.session.waveform.WaveformStream._solve), with no 1000-frame limit. The noise is an input (the release
 slices a fixed `randn(1, 80, 30000)` buffer at the cached length; `draw_noise` draws that buffer).
 """
 from __future__ import annotations

@@ -9,19 +9,21 @@ end the rest is decoded as the last chunk. Every decode call:
   flow encoder (codes -> mu) -> `steps` Euler steps of the DiT estimator with classifier-free guidance
   -> mel chunk -> HiFT vocoder over the 8 mel frames kept from the previous call + the chunk -> the
   first 160 ms cross-faded with the previous call's tail, the last 160 ms held back for the next call.
-A non-final 28-code call gives exactly 24000 samples. The graphs run through a backend (`compute`);
-this class holds only tensors and the schedule.
+A non-final 28-code call gives exactly 24000 samples. The graphs run through a backend
+(`omni_ros.session.compute.WaveformCompute`); this class holds only tensors and the schedule.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .estimator import CausalConditionalCFM, cosine_time_grid, draw_noise
-from .flow import FlowCaches
+from omni_ros.model.token2wav.estimator import CausalConditionalCFM, cosine_time_grid, draw_noise
+from omni_ros.model.token2wav.flow import FlowCaches
+
+from .compute import WaveformCompute
 
 SILENCE_CODE = 4218          # the released stage's silence code
 START_SILENCE_CODES = 3      # a turn's code buffer starts with three of them
@@ -32,22 +34,6 @@ SAMPLES_PER_FRAME = 480      # 24 kHz / 50 mel frames per second
 OVERLAP_SAMPLES = MEL_CACHE_FRAMES * SAMPLES_PER_FRAME
 CACHE_TAIL_FRAMES = 100      # the flow's attention caches keep the prompt + this many frames
 WINDOW_SAMPLES = 24000       # one 1 s window at 24 kHz
-
-
-class WaveformCompute(Protocol):
-    """What the stream needs from a backend (see omni_ros.runtime.graphs for the shapes)."""
-
-    t2w_lookahead: int        # lookahead codes the flow encoder reads past a chunk (3 as released)
-
-    def t2w_prompt(self, voice) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-    def t2w_speaker(self, embedding: torch.Tensor) -> torch.Tensor: ...
-    def t2w_empty_flow_caches(self, steps: int) -> FlowCaches: ...
-    def t2w_encoder(self, codes: torch.Tensor, last_chunk: bool, cnn_cache: torch.Tensor,
-                    att_cache: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-    def t2w_estimator_step(self, x, mu_in, speaker_in, cond_in, t, dt, cnn_cache, keys, values
-                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
-    def t2w_vocoder_random(self, frames: int, generator: torch.Generator) -> Tuple[torch.Tensor, ...]: ...
-    def t2w_vocoder(self, mel, cache_source, *random) -> Tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def trimmed_spans(new: int, old: int, keep_head: int, keep_tail: int) -> List[Tuple[int, int, int, int]]:

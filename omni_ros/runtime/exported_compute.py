@@ -1,4 +1,4 @@
-"""`GraphCompute`: the Compute interface over exported graphs (onnxruntime, TensorRT).
+"""`ExportedCompute`: the Compute interface over exported graphs (onnxruntime, TensorRT).
 
 A subclass supplies `run(name, inputs) -> outputs` for one graph of `omni_ros.runtime.graphs`
 (inputs and outputs as torch tensors on `self.device`, in the graph's declared order); this class
@@ -7,8 +7,8 @@ reads what the session needs besides weights (config, tokenizer, special ids, th
 stage's dimensions and its prompt front end) from the checkpoint folder, without loading the
 LLM's weights.
 
-The waveform stage (`self.waveform`, a `GraphWaveform`) implements the `WaveformCompute` protocol
-of omni_ros.model.token2wav.stream over the `t2w_*` graphs; the prompt front end (speech tokenizer,
+The waveform stage (`self.waveform`, an `ExportedWaveform`) implements the `WaveformCompute`
+protocol of omni_ros.session.compute over the `t2w_*` graphs; the prompt front end (speech tokenizer,
 CAM++, 24 kHz mel: `PromptFrontEnd`) runs on the host, once per voice, as for the torch backend.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from omni_ros.model.token2wav.model import PromptFrontEnd, empty_flow_caches
 from omni_ros.model.tokenizer import load_tokenizer, resolve_special_ids
 
 from . import graphs as G
-from .compute import StackedKV, rope_delta
+from .kv import StackedKV, rope_delta
 
 Run = Callable[[str, Dict[str, torch.Tensor]], List[torch.Tensor]]
 
@@ -51,8 +51,8 @@ def read_hift_config(path: Path) -> HiFTConfig:
         raise A.AssetError(f"{path}: cannot read the vocoder's dimensions ({type(e).__name__}: {e})") from e
 
 
-class GraphWaveform:
-    """The waveform stage's `WaveformCompute` (omni_ros.model.token2wav.stream) over the t2w_*
+class ExportedWaveform:
+    """The waveform stage's `WaveformCompute` (omni_ros.session.compute) over the t2w_*
     graphs run by `run`. Signals (mu, mel, speech, source, speaker) come back on the CPU; the flow
     caches stay on `device` (they are large and only go back into the graphs)."""
 
@@ -105,7 +105,7 @@ class GraphWaveform:
         return speech.float().cpu(), source.float().cpu()
 
 
-class GraphCompute(abc.ABC):
+class ExportedCompute(abc.ABC):
     name = "graphs"
 
     def __init__(self, model_path, device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -124,7 +124,7 @@ class GraphCompute(abc.ABC):
         t2w_dir = folder / A.ASSET_DIR
         try:
             A.check_layout(t2w_dir)
-            self.waveform = GraphWaveform(self.run, t2w_dir, self.device)
+            self.waveform = ExportedWaveform(self.run, t2w_dir, self.device)
         except A.AssetError as error:
             raise CheckpointError(f"waveform stage: {error}") from error
         except Exception as error:
