@@ -132,7 +132,7 @@ def make_driver(echo_gain: float = 0.0):
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
-    from omni_ros.flow.bargein import ReferenceBuffer
+    from omni_ros.flow.echo import ReferenceBuffer
     from omni_ros.msg import DuplexState
     from omni_ros.ros import qos
     from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
@@ -579,7 +579,7 @@ def tiny_session(checkpoint: Path, **options):
 
 def bench_soak(args, checkpoint):
     from omni_ros.flow.buffers import WindowBuffer
-    from omni_ros.flow.duplex import DuplexLoop, DuplexParams
+    from omni_ros.flow.unit_runner import RunnerParams, UnitRunner
     from omni_ros.flow.speech import SpeechPacer
     from omni_ros.flow.audio import AudioInputStream
     from omni_ros.ros.conversions import image_to_rgb, rgb_to_image
@@ -593,7 +593,7 @@ def bench_soak(args, checkpoint):
     window_ns = NS
     session = tiny_session(checkpoint, listen_prob_scale=0.3, force_listen_count=0)
     buffer = WindowBuffer(window_ns)
-    loop = DuplexLoop(session, buffer, params=DuplexParams(window_ns=window_ns))
+    runner = UnitRunner(session, buffer, params=RunnerParams(window_ns=window_ns))
     pacer = SpeechPacer(24000, 200)
     mic = AudioInputStream(48000, 2, "S16LE")
     rng = np.random.default_rng(0)
@@ -609,7 +609,7 @@ def bench_soak(args, checkpoint):
         for f in range(3):
             frame.header.stamp.sec, frame.header.stamp.nanosec = k, f * 300_000_000
             buffer.add_frame(k * window_ns + f * 300_000_000, image_to_rgb(frame))
-        report = loop.on_tick(k, 0)
+        report = runner.run_window(k, 0)
         if report.speech.size:
             speaking += 1
             pacer.enqueue(k, report.speech, k * window_ns)
@@ -628,7 +628,7 @@ def bench_soak(args, checkpoint):
         (f"resident memory, after first {n}", f"{rss[n - 1]:.1f} MB"),
         ("resident memory, at the end", f"{rss[-1]:.1f} MB"),
         ("resident memory, max", f"{max(rss):.1f} MB"),
-        ("units failed", str(loop.counters.units_failed)),
+        ("units failed", str(runner.counters.units_failed)),
     ], "Each window: 50 stereo 48 kHz mic chunks decoded and resampled, 3 640x480 frames "
        "converted, one unit run, speech paced.")
 

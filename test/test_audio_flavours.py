@@ -5,7 +5,7 @@ Only one `audio_common_msgs` can be imported per process. This environment has t
 one (scripts/setup); the mgonzs13 one is built once per session from
 third_party/audio_common_msgs_mgonzs13 into a prefix of its own, and everything that needs it
 (omni_node, the test-side client test/audio_flavour_client.py) runs in a subprocess with that
-prefix in front (audio_flavours.overlay_environment).
+prefix in front (flavour_overlay.overlay_environment).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 import audio_flavour_client
 from graph import REPO, isolated_ros_environment, start_node, stop
-from omni_ros.ros import audio_flavours
+from omni_ros.ros import audio_flavours, flavour_overlay
 
 MGONZS13_SOURCE = REPO / "third_party" / "audio_common_msgs_mgonzs13"
 WINDOW_SEC, OUTPUT_RATE, SPEECH_CHUNK_MS = 0.5, 24000, 100
@@ -66,7 +66,7 @@ def ros_env():
 
 @pytest.fixture(scope="module")
 def mgonzs13_env(mgonzs13_prefix, ros_env):
-    return audio_flavours.overlay_environment(mgonzs13_prefix, ros_env)
+    return flavour_overlay.overlay_environment(mgonzs13_prefix, ros_env)
 
 
 # -- converters ---------------------------------------------------------------------------------
@@ -140,8 +140,8 @@ def test_mgonzs13_converters(mgonzs13_env):
 
 @pytest.mark.unit
 def test_overlay_environment_puts_the_prefix_first(tmp_path):
-    env = audio_flavours.overlay_environment(tmp_path, {"LD_LIBRARY_PATH": "/x",
-                                                        "PYTHONPATH": "/y"})
+    env = flavour_overlay.overlay_environment(tmp_path, {"LD_LIBRARY_PATH": "/x",
+                                                         "PYTHONPATH": "/y"})
     libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert libs[0] == str(tmp_path / "lib") and libs[1] == os.path.join(sys.prefix, "lib")
     assert libs[-1] == "/x"

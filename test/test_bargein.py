@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from omni_ros.flow.bargein import (BargeInDetector, FdafEchoCanceller, ReferenceBuffer,
-                                   make_echo_canceller)
+from omni_ros.flow.bargein import BargeInDetector
+from omni_ros.flow.echo import FdafEchoCanceller, ReferenceBuffer, make_echo_canceller
 from omni_ros.flow.vad import VoiceActivity
 from omni_ros.tools.scene_player import synthesize_float
 

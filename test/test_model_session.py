@@ -7,7 +7,6 @@ from omni_ros.flow.types import UnitInput, UnitOutput
 from omni_ros.session.options import SessionOptions
 from omni_ros.session.session import OmniSession
 from omni_ros.runtime.torch_compute import TorchCompute
-from omni_ros.model.audio import pooled_length
 from omni_ros.session.audio_stream import embed_audio
 
 pytestmark = pytest.mark.unit

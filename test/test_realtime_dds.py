@@ -19,7 +19,7 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image
 
 from graph import REPO, appender, spinning, start_node, stop, wait_until
-from omni_ros.flow.bargein import ReferenceBuffer
+from omni_ros.flow.echo import ReferenceBuffer
 from omni_ros.msg import DuplexState, FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns

@@ -22,13 +22,14 @@ def test_due_speech_waits_while_a_possible_barge_in_is_decided(ros_context, tiny
         Parameter("model_path", value=str(tiny_checkpoint)),
         Parameter("barge_in_min_speech_ms", value=96)])
     try:
-        node.close()          # the node's own speaker thread stops: release_speech by hand
+        engine = node.engine
+        node.close()          # the engine's speaker thread stops: release_speech by hand
         robot = synthesize_float("Hello there, I am the robot and I am telling you about the "
                                  "weather.")
         person = synthesize_float("Stop! Wait a moment please.", voice="en-us+f3")
         mic = 0.5 * robot.copy()
         mic[2 * RATE:2 * RATE + person.shape[0]] += 0.7 * person[:mic.shape[0] - 2 * RATE]
-        detector = node.barge_in
+        detector = engine.barge_in
         detector.push_reference(5 * NS, robot)
         for i in range(0, mic.shape[0], 320):
             detector.push_mic(5 * NS + i * NS // RATE, mic[i:i + 320])
@@ -36,16 +37,16 @@ def test_due_speech_waits_while_a_possible_barge_in_is_decided(ros_context, tiny
                 break
         assert detector.holds_speech(time.monotonic())
 
-        with node.pacer_lock:
-            node.pacer.enqueue(0, np.full(OUTPUT_SAMPLE_RATE, 0.1, np.float32),
+        with engine.pacer_lock:
+            engine.pacer.enqueue(0, np.full(OUTPUT_SAMPLE_RATE, 0.1, np.float32),
                                time.monotonic_ns() - NS)   # all of it due now
-        pending = node.pacer.pending_chunks
-        assert node.release_speech() is False
-        assert node.pacer.pending_chunks == pending
-        assert node.input_counters["speech_chunks_published"] == 0
+        pending = engine.pacer.pending_chunks
+        assert engine.release_speech() is False
+        assert engine.pacer.pending_chunks == pending
+        assert engine.counters.speech_chunks_published == 0
 
         detector.reset()      # decided: not a barge-in (or the hold timed out)
-        assert node.release_speech() is True
-        assert node.input_counters["speech_chunks_published"] == pending
+        assert engine.release_speech() is True
+        assert engine.counters.speech_chunks_published == pending
     finally:
         node.destroy_node()

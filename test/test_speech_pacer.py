@@ -4,6 +4,7 @@ import pytest
 
 from omni_ros.flow.audio import s16le_to_float
 from omni_ros.flow.speech import SpeechPacer
+from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
 
 pytestmark = pytest.mark.unit
 
@@ -90,3 +91,29 @@ def test_empty_speech_is_ignored_and_clipping():
 def test_rejects_fractional_chunk():
     with pytest.raises(ValueError):
         SpeechPacer(22050, chunk_ms=3)
+
+
+def test_drop_unstarted_keeps_the_unit_playing():
+    pacer = SpeechPacer(OUTPUT_SAMPLE_RATE, 200)
+    pacer.enqueue(0, np.zeros(OUTPUT_SAMPLE_RATE, np.float32), 0)
+    pacer.enqueue(1, np.zeros(OUTPUT_SAMPLE_RATE, np.float32), 0)
+    assert len(pacer.due(0)) == 1                       # unit 0 started playing
+    assert pacer.drop_unstarted(10) == 5                # unit 1 had not: dropped
+    assert pacer.pending_chunks == 4
+    assert pacer.flush() == 4 and pacer.due(10**12) == []
+
+
+def test_reference_cut_into_the_same_stretches_and_kept_when_units_move_up():
+    """The echo canceller's reference (the speech at the microphone's 16 kHz) travels with each
+    chunk: chunk k carries the k-th stretch of it, also after an overflow moved the units up."""
+    speech = np.linspace(-1, 1, OUTPUT_SAMPLE_RATE, dtype=np.float32)
+    reference = np.arange(16000, dtype=np.float32)
+    pacer = SpeechPacer(OUTPUT_SAMPLE_RATE, 200, max_pending_windows=1)
+    pacer.enqueue(0, speech, 0, reference=reference)
+    pacer.enqueue(1, speech, 0, reference=reference + 16000)   # drops unit 0, moves unit 1 up
+    chunks = pacer.due(10**12)
+    assert [c.window_index for c in chunks] == [1] * 5 and chunks[0].due_ns == 0
+    np.testing.assert_array_equal(np.concatenate([c.reference for c in chunks]), reference + 16000)
+    assert [c.reference.shape[0] for c in chunks] == [3200] * 5
+    pacer.enqueue(2, speech, 0)
+    assert pacer.due(10**12)[0].reference is None

@@ -5,7 +5,7 @@ import pytest
 
 from omni_ros.msg import DuplexState, ProactiveAlert
 from omni_ros.ros.conversions import header_stamp_ns
-from omni_ros.tools.recorder import draw_timeline
+from omni_ros.tools.timeline_png import draw_timeline
 
 pytestmark = pytest.mark.unit
 

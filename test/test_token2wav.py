@@ -20,7 +20,7 @@ import torch
 from omni_ros.model.loader import CheckpointError, load_model
 from omni_ros.model.token2wav import assets as A
 from omni_ros.model.token2wav.model import Token2WavModel, synthetic_voice
-from omni_ros.model.token2wav.stream import OVERLAP_SAMPLES, WINDOW_SAMPLES, WaveformStream
+from omni_ros.session.waveform import OVERLAP_SAMPLES, WINDOW_SAMPLES, WaveformStream
 from omni_ros.model.token2wav.voice import Voice, VoiceError, resample
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ The caller passes `now_ns` in; nothing here sleeps. Pending speech is bounded to
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Deque, List, Optional
 
 import numpy as np
@@ -23,6 +23,9 @@ class SpeechChunk:
     num_samples: int
     sample_offset: int     # of the chunk's first sample within the unit's speech
     due_ns: int = 0        # when it is to be played (monotonic clock)
+    # The same stretch of speech as float32 at another rate (the echo canceller's reference at
+    # the microphone's rate), when the unit was enqueued with one.
+    reference: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -89,20 +92,27 @@ class SpeechPacer:
     def play_end_ns(self) -> Optional[int]:
         return self._play_end_ns
 
-    def enqueue(self, window_index: int, speech: np.ndarray, now_ns: int) -> int:
-        """Schedule one unit's float speech; returns the number of chunks made (0 if empty)."""
+    def enqueue(self, window_index: int, speech: np.ndarray, now_ns: int,
+                reference: Optional[np.ndarray] = None) -> int:
+        """Schedule one unit's float speech; returns the number of chunks made (0 if empty).
+        `reference`: the same speech at another rate, cut into the same stretches."""
         speech = np.asarray(speech, dtype=np.float32).reshape(-1)
-        if speech.shape[0] == 0:
+        total = speech.shape[0]
+        if total == 0:
             return 0
         now_ns = int(now_ns)
         start_ns = now_ns if self._play_end_ns is None else max(now_ns, self._play_end_ns)
         pcm = float_to_s16le(speech)
         chunks = []
-        for i, offset in enumerate(range(0, speech.shape[0], self.chunk_samples)):
-            n = min(self.chunk_samples, speech.shape[0] - offset)
+        for i, offset in enumerate(range(0, total, self.chunk_samples)):
+            n = min(self.chunk_samples, total - offset)
+            part = None
+            if reference is not None:
+                scale = reference.shape[0] / total
+                part = reference[int(round(offset * scale)):int(round((offset + n) * scale))]
             chunks.append(SpeechChunk(int(window_index), i, pcm[2 * offset:2 * (offset + n)], n,
-                                      offset, start_ns + self._offset_ns(offset)))
-        end_ns = start_ns + self._offset_ns(speech.shape[0])
+                                      offset, start_ns + self._offset_ns(offset), part))
+        end_ns = start_ns + self._offset_ns(total)
         self._pending.append(_PendingUnit(int(window_index), start_ns, chunks, end_ns))
         self._play_end_ns = end_ns
         self.counters.units_enqueued += 1
@@ -124,9 +134,7 @@ class SpeechPacer:
         for unit in self._pending:
             unit.start_ns -= shift
             unit.end_ns -= shift
-            unit.chunks = [SpeechChunk(c.window_index, c.index_in_unit, c.data_bytes,
-                                       c.num_samples, c.sample_offset, c.due_ns - shift)
-                           for c in unit.chunks]
+            unit.chunks = [replace(c, due_ns=c.due_ns - shift) for c in unit.chunks]
         self._play_end_ns -= shift
 
     def due(self, now_ns: int) -> List[SpeechChunk]:

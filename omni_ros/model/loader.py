@@ -5,7 +5,6 @@ No pickle, no remote code.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 

@@ -4,15 +4,13 @@ for the turn, is omni_ros.session.speech.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-import torch.nn.utils.parametrize as P
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
-from transformers import DynamicCache, LlamaModel
+from transformers import LlamaModel
 
 from .audio import MultiModalProjector
 from .config import OmniConfig

@@ -3,17 +3,24 @@ can change while the node runs. The node declares from this table; the docs are 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-from omni_ros.flow.bargein import BargeInDetector, make_echo_canceller
+from omni_ros.flow.bargein import BargeInDetector
 from omni_ros.flow.buffers import WindowBuffer
-from omni_ros.flow.duplex import DuplexParams
+from omni_ros.flow.echo import make_echo_canceller
 from omni_ros.flow.timeline import TickScheduler
+from omni_ros.flow.unit_runner import RunnerParams
 from omni_ros.flow.units import NS_PER_S
+
+
+def fields_of(dataclass_type, settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """The settings that are fields of `dataclass_type`, by name (what the node passes it)."""
+    return {f.name: settings[f.name] for f in dataclasses.fields(dataclass_type) if f.name in settings}
 
 
 def code_default(owner, name: str) -> Any:
@@ -105,7 +112,7 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("max_context_units", 24, "Units kept in the LLM context besides the system "
                   "prefix; older units are dropped so memory and time stay flat.", (1, 10000)),
     # timing and output
-    ParameterSpec("window_sec", code_default(DuplexParams, "window_ns") / NS_PER_S,
+    ParameterSpec("window_sec", code_default(RunnerParams, "window_ns") / NS_PER_S,
                   "Omni-Flow window length; must match omni_flow_clock.",
                   (0.1, 10.0)),
     ParameterSpec("input_grace_ms", 100, "How long after a window's tick its unit starts, so "
@@ -114,11 +121,11 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("max_future_windows", code_default(WindowBuffer, "max_future_windows"),
                   "Input stamped further ahead than this many windows "
                   "is dropped (and counted).", (1, 100)),
-    ParameterSpec("speech_threshold", code_default(DuplexParams, "speech_threshold"),
+    ParameterSpec("speech_threshold", code_default(RunnerParams, "speech_threshold"),
                   "Voice-activity probability above which a window "
                   "counts as the person speaking.", (0.0, 1.0), dynamic=True),
     ParameterSpec("proactive_lookback_windows",
-                  code_default(DuplexParams, "proactive_lookback_windows"),
+                  code_default(RunnerParams, "proactive_lookback_windows"),
                   "A turn the model starts with no speech heard "
                   "in this many preceding windows is proactive (raises an alert).", (0, 100),
                   dynamic=True),
@@ -140,19 +147,19 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("input_silence_warn_sec", 3.0, "A camera or microphone that has sent nothing "
                   "for this long raises a WARN diagnostic (units keep running).", (0.1, 3600.0)),
     # real time under pressure
-    ParameterSpec("overload_policy", code_default(DuplexParams, "overload_policy"),
+    ParameterSpec("overload_policy", code_default(RunnerParams, "overload_policy"),
                   "Windows whose tick came while a unit was still "
                   "running: skip drops them, merge folds their audio into the next unit (both "
                   "counted in /diagnostics).", choices=("skip", "merge"), dynamic=True),
-    ParameterSpec("max_merge_windows", code_default(DuplexParams, "max_merge_windows"),
+    ParameterSpec("max_merge_windows", code_default(RunnerParams, "max_merge_windows"),
                   "With overload_policy merge, at most this many missed "
                   "windows are folded into one unit (older ones are skipped).", (1, 32),
                   dynamic=True),
     ParameterSpec("max_consecutive_failures",
-                  code_default(DuplexParams, "max_consecutive_failures"),
+                  code_default(RunnerParams, "max_consecutive_failures"),
                   "The model session is reset after this many "
                   "failed units in a row (0: never).", (0, 1000), dynamic=True),
-    ParameterSpec("alert_max_units", code_default(DuplexParams, "alert_max_units"),
+    ParameterSpec("alert_max_units", code_default(RunnerParams, "alert_max_units"),
                   "A proactive turn alerts when it ends, or after this "
                   "many speaking units if it is still going.", (1, 1000), dynamic=True),
     ParameterSpec("barge_in", True, "Stop speaking at once when a person starts talking over "

@@ -32,7 +32,8 @@ class BackendSettings:
     dtype: str = "float32"
     # Exported graphs / engines (onnxruntime, tensorrt); "" = the backend's default folder.
     engine_dir: str = ""
-    # Session options by name (see omni_ros.session.options.SessionOptions).
+    # The node's parameters by name; a session takes the ones that are its options (for the
+    # built-in backends, the fields of omni_ros.session.options.SessionOptions).
     session_options: Dict[str, Any] = field(default_factory=dict)
 
 

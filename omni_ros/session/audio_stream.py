@@ -181,7 +181,7 @@ class StreamingAudioEncoder:
 
     def embed_unit(self, audio: np.ndarray) -> torch.Tensor:
         """One unit of 16 kHz audio -> [n, hidden] (n = 10 per second; empty if not enough audio)."""
-        c = self.compute
+        compute = self.compute
         self.pending = np.concatenate([self.pending, np.asarray(audio, np.float32).reshape(-1)])
         need = self.mel.next_chunk_samples()
         first = int(self.first_ms * SAMPLE_RATE / 1000)           # 16560: padded to, 16480 consumed
@@ -199,9 +199,9 @@ class StreamingAudioEncoder:
                 self.cache = None                      # the released code restarts the cache
             cut_l = (prefix + 1) // 2 if prefix > 0 else 0
             cut_r = (suffix + 1) // 2 if suffix > 0 else 0
-            pooled, self.cache = _encode(c, mel, cut_l, cut_r, self.cache,
+            pooled, self.cache = _encode(compute, mel, cut_l, cut_r, self.cache,
                                          lambda new, past: chunked_bias(new, past, 0))
-            outs.append(pooled[: pooled_length(mel.shape[-1], c.config.audio_pool_step)])
+            outs.append(pooled[: pooled_length(mel.shape[-1], compute.config.audio_pool_step)])
         if not outs:
-            return torch.zeros(0, c.config.hidden_size, device=c.device, dtype=c.dtype)
-        return torch.cat(outs).to(c.dtype)
+            return torch.zeros(0, compute.config.hidden_size, device=compute.device, dtype=compute.dtype)
+        return torch.cat(outs).to(compute.dtype)

@@ -69,32 +69,32 @@ class DuplexProtocol:
     # --- the released decoder ---
     def decode(self, logits: torch.Tensor) -> int:
         """The released duplex decoder (StreamDecoder.decode) on one step's logits [V]."""
-        o, sp, sampler = self.s.options, self.s.special, self.s.sampler
+        options, special, sampler = self.s.options, self.s.special, self.s.sampler
         logits = logits.float().cpu().clone()
-        greedy = o.decode_mode == "greedy"
+        greedy = options.decode_mode == "greedy"
         if greedy:
-            first_is_eos = int(torch.argmax(logits)) == sp.chunk_eos
+            first_is_eos = int(torch.argmax(logits)) == special.chunk_eos
         else:
             # first draw from the raw distribution; only whether it is <|chunk_eos|> matters
-            p_eos = float(torch.exp(logits[sp.chunk_eos] - torch.logsumexp(logits, dim=0)))
+            p_eos = float(torch.exp(logits[special.chunk_eos] - torch.logsumexp(logits, dim=0)))
             first_is_eos = sampler.uniform() < p_eos
         if first_is_eos:
-            return sp.chunk_eos
+            return special.chunk_eos
         logits[self.s.masked_ids["duplex"]] = float("-inf")     # tts_pad, chunk_eos, bad_token_ids
-        logits = repetition_penalty(logits, self.drawn_ids[-o.text_repetition_window_size:],
-                                    o.repetition_penalty, sign_aware=False)
-        if o.length_penalty != 1.0:
-            v = logits[sp.turn_eos]
-            logits[sp.turn_eos] = v / o.length_penalty if v > 0 else v * o.length_penalty
-        if o.listen_prob_scale != 1.0:
-            logits[sp.listen] = logits[sp.listen] * o.listen_prob_scale
-        if o.listen_top_k is not None:
-            rank = int((logits > logits[sp.listen]).sum())
-            if rank < o.listen_top_k:
-                return sp.listen
-        tok = int(torch.argmax(logits)) if greedy else sampler.filtered(logits, o.temperature, o.top_k, o.top_p)
+        logits = repetition_penalty(logits, self.drawn_ids[-options.text_repetition_window_size:],
+                                    options.repetition_penalty, sign_aware=False)
+        if options.length_penalty != 1.0:
+            v = logits[special.turn_eos]
+            logits[special.turn_eos] = v / options.length_penalty if v > 0 else v * options.length_penalty
+        if options.listen_prob_scale != 1.0:
+            logits[special.listen] = logits[special.listen] * options.listen_prob_scale
+        if options.listen_top_k is not None:
+            rank = int((logits > logits[special.listen]).sum())
+            if rank < options.listen_top_k:
+                return special.listen
+        tok = int(torch.argmax(logits)) if greedy else sampler.filtered(logits, options.temperature, options.top_k, options.top_p)
         self.drawn_ids.append(tok)
-        del self.drawn_ids[:-max(1, o.text_repetition_window_size)]
+        del self.drawn_ids[:-max(1, options.text_repetition_window_size)]
         return tok
 
     def _speak_probability(self, logits: torch.Tensor) -> float:
@@ -105,55 +105,55 @@ class DuplexProtocol:
     # --- one unit ---
     def run(self, unit: UnitInput) -> UnitOutput:
         s = self.s
-        o, sp, ctx = s.options, s.special, s.context
+        options, special, ctx = s.options, s.special, s.context
         inputs = s.embed_unit(unit)
         has_audio = inputs.audio.shape[0] > 0
-        _, logits = ctx.feed_ids([sp.unit_start], need_logits=inputs.image is None and not has_audio)
+        _, logits = ctx.feed_ids([special.unit_start], need_logits=inputs.image is None and not has_audio)
         if inputs.image is not None:
-            ctx.feed_ids([sp.image_start], need_logits=False)
+            ctx.feed_ids([special.image_start], need_logits=False)
             ctx.feed(inputs.image, need_logits=False)
-            _, logits = ctx.feed_ids([sp.image_end], need_logits=not has_audio)
+            _, logits = ctx.feed_ids([special.image_end], need_logits=not has_audio)
         if has_audio:
             _, logits = ctx.feed(inputs.audio)
         speak_prob = self._speak_probability(logits)
 
-        forced = s.units_done < o.force_listen_count
-        terminators = (sp.listen, sp.chunk_eos, sp.chunk_tts_eos)
+        forced = s.units_done < options.force_listen_count
+        terminators = (special.listen, special.chunk_eos, special.chunk_tts_eos)
         pending: Optional[int] = None
         fed: List[int] = []
         cond_ids: List[int] = []
         cond_hidden: List[torch.Tensor] = []
         end_of_turn = False
-        for j in range(o.max_text_tokens_per_unit):
-            if j == o.max_text_tokens_per_unit - 1:
-                pending = sp.chunk_eos
+        for j in range(options.max_text_tokens_per_unit):
+            if j == options.max_text_tokens_per_unit - 1:
+                pending = special.chunk_eos
                 break
             if s.decision_override is not None and j == 0:
-                tok = sp.speak if s.decision_override else sp.listen
+                tok = special.speak if s.decision_override else special.listen
             elif forced:
-                tok = sp.listen
+                tok = special.listen
             else:
                 tok = self.decode(logits)
-                if tok == sp.listen and not self.turn_ended:
-                    tok = sp.tts_bos
+                if tok == special.listen and not self.turn_ended:
+                    tok = special.tts_bos
             if tok in terminators:
                 pending = tok
                 break
             self.turn_ended = False
-            if j != 0 and o.max_unit_chars > 0:
+            if j != 0 and options.max_unit_chars > 0:
                 text = s.tokenizer.decode(cond_ids + [tok], skip_special_tokens=True)
-                if len(text) >= o.max_unit_chars:
-                    pending = sp.chunk_eos
+                if len(text) >= options.max_unit_chars:
+                    pending = special.chunk_eos
                     break
             hidden, logits = ctx.feed_ids([tok])
             fed.append(tok)
-            end_of_turn = tok == sp.turn_eos
+            end_of_turn = tok == special.turn_eos
             if end_of_turn:
                 self.turn_ended = True
             if j != 0:
                 cond_ids.append(tok)
                 cond_hidden.append(hidden[-1])
-        ctx.feed_ids(([pending] if pending is not None else []) + [sp.unit_end], need_logits=False)
+        ctx.feed_ids(([pending] if pending is not None else []) + [special.unit_end], need_logits=False)
 
         if not fed:
             return UnitOutput(is_listen=True, speak_probability=speak_prob)

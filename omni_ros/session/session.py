@@ -48,20 +48,20 @@ class OmniSession(DuplexSession):
     def __init__(self, compute: Compute, options: Optional[SessionOptions] = None):
         self.compute = compute
         self.options = options or SessionOptions()
-        o = self.options
+        options = self.options
         self.special = compute.special
         self.tokenizer = compute.tokenizer
-        self.capabilities = SessionCapabilities(window_samples=int(round(o.window_sec * INPUT_SAMPLE_RATE)))
+        self.capabilities = SessionCapabilities(window_samples=int(round(options.window_sec * INPUT_SAMPLE_RATE)))
         self.decision_override: Optional[bool] = None   # warm-up only: force listen/speak
         # ids masked before the decoding draw, per mode (the released forbidden lists: `<|tts_pad|>`,
         # `<|chunk_eos|>` after the first raw draw, the checkpoint's `bad_token_ids`, ...)
         self.masked_ids = {mode: torch.tensor(ids, dtype=torch.long)
                            for mode, ids in decoding_masks(self.tokenizer, self.special).items()}
-        self.sampler = Sampler(o.seed)
+        self.sampler = Sampler(options.seed)
         self.context = LLMContext(compute)
-        self.audio = StreamingAudioEncoder(compute, chunk_ms=int(round(o.window_sec * 1000)))
+        self.audio = StreamingAudioEncoder(compute, chunk_ms=int(round(options.window_sec * 1000)))
         self.speech = SpeechStream(compute, self._new_waveform_stream(),
-                                   int(round(o.window_sec * compute.config.tts_config.codes_per_second)))
+                                   int(round(options.window_sec * compute.config.tts_config.codes_per_second)))
         self.protocols = {"duplex": DuplexProtocol(self), "turn_based": TurnBasedProtocol(self)}
         self.voice: Optional[Voice] = None
         self.set_voice()
@@ -69,11 +69,11 @@ class OmniSession(DuplexSession):
 
     # --- the reference voice ---
     def _voice_from_options(self) -> Voice:
-        o = self.options
-        if o.reference_voice:
-            return Voice.from_wav(o.reference_voice)
-        if o.reference_voice_samples is not None:
-            return Voice.from_samples(np.asarray(o.reference_voice_samples, dtype=np.float32).reshape(-1),
+        options = self.options
+        if options.reference_voice:
+            return Voice.from_wav(options.reference_voice)
+        if options.reference_voice_samples is not None:
+            return Voice.from_samples(np.asarray(options.reference_voice_samples, dtype=np.float32).reshape(-1),
                                       PROMPT_RATE, "reference voice samples")
         if self.compute.default_voice is None:
             raise VoiceError("no reference voice: set the reference_voice parameter to a wav file of a few "
@@ -82,10 +82,10 @@ class OmniSession(DuplexSession):
         return Voice.from_wav(self.compute.default_voice)
 
     def _new_waveform_stream(self) -> WaveformStream:
-        o = self.options
-        codes = int(round(o.window_sec * self.compute.config.tts_config.codes_per_second))
-        return WaveformStream(self.compute.waveform, steps=o.token2wav_steps, seed=o.seed, chunk_codes=codes,
-                              window_samples=int(round(o.window_sec * OUTPUT_SAMPLE_RATE)))
+        options = self.options
+        codes = int(round(options.window_sec * self.compute.config.tts_config.codes_per_second))
+        return WaveformStream(self.compute.waveform, steps=options.token2wav_steps, seed=options.seed, chunk_codes=codes,
+                              window_samples=int(round(options.window_sec * OUTPUT_SAMPLE_RATE)))
 
     @property
     def waveform(self) -> WaveformStream:
@@ -181,10 +181,10 @@ class OmniSession(DuplexSession):
 
     def system_text(self) -> str:
         """The system prompt the model is given: the prompt, then the standing instruction."""
-        o = self.options
-        if o.standing_instruction.strip():
-            return f"{o.system_prompt}\n{o.standing_instruction.strip()}"
-        return o.system_prompt
+        options = self.options
+        if options.standing_instruction.strip():
+            return f"{options.system_prompt}\n{options.standing_instruction.strip()}"
+        return options.system_prompt
 
     def embed_unit(self, unit: UnitInput) -> UnitEmbeddings:
         n_in = self.capabilities.window_samples
@@ -195,9 +195,9 @@ class OmniSession(DuplexSession):
 
     def speak(self, ids: List[int], hidden: List[torch.Tensor], end_of_turn: bool,
               text_eos: bool = False) -> np.ndarray:
-        o = self.options
-        return self.speech.speak(ids, hidden, end_of_turn, self.sampler, o.tts_temperature,
-                                 o.tts_repetition_penalty, text_eos=text_eos)
+        options = self.options
+        return self.speech.speak(ids, hidden, end_of_turn, self.sampler, options.tts_temperature,
+                                 options.tts_repetition_penalty, text_eos=text_eos)
 
     def _prefill(self) -> None:
         """The system prefix exactly as the released code builds it, for the mode at prefill time

@@ -102,20 +102,20 @@ class SpeechStream:
               temperature: float, penalty: float, text_eos: bool = False) -> np.ndarray:
         """The speech of one unit's condition tokens: one window, plus the waveform stage's final
         flush (0.28 s: the held-back lookahead and overlap) when the turn ends."""
-        c = self.compute
-        t = c.config.tts_config
-        rows = condition_rows(ids, torch.stack(hidden) if hidden else None, text_eos, t,
-                              c.config.hidden_size)
-        cond = c.tts_condition(*rows)
+        compute = self.compute
+        tts = compute.config.tts_config
+        rows = condition_rows(ids, torch.stack(hidden) if hidden else None, text_eos, tts,
+                              compute.config.hidden_size)
+        cond = compute.tts_condition(*rows)
         n_codes = self.codes_per_unit
-        if self.turn.position + cond.shape[0] + n_codes + 1 > t.max_position_embeddings:
+        if self.turn.position + cond.shape[0] + n_codes + 1 > tts.max_position_embeddings:
             self.turn = SpeechTurn()        # a very long turn: restart the decoder context
         self.in_turn = True
         turn_start = self.turn.position == 0
-        codes = generate_codes(c.tts_step, c.tts_code_embed, c.new_tts_cache, cond, self.turn, sampler,
+        codes = generate_codes(compute.tts_step, compute.tts_code_embed, compute.new_tts_cache, cond, self.turn, sampler,
                                max_new_tokens=n_codes + 1,
                                min_new_tokens=0 if (turn_start or end_of_turn) else n_codes + 1,
-                               temperature=temperature, penalty=penalty, eos=t.audio_eos_code)
+                               temperature=temperature, penalty=penalty, eos=tts.audio_eos_code)
         # the released schedule: early flushes at a turn's first unit, the last chunk at its end
         wav = self.waveform.push(codes, turn_start=turn_start, end_of_turn=end_of_turn)
         if wav.shape[0] < self.waveform.window_samples:    # a turn that ended short: silence after it

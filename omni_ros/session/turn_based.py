@@ -66,53 +66,53 @@ class TurnBasedProtocol:
 
     def leave(self) -> None:
         """To another protocol: close the open message so what follows sees a complete one."""
-        sp, ctx = self.s.special, self.s.context
+        special, ctx = self.s.special, self.s.context
         if self.phase == ANSWER:
-            ctx.feed_ids([sp.tts_eos, sp.im_end] + ctx.ids("\n"), need_logits=False)
+            ctx.feed_ids([special.tts_eos, special.im_end] + ctx.ids("\n"), need_logits=False)
         elif self.phase == USER:
-            ctx.feed_ids([sp.im_end] + ctx.ids("\n"), need_logits=False)
+            ctx.feed_ids([special.im_end] + ctx.ids("\n"), need_logits=False)
         self.phase = IDLE
 
     def prefill(self, prompt: str, voice: Optional[torch.Tensor]) -> None:
         """`streaming_prefill` of the system message through the chat template (omni_mode): the
         voice as one audio span per started second, as the processor chunks audio."""
-        sp, ctx = self.s.special, self.s.context
+        special, ctx = self.s.special, self.s.context
         ctx.feed_text(f"<|im_start|>system\n{prompt}")
         if voice is not None:
             per_chunk = pooled_length(100, self.s.compute.config.audio_pool_step)   # 1 s of mel
             for start in range(0, voice.shape[0], per_chunk):
-                ctx.feed_ids([sp.audio_start], need_logits=False)
+                ctx.feed_ids([special.audio_start], need_logits=False)
                 ctx.feed(voice[start: start + per_chunk], need_logits=False)
-                ctx.feed_ids([sp.audio_end], need_logits=False)
+                ctx.feed_ids([special.audio_end], need_logits=False)
         ctx.feed_text("<|im_end|>\n")
 
     # --- one unit ---
     def run(self, unit: UnitInput) -> UnitOutput:
         if self.phase == ANSWER:
             return self._answer_unit()         # simplex: the unit's audio and image are not read
-        o, sp, ctx = self.s.options, self.s.special, self.s.context
+        options, special, ctx = self.s.options, self.s.special, self.s.context
         inputs = self.s.embed_unit(unit)
         if self.phase == IDLE:
             ctx.feed_text("<|tts_eos|><|im_end|>\n<|im_start|>user\n" if self.answered
                           else "<|im_start|>user\n")
             self.phase, self.heard_speech, self.silent_units, self.user_units = USER, False, 0, 0
         if inputs.image is not None:
-            ctx.feed_ids([sp.image_start], need_logits=False)
+            ctx.feed_ids([special.image_start], need_logits=False)
             ctx.feed(inputs.image, need_logits=False)
-            ctx.feed_ids([sp.image_end], need_logits=False)
-        ctx.feed_ids([sp.audio_start], need_logits=False)
+            ctx.feed_ids([special.image_end], need_logits=False)
+        ctx.feed_ids([special.audio_start], need_logits=False)
         if inputs.audio.shape[0]:
             ctx.feed(inputs.audio, need_logits=False)
-        ctx.feed_ids([sp.audio_end], need_logits=False)
+        ctx.feed_ids([special.audio_end], need_logits=False)
         self.user_units += 1
         samples = inputs.samples
         rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if samples.size else 0.0
-        if rms >= o.turn_end_rms:
+        if rms >= options.turn_end_rms:
             self.heard_speech, self.silent_units = True, 0
         else:
             self.silent_units += 1
-        turn_over = (self.heard_speech and self.silent_units >= max(1, o.turn_end_silence_units)) \
-            or self.user_units >= o.max_user_units
+        turn_over = (self.heard_speech and self.silent_units >= max(1, options.turn_end_silence_units)) \
+            or self.user_units >= options.max_user_units
         if turn_over:
             _, self.logits = ctx.feed_text(ANSWER_START, need_logits=True)
             self.phase, self.answer_units, self.answered = ANSWER, 0, False
@@ -121,24 +121,24 @@ class TurnBasedProtocol:
         return UnitOutput(is_listen=True)
 
     def _sample(self, logits: torch.Tensor) -> int:
-        o = self.s.options
+        options = self.s.options
         logits = logits.float().cpu().clone()
         logits[self.s.masked_ids["turn_based"]] = float("-inf")   # bad_token_ids, punctuation, tts_pad
-        logits = repetition_penalty(logits, self.text_ids[-TEXT_PENALTY_WINDOW:], o.repetition_penalty)
-        if o.decode_mode == "greedy":
+        logits = repetition_penalty(logits, self.text_ids[-TEXT_PENALTY_WINDOW:], options.repetition_penalty)
+        if options.decode_mode == "greedy":
             return int(torch.argmax(logits))
-        return self.s.sampler.filtered(logits, o.temperature, o.top_k, o.top_p)
+        return self.s.sampler.filtered(logits, options.temperature, options.top_k, options.top_p)
 
     def _answer_unit(self) -> UnitOutput:
         """One unit of answer: a fixed chunk of text tokens, then one window of speech."""
-        o, sp, ctx = self.s.options, self.s.special, self.s.context
+        options, special, ctx = self.s.options, self.s.special, self.s.context
         logits = self.logits
         ids: List[int] = []
         hidden: List[torch.Tensor] = []
         finished = False
-        for _ in range(max(1, o.turn_based_text_tokens)):
+        for _ in range(max(1, options.turn_based_text_tokens)):
             tok = self._sample(logits)
-            if tok in (sp.tts_eos, sp.im_end):
+            if tok in (special.tts_eos, special.im_end):
                 finished = True
                 break
             h, logits = ctx.feed_ids([tok])
@@ -147,7 +147,7 @@ class TurnBasedProtocol:
             self.text_ids.append(tok)
         self.logits = logits
         self.answer_units += 1
-        if self.answer_units >= o.max_answer_units:
+        if self.answer_units >= options.max_answer_units:
             finished = True
         speech = self.s.speak(ids, hidden, end_of_turn=finished, text_eos=finished)
         if finished:

@@ -1,15 +1,16 @@
-"""The per-window duplex unit loop: tick in, one model unit run, a report out; no ROS here.
+"""One model unit per closed window: a window in, the session's unit run, a report out; no ROS
+here (the threads that drive it are omni_ros.flow.engine's).
 
-It tracks turns (listen/speak), notices turns the model starts without having been spoken to
-(proactive alerts), handles barge-in (the person interrupting the robot), folds or skips windows
-the model could not keep up with, survives session failures and restarts cleanly on a new clock
-epoch.
+It follows the turns the session reports (listen/speak), notices turns the model starts without
+having been spoken to (proactive alerts), handles barge-in (the person interrupting the robot),
+folds or skips windows the model could not keep up with, survives session failures and restarts
+cleanly on a new clock epoch.
 """
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -30,7 +31,7 @@ SpeechDetector = Callable[[np.ndarray], float]
 
 
 @dataclass
-class DuplexParams:
+class RunnerParams:
     window_ns: int = DEFAULT_WINDOW_NS
     speech_threshold: float = 0.5
     proactive_lookback_windows: int = 2
@@ -51,6 +52,18 @@ class Alert:
     confidence: float
     evidence_stamp_ns: Optional[int]   # newest camera frame the model had seen when it started
     units: int = 1                     # speaking units the text covers
+
+
+@dataclass
+class SpokenTurn:
+    """The turn the reports show the robot speaking, as alerts need it."""
+
+    proactive: bool                    # started with no user speech in the lookback windows
+    confidence: float                  # speak probability of its first unit
+    evidence_stamp_ns: Optional[int]   # newest camera frame seen when it started
+    texts: List[str] = field(default_factory=list)
+    units: int = 0
+    alerted: bool = False
 
 
 @dataclass
@@ -78,7 +91,7 @@ class UnitReport:
 
 
 @dataclass
-class LoopCounters:
+class RunnerCounters:
     units_run: int = 0
     units_failed: int = 0
     windows_skipped: int = 0
@@ -90,7 +103,7 @@ class LoopCounters:
     session_reset_failures: int = 0
     session_resets_after_failures: int = 0
     barge_ins: int = 0
-    session_interrupts: int = 0        # session.interrupt() calls (sessions that offer it)
+    session_interrupts: int = 0        # session.interrupt() calls
     units_suppressed: int = 0          # speaking units muted after a barge-in
 
     def snapshot(self) -> dict:
@@ -128,8 +141,8 @@ def fold_audio(chunks: List[np.ndarray], window_samples: int) -> np.ndarray:
     return np.interp(positions, np.arange(audio.shape[0]), audio).astype(np.float32)
 
 
-class DuplexLoop:
-    """Runs one session unit per window tick.
+class UnitRunner:
+    """Runs one session unit per closed window (`run_window`).
 
     `speech_detector` maps a window of 16 kHz audio to a speech probability; if it has a
     `reset()` method it is called on reset and on a new epoch. Without one, a plain energy gate
@@ -139,18 +152,20 @@ class DuplexLoop:
     index jumps. With `overload_policy="skip"` the missed windows are dropped (their input is
     discarded, `windows_skipped`); with `"merge"` the audio of up to `max_merge_windows` missed
     windows is folded into the next unit (`windows_merged`; older ones are skipped): a session
-    with `accepts_merged_audio = True` receives the windows' audio back to back, any other
+    whose capabilities accept merged audio receives the windows' audio back to back, any other
     session one window's length of it sped up (`fold_audio`), and the newest frame of them all.
-    Either way the next unit runs on the newest closed window, so the loop is back on the clock
-    as soon as a unit takes less than a window again.
+    Either way the next unit runs on the newest closed window, so the runner is back on the
+    clock as soon as a unit takes less than a window again.
+
+    Turns: the model's turn is the session's (omni_ros.flow.types.DuplexSession); the runner
+    keeps only what alerts need of the turn the reports show (`SpokenTurn`, None between turns).
 
     Barge-in: `interrupt(window_index)` (thread-safe; called when the person starts speaking over
-    the robot) makes the next report INTERRUPTED with its speech dropped, closes the turn, and
-    calls `session.interrupt()` before the next unit when the session offers it, so the model
-    goes back to listening with the person's words in its context. Sessions without it keep
-    their context; from the flow side their speaking units are muted (reported LISTENING,
-    `suppressed`, `units_suppressed`) through the barge-in window and for as long as the person
-    keeps speaking in the following windows.
+    the robot) makes the next report INTERRUPTED with its speech dropped, closes the spoken turn,
+    and calls `session.interrupt()` before the next unit, so the model goes back to listening
+    with the person's words in its context. Speaking units are also muted from the flow side
+    (reported LISTENING, `suppressed`, `units_suppressed`) through the barge-in window and for as
+    long as the person keeps speaking in the following windows.
 
     Proactive alerts: a turn the model starts with no user speech in the preceding
     `proactive_lookback_windows` windows is proactive. It raises exactly one Alert, carried by
@@ -166,20 +181,25 @@ class DuplexLoop:
 
     def __init__(self, session: DuplexSession, buffer: WindowBuffer,
                  speech_detector: Optional[SpeechDetector] = None,
-                 params: Optional[DuplexParams] = None, standing_instruction: str = "") -> None:
+                 params: Optional[RunnerParams] = None, standing_instruction: str = "") -> None:
         self.session = session
         self.buffer = buffer
         self.speech_detector = speech_detector if speech_detector is not None \
             else energy_speech_probability
-        self.params = params or DuplexParams(window_ns=buffer.window_ns)
+        self.params = params or RunnerParams(window_ns=buffer.window_ns)
         if self.params.window_ns != buffer.window_ns:
-            raise ValueError(f"window_ns differs between the loop ({self.params.window_ns}) and "
+            raise ValueError(f"window_ns differs between the runner ({self.params.window_ns}) and "
                              f"the buffer ({buffer.window_ns})")
+        self.window_samples = ns_to_samples(self.params.window_ns, INPUT_SAMPLE_RATE)
+        if session.capabilities.window_samples != self.window_samples:
+            raise ValueError(f"the session takes {session.capabilities.window_samples} samples a "
+                             f"unit, the window holds {self.window_samples}: give both the same "
+                             f"window length")
         if self.params.overload_policy not in OVERLOAD_POLICIES:
             raise ValueError(f"overload_policy must be one of {OVERLOAD_POLICIES}, "
                              f"got {self.params.overload_policy!r}")
         self.standing_instruction = standing_instruction
-        self.counters = LoopCounters()
+        self.counters = RunnerCounters()
         self._epoch: Optional[int] = None
         self._last_index: Optional[int] = None
         self._consecutive_failures = 0
@@ -187,25 +207,21 @@ class DuplexLoop:
         self._interrupt_at: Optional[int] = None     # barge-in waiting for the next unit
         self._suppress_through: Optional[int] = None   # mute speaking units up to this window...
         self._suppressing = False                      # ...and while the person keeps talking
-        self._clear_turn()
+        self._clear_history()
 
-    def _clear_turn(self) -> None:
-        self._in_turn = False              # a speaking turn is open (not yet ended)
-        self._turn_proactive = False
+    def _clear_history(self) -> None:
+        self._turn: Optional[SpokenTurn] = None
         self._last_user_speech: Optional[int] = None   # newest window with user speech
         self._newest_image_stamp: Optional[int] = None
-        self._reset_turn_alert()
-
-    def _reset_turn_alert(self) -> None:
-        self._turn_texts: List[str] = []
-        self._turn_units = 0
-        self._turn_confidence = 0.0
-        self._turn_evidence: Optional[int] = None
-        self._turn_alerted = False
 
     @property
     def in_turn(self) -> bool:
-        return self._in_turn
+        return self._turn is not None
+
+    @property
+    def last_window(self) -> Optional[int]:
+        """The window whose unit ran last (None before the first, and after a new epoch)."""
+        return self._last_index
 
     def reset(self) -> Optional[Alert]:
         """Forget the conversation (omni/reset): buffered input, session state, turn, VAD state.
@@ -214,7 +230,7 @@ class DuplexLoop:
         alert = self._close_turn()
         self.buffer.clear()
         self._reset_detector()
-        self._clear_turn()
+        self._clear_history()
         with self._interrupt_lock:
             self._interrupt_at = None
         self._suppressing, self._suppress_through = False, None
@@ -236,8 +252,9 @@ class DuplexLoop:
         if callable(reset):
             reset()
 
-    def on_tick(self, window_index: int, epoch: int) -> Optional[UnitReport]:
-        """Run the unit of the window that just closed; None if the tick was ignored."""
+    def run_window(self, window_index: int, epoch: int) -> Optional[UnitReport]:
+        """Run the unit of the window that just closed; None if it was run already, or is of an
+        older epoch."""
         window_index, epoch = int(window_index), int(epoch)
         pending_alert: Optional[Alert] = None
         missed = 0
@@ -263,8 +280,8 @@ class DuplexLoop:
         if image_stamp_ns is not None and (self._newest_image_stamp is None
                                            or image_stamp_ns > self._newest_image_stamp):
             self._newest_image_stamp = image_stamp_ns
-        own_audio = audio if merged == 0 or audio.shape[0] == self.buffer_window_samples \
-            else audio[-self.buffer_window_samples:]
+        own_audio = audio if merged == 0 or audio.shape[0] == self.window_samples \
+            else audio[-self.window_samples:]
         vad_started = time.perf_counter()
         user_probability = self._user_speech_probability(own_audio, coverage)
         vad_ms = (time.perf_counter() - vad_started) * 1000.0
@@ -282,7 +299,7 @@ class DuplexLoop:
         try:
             output = self.session.run_unit(unit)
             self._consecutive_failures = 0
-        except Exception as exc:  # noqa: BLE001 - the loop must outlive a failing unit
+        except Exception as exc:  # noqa: BLE001 - the runner must outlive a failing unit
             error = f"{type(exc).__name__}: {exc}"
             self.counters.units_failed += 1
             self._consecutive_failures += 1
@@ -295,17 +312,13 @@ class DuplexLoop:
             interrupt_at, self._interrupt_at = self._interrupt_at, None
         if interrupt_at is not None:
             pending_alert = self._close_turn() or pending_alert
-            self._in_turn = False
-            self._turn_proactive = False
             self._suppressing = True
             self._suppress_through = max(interrupt_at, window_index)
-            session_interrupt = getattr(self.session, "interrupt", None)
-            if callable(session_interrupt):
-                try:
-                    session_interrupt()
-                    self.counters.session_interrupts += 1
-                except Exception:  # noqa: BLE001 - muting from the flow side still applies
-                    self.counters.session_reset_failures += 1
+            try:
+                self.session.interrupt()
+                self.counters.session_interrupts += 1
+            except Exception:  # noqa: BLE001 - muting from the flow side still applies
+                self.counters.session_reset_failures += 1
 
         report = self._track_turn(window_index, epoch, output, image_stamp_ns, user_speech,
                                   user_probability, coverage, interrupted=interrupt_at is not None)
@@ -327,11 +340,6 @@ class DuplexLoop:
         report.compute_ms = (time.perf_counter() - started) * 1000.0
         return report
 
-    @property
-    def buffer_window_samples(self) -> int:
-        return int(getattr(self.buffer, "window_samples",
-                           ns_to_samples(self.params.window_ns, INPUT_SAMPLE_RATE)))
-
     def _take_input(self, window_index: int, missed: int):
         """(image, image_stamp_ns, audio, coverage, merged_windows) for this unit."""
         merge = self.params.overload_policy == "merge" and missed > 0
@@ -349,10 +357,10 @@ class DuplexLoop:
         if not merged:
             return image, image_stamp, audios[0], coverages[0], 0
         coverage = float(np.mean(coverages))
-        if getattr(self.session, "accepts_merged_audio", False):
+        if self.session.capabilities.accepts_merged_audio:
             audio = np.concatenate(audios)
         else:
-            audio = fold_audio(audios, self.buffer_window_samples)
+            audio = fold_audio(audios, self.window_samples)
         return image, image_stamp, audio, coverage, merged
 
     def _user_speech_probability(self, audio: np.ndarray, coverage: float) -> float:
@@ -360,26 +368,23 @@ class DuplexLoop:
             return 0.0
         try:
             return float(self.speech_detector(audio))
-        except Exception:  # noqa: BLE001 - a broken detector must not stop the loop
+        except Exception:  # noqa: BLE001 - a broken detector must not stop the runner
             self.counters.speech_detector_failures += 1
             return 0.0
 
     def _close_turn(self) -> Optional[Alert]:
-        """End the current turn's alert bookkeeping; the alert if the turn was proactive and
-        has not alerted yet."""
-        alert = None
-        if self._in_turn and self._turn_proactive and not self._turn_alerted \
-                and self._turn_units > 0:
-            alert = self._make_alert()
-        self._reset_turn_alert()
-        return alert
+        """End the spoken turn; its alert if it was proactive and has not alerted yet."""
+        turn, self._turn = self._turn, None
+        if turn is not None and turn.proactive and not turn.alerted and turn.units > 0:
+            return self._make_alert(turn)
+        return None
 
-    def _make_alert(self) -> Alert:
-        self._turn_alerted = True
+    def _make_alert(self, turn: "SpokenTurn") -> Alert:
+        turn.alerted = True
         self.counters.alerts += 1
-        return Alert(text=_join_text(self._turn_texts), instruction=self.standing_instruction,
-                     confidence=self._turn_confidence, evidence_stamp_ns=self._turn_evidence,
-                     units=self._turn_units)
+        return Alert(text=_join_text(turn.texts), instruction=self.standing_instruction,
+                     confidence=turn.confidence, evidence_stamp_ns=turn.evidence_stamp_ns,
+                     units=turn.units)
 
     def _track_turn(self, window_index: int, epoch: int, output: Optional[UnitOutput],
                     image_stamp_ns: Optional[int], user_speech: bool, user_probability: float,
@@ -402,16 +407,12 @@ class DuplexLoop:
             return report
         if output is None:
             # A failed unit closes any open turn: nothing more will be said in it.
-            report.end_of_turn = self._in_turn
+            report.end_of_turn = self._turn is not None
             report.alert = self._close_turn()
-            self._in_turn = False
-            self._turn_proactive = False
             return report
         if output.is_listen:
             report.end_of_turn = bool(output.end_of_turn)
             report.alert = self._close_turn()
-            self._in_turn = False
-            self._turn_proactive = False
             return report
         if self._suppressing:
             # The model speaks while the person is still talking after a barge-in: muted.
@@ -423,22 +424,20 @@ class DuplexLoop:
         report.end_of_turn = bool(output.end_of_turn)
         report.text = output.text or ""
         report.speech = np.asarray(output.speech, dtype=np.float32).reshape(-1)
-        if not self._in_turn:
-            self._reset_turn_alert()
-            self._turn_proactive = not self._heard_user_recently(window_index)
-            self._turn_confidence = report.speak_probability
-            self._turn_evidence = self._newest_image_stamp
-        self._in_turn = True
-        self._turn_units += 1
+        if self._turn is None:
+            self._turn = SpokenTurn(proactive=not self._heard_user_recently(window_index),
+                                    confidence=report.speak_probability,
+                                    evidence_stamp_ns=self._newest_image_stamp)
+        turn = self._turn
+        turn.units += 1
         if report.text:
-            self._turn_texts.append(report.text)
-        report.proactive = self._turn_proactive
-        if self._turn_proactive and not self._turn_alerted and (
-                report.end_of_turn or self._turn_units >= self.params.alert_max_units):
-            report.alert = self._make_alert()
+            turn.texts.append(report.text)
+        report.proactive = turn.proactive
+        if turn.proactive and not turn.alerted and (
+                report.end_of_turn or turn.units >= self.params.alert_max_units):
+            report.alert = self._make_alert(turn)
         if report.end_of_turn:
-            self._in_turn = False
-            self._turn_proactive = False
+            self._turn = None
         return report
 
     def _heard_user_recently(self, window_index: int) -> bool:
