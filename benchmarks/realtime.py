@@ -8,6 +8,8 @@ benchmarks/results/<name>.md.
     .venv/bin/python benchmarks/realtime.py camera     [--seconds 10]
     .venv/bin/python benchmarks/realtime.py soak       [--windows 1800]
     .venv/bin/python benchmarks/realtime.py gc
+    (overhead and barge_in take --trees NAME=PATH: the same measures of omni_node run from
+    another checkout, e.g. `git worktree add /tmp/before HEAD~1`, in the same run)
 
 overhead: node CPU outside the model per window (the executor thread: conversions, buffering,
   barge-in echo cancelling and VAD, publishing; plus the unit's own time outside
@@ -82,10 +84,32 @@ def tiny_checkpoint(folder: Path) -> Path:
     return folder
 
 
-class Graph:
-    """omni_flow_clock + omni_node as processes in a private DDS domain, and a driver node."""
+# Another source tree to run omni_node from (`--trees`): this venv's installed interfaces are
+# linked into it, and its package is imported instead of the editable install's.
+TREE_LAUNCHER = ("import runpy, sys\n"
+                 "sys.meta_path[:] = [f for f in sys.meta_path\n"
+                 "                    if type(f).__name__ != 'ScikitBuildInplaceFinder']\n"
+                 "sys.path.insert(0, sys.argv.pop(1))\n"
+                 "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n")
 
-    def __init__(self, checkpoint: Path, window_sec: float, *extra: str) -> None:
+
+def prepare_tree(tree: Path) -> Path:
+    """Link the generated interfaces (omni_ros.msg and its type-support libraries) of this venv
+    into another checkout's package folder, so its nodes run against the same messages."""
+    import omni_ros.msg
+    installed = Path(omni_ros.msg.__file__).resolve().parents[1]
+    for item in installed.iterdir():
+        target = tree / "omni_ros" / item.name
+        if (item.name == "msg" or item.suffix == ".so") and not target.exists():
+            target.symlink_to(item)
+    return tree
+
+
+class Graph:
+    """omni_flow_clock + omni_node as processes in a private DDS domain, and a driver node.
+    `tree`: run omni_node from another source tree (see prepare_tree); None: this one."""
+
+    def __init__(self, checkpoint: Path, window_sec: float, *extra: str, tree: Path = None) -> None:
         import rclpy
         env = os.environ.copy()
         env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)
@@ -101,14 +125,16 @@ class Graph:
         self.processes = [
             self.start("omni_ros.ros.clock_node", window, "clock"),
             self.start("omni_ros.ros.omni_node", [*window, "-p", f"model_path:={checkpoint}",
-                                                  *extra, *NODE_PARAMS], "omni_node")]
+                                                  *extra, *NODE_PARAMS], "omni_node", tree)]
         self.node_pid = self.processes[1].pid
         rclpy.init()
 
-    def start(self, module, args, name):
+    def start(self, module, args, name, tree: Path = None):
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
-        return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        command = [sys.executable, "-m", module] if tree is None else \
+            [sys.executable, "-c", TREE_LAUNCHER, str(tree), module]
+        return subprocess.Popen([*command, "--ros-args", *args], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT if tree is None else tree)
 
     def stop(self) -> None:
         import rclpy
@@ -279,11 +305,11 @@ def start_bare(graph, mic: bool, executor: str = "single", name: str = "bare", e
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
-def measure_overhead(args, checkpoint, executor_kind: str) -> dict:
+def measure_overhead(args, checkpoint, executor_kind: str, tree: Path = None) -> dict:
     from omni_ros.ros.conversions import rgb_to_image
     graph = Graph(checkpoint, args.window_sec, "-p", "diagnostics_period_sec:=1.0",
                   "-p", "listen_prob_scale:=0.3", "-p", "force_listen_count:=0",
-                  "-p", f"executor:={executor_kind}")
+                  "-p", f"executor:={executor_kind}", tree=tree)
     bare = start_bare(graph, mic=True, executor=executor_kind, env=heap_env())
     driver = make_driver(echo_gain=0.3)
     executor = spin_in_background(driver)
@@ -326,10 +352,22 @@ def overhead_figures(r: dict) -> dict:
             "detectors": detectors, "total": total, "beyond": total - detectors - r["bare_ms"]}
 
 
+def variants(args, kinds):
+    """(label, executor kind, tree) of every node configuration of the run: each executor kind
+    on this tree, then on each `--trees` tree."""
+    found = [(kind, kind, None) for kind in kinds]
+    for name, tree in args.trees:
+        found += [(f"{name} {kind}", kind, tree) for kind in kinds]
+    return found
+
+
 def bench_overhead(args, checkpoint):
     kinds = [k.strip() for k in args.executors.split(",") if k.strip()]
-    runs = {kind: [measure_overhead(args, checkpoint, kind) for _ in range(args.repeats)]
-            for kind in kinds}
+    configs = variants(args, kinds)
+    runs = {label: [] for label, _, _ in configs}
+    for _ in range(args.repeats):          # interleaved: drift on the machine hits every variant
+        for label, kind, tree in configs:
+            runs[label].append(measure_overhead(args, checkpoint, kind, tree))
     window_ms = args.window_sec * 1000
     rows = [("window", f"{window_ms:.0f} ms"),
             ("inputs", "640x480 rgb8 at 10 fps, 16 kHz mono mic in 20 ms chunks, robot echo 0.3"),
@@ -365,13 +403,20 @@ def bench_overhead(args, checkpoint):
              med("detectors", pct, " %")),
             (f"[{kind}] all node CPU outside the model / window", med("total", pct, " %")),
             (f"[{kind}] node overhead beyond the bare subscriber", med("beyond", pct, " %"))]
-    executor_median = {kind: float(np.median([r["executor_ms"] for r in trials]))
-                       for kind, trials in runs.items()}
-    if len(runs) > 1:
-        first, *others = kinds
-        for kind in others:
-            rows.append((f"executor CPU {first} / {kind} (medians)",
-                         f"{executor_median[first] / executor_median[kind]:.2f}x"))
+    executor_median = {label: float(np.median([r["executor_ms"] for r in trials]))
+                       for label, trials in runs.items()}
+    unit_median = {label: float(np.median([r["unit_ms"] for r in trials]))
+                   for label, trials in runs.items()}
+    first, *others = kinds
+    for kind in others:
+        rows.append((f"executor CPU {first} / {kind} (medians)",
+                     f"{executor_median[first] / executor_median[kind]:.2f}x"))
+    for name, _ in args.trees:
+        for kind in kinds:
+            other = f"{name} {kind}"
+            rows.append((f"[{kind}] this tree / {name}: executor CPU, unit time outside the model "
+                         f"(medians)", f"{executor_median[kind] / executor_median[other]:.2f}x, "
+                                       f"{unit_median[kind] / unit_median[other]:.2f}x"))
     record("node_overhead", "Node overhead per window (everything except model compute)", rows,
            "Executor thread = all callbacks (mic decode/resample/buffer, barge-in echo cancelling "
            "and VAD while the robot speaks, camera header checks, tick hand-over, speech publishing, "
@@ -381,7 +426,9 @@ def bench_overhead(args, checkpoint):
            "(`barge_in_cpu_us`, `unit_vad_ms_mean`). The tiny model's speech is noise-like, which "
            "WebRTC AEC3 cancels by only ~10 dB (speech by 25-50 dB), so the VAD scores most frames "
            "while the robot speaks: a heavy case for barge-in. One omni_node per executor kind "
-           "(`executor` parameter) and repeat, one after the other in this run.")
+           "(`executor` parameter) and repeat, one after the other in this run"
+           + ("; the trees compared (--trees) interleaved with this one: "
+              + ", ".join(f"{n} = {t}" for n, t in args.trees) if args.trees else "") + ".")
 
 
 def bench_latency(args, checkpoint):
@@ -452,10 +499,11 @@ def vad_floor_ms(person: np.ndarray, voiced: int, alignments: int = 16) -> np.nd
     return np.array(found)
 
 
-def bench_barge_in(args, checkpoint):
+def measure_barge_in(args, checkpoint, tree: Path = None):
+    """(stop latencies s, barge-ins detected per trial, the node's last diagnostics)."""
     graph = Graph(checkpoint, args.window_sec, "-p", "listen_prob_scale:=0.02",
                   "-p", "force_listen_count:=0", "-p", f"speech_chunk_ms:={args.chunk_ms}",
-                  "-p", "diagnostics_period_sec:=0.5")
+                  "-p", "diagnostics_period_sec:=0.5", tree=tree)
     driver = make_driver(echo_gain=0.5)
     executor = spin_in_background(driver)
     person = speech_16k("Stop, stop! Wait a moment please.", voice="en-us+f3")
@@ -485,19 +533,33 @@ def bench_barge_in(args, checkpoint):
     finally:
         executor.shutdown()
         graph.stop()
-    s = np.array(stops)
+    return np.array(stops), detect, values
+
+
+def bench_barge_in(args, checkpoint):
+    trees = [("", None)] + [(f"{name}: ", tree) for name, tree in args.trees]
+    rows = [("speech chunk", f"{args.chunk_ms} ms; target <= one chunk + 50 ms = "
+                             f"{args.chunk_ms + 50} ms"),
+            ("echo canceller", "auto (webrtc if installed, else fdaf); robot echo 0.5 in mic")]
+    medians = {}
+    for prefix, tree in trees:
+        s, detect, values = measure_barge_in(args, checkpoint, tree)
+        medians[prefix] = float(np.median(s)) if s.size else float("nan")
+        rows += [
+            (f"{prefix}trials / barge-ins detected", f"{len(s)} / {sum(1 for d in detect if d)}"),
+            (f"{prefix}stop latency min / median / max", f"{s.min():.3f} / {np.median(s):.3f} / "
+                                                         f"{s.max():.3f} s" if s.size else "n/a"),
+            (f"{prefix}barge_ins counted by the node (whole run)", values.get("barge_ins", "?")),
+            (f"{prefix}false barge-ins (outside the trials)",
+             str(int(values.get("barge_ins", 0)) - sum(detect)))]
+    for prefix, _ in trees[1:]:
+        rows.append((f"median stop latency, this tree - {prefix.rstrip(': ')}",
+                     f"{medians[''] - medians[prefix]:+.3f} s"))
+    person = speech_16k("Stop, stop! Wait a moment please.", voice="en-us+f3")
+    voiced = int(np.argmax(np.abs(person) > 0.02))
     floor = vad_floor_ms(person, voiced)
     record("barge_in_latency", "Barge-in stop latency: voiced onset on the mic -> last speech "
-           "chunk published", [
-               ("speech chunk", f"{args.chunk_ms} ms; target <= one chunk + 50 ms = "
-                                f"{args.chunk_ms + 50} ms"),
-               ("trials / barge-ins detected", f"{len(stops)} / {sum(1 for d in detect if d)}"),
-               ("stop latency min / median / max", f"{s.min():.3f} / {np.median(s):.3f} / "
-                                                   f"{s.max():.3f} s" if s.size else "n/a"),
-               ("echo canceller", "auto (webrtc if installed, else fdaf); robot echo 0.5 in mic"),
-               ("barge_ins counted by the node (whole run)", values.get("barge_ins", "?")),
-               ("false barge-ins (outside the trials)",
-                str(int(values.get("barge_ins", 0)) - sum(detect))),
+           "chunk published", rows + [
                ("silero-vad alone on the voice (no echo, in process): onset -> end of its first "
                 "speech frame, min / median / max over 16 frame alignments",
                 f"{floor.min() / 1000:.3f} / {np.median(floor) / 1000:.3f} / "
@@ -682,7 +744,12 @@ def main() -> int:
                         help="an omni_node parameter for every node of the run (repeatable)")
     parser.add_argument("--executors", default="events,single",
                         help="overhead: executor kinds to compare, in one run")
+    parser.add_argument("--trees", default="", metavar="NAME=PATH,...",
+                        help="overhead, barge_in: also run omni_node from these source trees "
+                             "(e.g. a git worktree of another commit), in the same run")
     args = parser.parse_args()
+    args.trees = [(name, prepare_tree(Path(path).resolve())) for name, _, path in
+                  (item.partition("=") for item in args.trees.split(",") if item)]
     for item in args.param:
         NODE_PARAMS.extend(["-p", item])
     if args.seconds is None:

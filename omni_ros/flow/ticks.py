@@ -1,8 +1,9 @@
 """A bounded hand-over of window ticks from the clock callback to the unit worker.
 
 The worker takes the newest tick waiting (or, with max_lag n, the one n ticks behind it): ticks
-that queued up while a unit ran longer than a window are superseded (counted), and the duplex
-loop skips or merges their windows (overload_policy). The queue never grows past `maxsize`; when full, the oldest tick goes.
+that queued up while a unit ran longer than a window are superseded (counted), and the unit
+runner skips or merges their windows (overload_policy). The queue never grows past `maxsize`;
+when full, the oldest tick goes.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class TickQueue:
         """The newest waiting (tick, received); older ones are superseded. None on timeout.
 
         With `max_lag` n, up to n newer ticks may stay waiting (a unit that ran a little over a
-        window costs no window; the loop catches up within n windows once units are fast).
+        window costs no window; the runner catches up within n windows once units are fast).
         A tick of an older epoch than one before it never supersedes it (`epoch` attribute)."""
         with self._ready:
             if not self._items and not self._ready.wait_for(lambda: bool(self._items), timeout):

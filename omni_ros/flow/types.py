@@ -1,4 +1,4 @@
-"""Plain data passed between the Omni-Flow loop and a duplex model session.
+"""The contract between the Omni-Flow side and a model session, and the data passed across it.
 
 No ROS and no torch here: the flow side hands a `UnitInput` to a `DuplexSession` and gets a
 `UnitOutput` back.
@@ -51,16 +51,16 @@ class UnitOutput:
 class SessionCapabilities:
     """What a session takes, declared once at construction."""
 
-    # INPUT_SAMPLE_RATE samples per unit: one window (the loop checks it against its buffer)
+    # INPUT_SAMPLE_RATE samples per unit: one window (the runner checks it against its buffer)
     window_samples: int
     # True: a unit may carry several windows' audio back to back (the overload policy "merge");
-    # False: the loop folds them into one window's length first.
+    # False: the runner folds them into one window's length first.
     accepts_merged_audio: bool = False
 
 
 class DuplexSession(abc.ABC):
     """A stateful model session run one window (unit) at a time: the contract between the
-    Omni-Flow side (omni_ros.flow.duplex, the node) and a model (omni_ros.session). The turn
+    Omni-Flow side (omni_ros.flow.unit_runner, the engine) and a model (omni_ros.session). The turn
     inside the model (what the model has said, whether its turn is open) is the session's; the
     flow side sees it only through each UnitOutput."""
 

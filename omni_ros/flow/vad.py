@@ -1,6 +1,6 @@
 """Voice activity on 16 kHz audio: silero-vad's ONNX model in onnxruntime, or a plain energy gate.
 
-Used by the duplex loop (did a person speak in recent windows?) and by barge-in (is a person
+Used by the unit runner (did a person speak in recent windows?) and by barge-in (is a person
 talking over the robot, every 32 ms while it speaks). The ONNX model shipped inside the silero-vad
 wheel gives the same probabilities as its TorchScript one (checked in the tests) at about 0.08 ms
 per 512-sample chunk instead of about 2 ms, and keeps torch out of omni_ros.flow.
