@@ -84,11 +84,12 @@ def tiny_checkpoint(folder: Path) -> Path:
     return folder
 
 
-# Another source tree to run omni_node from (`--trees`): this venv's installed interfaces are
-# linked into it, and its package is imported instead of the editable install's.
+# omni_node runs from the source tree it is given (this script's own by default, others with
+# `--trees`): this venv's installed interfaces are linked into that tree, and its package is
+# imported instead of the editable install's, so edits elsewhere cannot change a run.
 TREE_LAUNCHER = ("import runpy, sys\n"
                  "sys.meta_path[:] = [f for f in sys.meta_path\n"
-                 "                    if type(f).__name__ != 'ScikitBuildInplaceFinder']\n"
+                 "                    if not type(f).__name__.startswith('ScikitBuild')]\n"
                  "sys.path.insert(0, sys.argv.pop(1))\n"
                  "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n")
 
@@ -107,7 +108,7 @@ def prepare_tree(tree: Path) -> Path:
 
 class Graph:
     """omni_flow_clock + omni_node as processes in a private DDS domain, and a driver node.
-    `tree`: run omni_node from another source tree (see prepare_tree); None: this one."""
+    `tree`: the source tree omni_node runs from (see prepare_tree); None: this script's."""
 
     def __init__(self, checkpoint: Path, window_sec: float, *extra: str, tree: Path = None) -> None:
         import rclpy
@@ -131,10 +132,10 @@ class Graph:
 
     def start(self, module, args, name, tree: Path = None):
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
-        command = [sys.executable, "-m", module] if tree is None else \
-            [sys.executable, "-c", TREE_LAUNCHER, str(tree), module]
+        tree = prepare_tree(ROOT) if tree is None else tree
+        command = [sys.executable, "-c", TREE_LAUNCHER, str(tree), module]
         return subprocess.Popen([*command, "--ros-args", *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT if tree is None else tree)
+                                stderr=subprocess.STDOUT, cwd=tree)
 
     def stop(self) -> None:
         import rclpy
@@ -196,12 +197,9 @@ def make_driver(echo_gain: float = 0.0):
                     self.heard.add(stamp, soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE))
 
         def values(self):
+            from omni_ros.ros.diagnostics import values_of
             with self.lock:
-                for array in reversed(self.diagnostics):
-                    for status in array.status:
-                        if status.name.startswith("omni_node"):
-                            return {kv.key: kv.value for kv in status.values}
-            return {}
+                return values_of(self.diagnostics[-20:], "omni_node")
 
         def mic_chunk(self, start_ns, n):
             with self.lock:

@@ -99,6 +99,8 @@ def unit() -> dict:
 def roundtrip(seconds: float, refuse: int) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
+
+    from omni_ros.ros.diagnostics import values_of
     from rclpy.node import Node
 
     from graph import appender, spinning, wait_until
@@ -153,11 +155,7 @@ def roundtrip(seconds: float, refuse: int) -> dict:
                 info = message.audio.info
                 entry["info"] = [info.format, info.rate, info.channels, info.chunk]
             chunks.append(entry)
-        values = {}
-        for array in diagnostics:
-            for status in array.status:
-                if status.name.startswith("omni_node"):
-                    values = {kv.key: kv.value for kv in status.values}
+        values = values_of(diagnostics, "omni_node")
         view = flavours.info_view(infos[-1]) if infos else None
         result = {"flavour": flavours.FLAVOUR, "mic_chunks_sent": sent,
                   "states": [[int(s.window_index), int(s.state)] for s in states],

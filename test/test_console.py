@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from omni_ros.tools.alert_log import AlertLog, read_alert_log
-from omni_ros.tools.console import (AlertFields, ConsoleView, StateFields, TextFields,
+from omni_ros.tools.console import (AlertFields, ConsoleView, HealthFields, StateFields, TextFields,
                                     alert_record, format_time, use_color)
 
 T0 = 1_700_000_000_000_000_000          # 2023-11-14 22:13:20 UTC
@@ -92,6 +92,24 @@ def test_min_level_warn_shows_only_warnings_and_errors():
     assert [line.split("  ")[2].strip() for line in lines if not line.startswith("    ")] == \
         ["WARN", "ERROR"]
     assert all("ALERT" in line for line in lines if not line.startswith("    "))
+
+
+@pytest.mark.unit
+def test_health_shows_warnings_when_they_start_or_change_and_ok_once_after():
+    view = ConsoleView(utc=True)
+    seen = []
+    for k, (concern, level, message) in enumerate([
+            ("camera", 0, "ok"), ("camera", 1, "no input for 3.2 s"), ("camera", 1, "no input for 3.2 s"),
+            ("microphone", 1, "audio refused: 96000 Hz"), ("camera", 1, "no input for 4.3 s"),
+            ("model", 2, "unit failed: boom"), ("camera", 0, "ok"), ("camera", 0, "ok")]):
+        seen += view.on_health(HealthFields(T0 + k * 10**9, concern, level, message))
+    assert [line.split("  ", 1)[1] for line in seen] == [
+        "WARN   camera: no input for 3.2 s", "WARN   microphone: audio refused: 96000 Hz",
+        "WARN   camera: no input for 4.3 s", "ERROR  model: unit failed: boom",
+        "INFO   camera: ok again"]
+    quiet = ConsoleView(min_level="ERROR")
+    assert quiet.on_health(HealthFields(T0, "camera", 1, "no input")) == []
+    assert quiet.on_health(HealthFields(T0, "model", 2, "unit failed: x")) != []
 
 
 @pytest.mark.unit

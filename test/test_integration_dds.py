@@ -22,6 +22,7 @@ from graph import REPO, appender, spinning, start_node, stop, wait_until
 from omni_ros.msg import DuplexState, FlowTick, OmniText
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import rgb_to_image
+from omni_ros.ros.diagnostics import values_of
 
 pytestmark = pytest.mark.dds
 
@@ -175,7 +176,7 @@ def test_speech_of_a_speaking_unit_adds_up_to_one_window(duplex_run):
 
 def test_remapped_camera_and_resampled_mic_reach_the_model(duplex_run):
     client = duplex_run[0]
-    values = {kv.key: kv.value for kv in client.diagnostics[-1].status[0].values}
+    values = values_of(client.diagnostics, "omni_node")
     assert int(values["frames_received"]) >= 20
     assert int(values["audio_messages_received"]) >= 300
     assert int(values["audio_messages_refused"]) == 0

@@ -252,3 +252,141 @@ def test_a_folder_of_the_earlier_test_decoder_is_refused_with_a_way_out(tiny_che
     (t2w / "token2wav.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="omni_ros_tiny_checkpoint"):
         load_model(d)
+
+# --- the writer's plan: tiny written, released planned ---------------------------------------
+
+def _released_plan():
+    from omni_ros.model.checkpoint import SHARD_BYTES, plan_checkpoint
+
+    return plan_checkpoint(OmniConfig.released(), torch.bfloat16, SHARD_BYTES["released"])
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_tiny_writer_follows_its_plan(tiny_checkpoint, tmp_path):
+    """The tiny folder holds exactly the planned files; each shard has the planned header and length,
+    and safetensors' own writer would have written the same bytes."""
+    from safetensors.torch import load_file, save_file
+
+    from omni_ros.model.checkpoint import plan_checkpoint
+    from omni_ros.model.loader import read_shard_header
+
+    plan = plan_checkpoint(OmniConfig.tiny())
+    assert _files(tiny_checkpoint) == set(plan.files())
+    assert _index(tiny_checkpoint) == plan.index()
+    for shard in plan.shards:
+        data = (tiny_checkpoint / shard.file).read_bytes()
+        assert len(data) == shard.file_bytes
+        assert data[8:8 + len(shard.header())] == shard.header()
+        assert set(read_shard_header(tiny_checkpoint / shard.file).values()) == \
+            {("BF16", t.shape) for t in shard.tensors}
+    first = tiny_checkpoint / plan.shards[0].file
+    save_file(load_file(str(first)), str(tmp_path / "again.safetensors"), metadata={"format": "pt"})
+    assert (tmp_path / "again.safetensors").read_bytes() == first.read_bytes()
+
+
+def test_tiny_written_like_the_released_plan(tiny_checkpoint):
+    """Same key names (layer counts aside), dtype and file layout at both sizes; the released plan's
+    keys and shapes are those of the released module tree."""
+    from test_model_layout import _released_from_tree
+
+    plan = _released_plan()
+    released = {t.name: t.shape for t in plan.all_tensors()}
+    assert released == _released_from_tree()
+    tiny = {k: v for shard in set(_index(tiny_checkpoint)["weight_map"].values())
+            for k, v in _shard_dtypes(tiny_checkpoint / shard).items()}
+    assert {_norm_layers(k) for k in tiny} == {_norm_layers(k) for k in released}
+    assert set(tiny.values()) == {"BF16"} and {t.dtype for t in plan.all_tensors()} == {torch.bfloat16}
+    shard_name = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
+    tiny_files = _files(tiny_checkpoint)
+    assert {f for f in tiny_files if not shard_name.fullmatch(f)} == \
+        {f for f in plan.files() if not shard_name.fullmatch(f)}
+    for files in (tiny_files, set(plan.files())):
+        shards = sorted(shard_name.fullmatch(f).groups() for f in files if shard_name.fullmatch(f))
+        assert shards == [(f"{i + 1:05d}", f"{len(shards):05d}") for i in range(len(shards))]
+
+
+def _shard_dtypes(path):
+    from omni_ros.model.loader import read_shard_header
+
+    return {k: dtype for k, (dtype, _) in read_shard_header(path).items()}
+
+
+def test_released_plan_shapes_and_shard_boundaries():
+    """Checked without writing a byte: 18.8 GB of bf16 in shards of at most 5 GB, cut greedily in key
+    order, each tensor once, byte ranges back to back."""
+    plan = _released_plan()
+    tensors = list(plan.all_tensors())
+    assert [t.name for t in tensors] == sorted(t.name for t in tensors)
+    assert len({t.name for t in tensors}) == len(tensors)
+    assert plan.total_size == 2 * sum(torch.Size(t.shape).numel() for t in tensors)
+    assert 18.0e9 < plan.total_size < 19.2e9
+    assert len(plan.shards) == 4
+    limit = 5 * 10 ** 9
+    for i, shard in enumerate(plan.shards):
+        assert shard.file == f"model-{i + 1:05d}-of-00004.safetensors"
+        ends = [0] + [t.offsets[1] for t in shard.tensors]
+        assert [t.offsets for t in shard.tensors] == list(zip(ends[:-1], ends[1:]))
+        assert all(t.nbytes == 2 * torch.Size(t.shape).numel() for t in shard.tensors)
+        assert shard.data_bytes <= limit
+        if i + 1 < len(plan.shards):                  # the next tensor would not have fitted
+            assert shard.data_bytes + plan.shards[i + 1].tensors[0].nbytes > limit
+        assert len(shard.header()) % 8 == 0 and shard.file_bytes == 8 + len(shard.header()) + shard.data_bytes
+    assert plan.index()["metadata"]["total_size"] == plan.total_size
+    assert plan.total_size == 18_713_096_324
+    assert [(s.tensors[0].name, s.tensors[-1].name) for s in plan.shards] == [
+        ("apm.conv1.bias", "llm.model.layers.12.self_attn.k_proj.weight"),
+        ("llm.model.layers.12.self_attn.o_proj.weight", "llm.model.layers.24.mlp.gate_proj.weight"),
+        ("llm.model.layers.24.mlp.up_proj.weight", "llm.model.layers.4.mlp.down_proj.weight"),
+        ("llm.model.layers.4.mlp.gate_proj.weight", "vpm.post_layernorm.weight")]
+
+
+def test_plan_option_writes_nothing(tmp_path, capsys):
+    from omni_ros.tools.tiny_checkpoint import main
+
+    assert main([str(tmp_path / "released"), "--size", "released", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "model-00004-of-00004.safetensors" in out and "in 4 shards" in out
+    assert not (tmp_path / "released").exists()
+
+
+def test_drawing_in_row_blocks_draws_the_same_values(tiny_checkpoint, tmp_path):
+    """Large tensors are drawn in blocks of rows: whatever the block size, the same values (so the
+    released size is streamed without changing what a seed means)."""
+    from omni_ros.model.checkpoint import RandomWeights, _row_chunks, plan_checkpoint, write_weights
+
+    for shape in [(961, 1), (1000, 3), (40, 100)]:
+        whole = torch.cat(list(RandomWeights({"a.weight": shape}, 3, 1 << 30).blocks("a.weight")))
+        pieces = list(RandomWeights({"a.weight": shape}, 3, 64).blocks("a.weight"))
+        assert len(pieces) > 1 and torch.equal(torch.cat(pieces), whole), shape
+        assert all(p.numel() % 16 == 0 for p in pieces[:-1]) and pieces[-1].numel() >= 16
+    assert list(_row_chunks((961, 1), 64))[-1] == (896, 961)
+    write_weights(tmp_path, plan_checkpoint(OmniConfig.tiny()), seed=0, chunk_elements=4096)
+    for shard in sorted(set(_index(tiny_checkpoint)["weight_map"].values())):
+        assert (tmp_path / shard).read_bytes() == (tiny_checkpoint / shard).read_bytes(), shard
+
+
+def test_bf16_load_maps_the_shards_instead_of_copying(tiny_checkpoint):
+    """dtype bfloat16 on the CPU (the stored dtype): the weights are views of the memory-mapped
+    shard files; the load time is recorded."""
+    import os
+
+    model = load_model(tiny_checkpoint, device="cpu", dtype="bfloat16")
+    real = os.path.realpath(tiny_checkpoint)
+    mapped = []
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            if line.rstrip().endswith(".safetensors") and real in line:
+                lo, hi = line.split()[0].split("-")
+                mapped.append((int(lo, 16), int(hi, 16)))
+    listed = _index(tiny_checkpoint)["weight_map"]
+    weights = {k: w for k, w in model.named_parameters() if not k.startswith("token2wav.")}
+    assert set(weights) == set(listed)
+    outside = [k for k, w in weights.items() if not any(lo <= w.data_ptr() < hi for lo, hi in mapped)]
+    assert not outside, outside[:5]
+    assert all(w.dtype == torch.bfloat16 for w in weights.values())
+    assert 0 < model.load_seconds < 120
+    inv = model.llm.model.rotary_emb.inv_freq
+    assert inv.dtype == torch.float32 and inv.device.type == "cpu" and inv[0] == 1.0

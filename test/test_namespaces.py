@@ -22,6 +22,7 @@ from graph import REPO, isolated_ros_environment, spinning, wait_until
 from omni_ros.msg import DuplexState, FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import rgb_to_image
+from omni_ros.ros.diagnostics import CONCERNS, values_of
 
 pytestmark = pytest.mark.dds
 
@@ -38,6 +39,7 @@ class Observer(Node):
         self.states = {r: [] for r in ROBOTS}
         self.ticks = {r: [] for r in ROBOTS}
         self.diagnostics = {r: {} for r in ROBOTS}
+        self.statuses = {r: set() for r in ROBOTS}     # (name, hardware_id) of the newest array
         self.unattributed = 0
         for robot in ROBOTS:
             self.create_subscription(DuplexState, f"/{robot}/omni/state",
@@ -68,10 +70,11 @@ class Observer(Node):
 
     def on_diagnostics(self, message, info) -> None:
         robot = self.namespace_of(info["publisher_gid"])
-        values = {kv.key: kv.value for kv in message.status[0].values} if message.status else {}
+        values = values_of(message, f"/{robot}/omni_node")
         with self.lock:
             if robot in self.diagnostics:
                 self.diagnostics[robot] = values
+                self.statuses[robot] = {(status.name, status.hardware_id) for status in message.status}
             else:
                 self.unattributed += 1
 
@@ -148,6 +151,7 @@ def test_two_namespaced_graphs_do_not_cross_talk(two_graphs):
             with observer.lock:
                 states = {r: [int(s.window_index) for s in observer.states[r]] for r in ROBOTS}
                 diagnostics = {r: dict(observer.diagnostics[r]) for r in ROBOTS}
+                statuses = {r: set(observer.statuses[r]) for r in ROBOTS}
                 ticks = {r: len(observer.ticks[r]) for r in ROBOTS}
                 unattributed = observer.unattributed
     finally:
@@ -159,6 +163,8 @@ def test_two_namespaced_graphs_do_not_cross_talk(two_graphs):
         assert states[robot] == sorted(set(states[robot])), f"{robot}: one state per window"
         assert ticks[robot] >= 6, f"{robot}: its clock ticks on /{robot}/omni_flow/tick"
         assert diagnostics[robot], f"{robot}: no /diagnostics attributed to /{robot}/omni_node"
+        # one status per concern, named after the robot's node, its namespace as hardware_id
+        assert statuses[robot] == {(f"/{robot}/omni_node: {c}", f"/{robot}") for c in CONCERNS}
     assert unattributed == 0
     r1, r2 = diagnostics["r1"], diagnostics["r2"]
     assert int(r1["frames_received"]) >= 8 and int(r1["audio_messages_received"]) >= 80

@@ -14,6 +14,8 @@ import rclpy
 import soxr
 from audio_common_msgs.msg import AudioDataStamped, AudioInfo
 from diagnostic_msgs.msg import DiagnosticArray
+
+from omni_ros.ros.diagnostics import values_of
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image
@@ -65,17 +67,21 @@ class Robot(Node):
             self.speech.append((stamp, pcm.shape[0]))
             self.heard.add(stamp, soxr.resample(pcm, 24000, RATE))
 
-    def omni_status(self):
-        """The newest omni_node status on /diagnostics (other nodes publish there too)."""
+    def omni_statuses(self):
+        """omni_node's newest status per concern on /diagnostics (other nodes publish there too)."""
+        found = {}
         with self.lock:
-            for array in reversed(self.diagnostics):
+            for array in self.diagnostics:
                 for status in array.status:
-                    if status.name.startswith("omni_node"):
-                        return status
-        raise AssertionError("no omni_node diagnostics")
+                    owner, _, concern = status.name.partition(": ")
+                    if owner == "/omni_node":
+                        found[concern] = status
+        assert found, "no omni_node diagnostics"
+        return found
 
     def values(self):
-        return {kv.key: kv.value for kv in self.omni_status().values}
+        with self.lock:
+            return values_of(self.diagnostics, "omni_node")
 
     def mic_chunk(self, start_ns: int, n: int) -> np.ndarray:
         with self.lock:
@@ -249,7 +255,7 @@ def sim_run(ros_env, tiny_checkpoint, tmp_path_factory):
             robot.feed(2.5)
             time.sleep(1.2)                      # camera and mic silent
             result["values_silent"] = robot.values()
-            result["diag_silent"] = robot.omni_status()
+            result["diag_silent"] = robot.omni_statuses()
         sim_clock.running = False
         result["codes"] = stop([node, clock_node])
     finally:
@@ -294,9 +300,13 @@ def test_clock_jump_back_starts_a_new_epoch_and_units_go_on(sim_run):
 
 def test_silent_camera_and_mic_warn(sim_run):
     _, result, _ = sim_run
-    status = result["diag_silent"]
-    assert status.level in (b"\x01", 1), status      # WARN
-    assert "no input from the camera and microphone" in status.message, status.message
+    statuses = result["diag_silent"]
+    assert set(statuses) == {"camera", "microphone", "model", "speech"}
+    for concern in ("camera", "microphone"):
+        status = statuses[concern]
+        assert status.level in (b"\x01", 1), status      # WARN
+        assert "no input for" in status.message, status.message
+        assert status.hardware_id == "/"                  # the namespace
 
 
 # -- start-up faults -------------------------------------------------------------------------

@@ -2,6 +2,15 @@
 
 One `AudioInputStream` per microphone stream keeps the resampler state between chunks and a
 continuous output timeline, restarted when the stamps show a gap or jump.
+
+Stamps are smoothed against the sample count: a chunk is expected at the timeline's anchor plus
+the samples received since, and a stamp within one chunk's duration of that (at least
+`max_gap_ns`) is snapped to it, so a driver that stamps each chunk from its own clock never makes
+the output overlap or leave holes. A larger difference (a gap, a clock jump, the same stretch
+sent again) restarts the timeline at the new stamp: what that makes overlap is counted downstream
+(WindowBuffer's `samples_overlap`). A format change restarts the resampler, not the driver's
+clock: the new timeline goes on where the output stopped when the next stamp is that close to it
+(audio that came before its AudioInfo, read in the previous format, then overlaps nothing).
 """
 from __future__ import annotations
 
@@ -57,8 +66,9 @@ class AudioInputStream:
     `push(stamp_ns, raw_bytes)` returns `(stamp_ns, samples)` where samples is float32 mono at
     16 kHz (possibly empty while the resampler fills) and the stamp is the time of its first
     sample. Output stamps follow a continuous timeline anchored at the first chunk after each
-    reset, so small stamp jitter never makes output overlap or leave holes; a stamp that differs
-    from the expected one by more than `max_gap_ns` restarts the stream.
+    reset, so stamp jitter never makes output overlap or leave holes; a stamp that differs from
+    the expected one by more than the chunk's own duration, and by more than `max_gap_ns`,
+    restarts the stream.
     """
 
     def __init__(self, sample_rate: int, channels: int, sample_format: str = "S16LE",
@@ -68,6 +78,7 @@ class AudioInputStream:
         self.quality = quality
         self._resampler = None
         self._anchor_ns: Optional[int] = None   # stamp of the first input frame since the reset
+        self._resume_ns: Optional[int] = None   # where the output stopped at a format change
         self._frames_in = 0                      # input frames since the reset
         self._samples_out = 0                    # output samples since the reset
         self._last_chunk = None                  # (stamp_ns, length, hash) of the previous chunk
@@ -101,19 +112,28 @@ class AudioInputStream:
                                    f"(mono) and 2 (stereo, mixed down to mono)")
         if getattr(self, "_format", None) == fmt and self._rate == rate and self._channels == chans:
             return
+        heard_until = None if self._anchor_ns is None else \
+            self._anchor_ns + samples_to_ns(self._samples_out, INPUT_SAMPLE_RATE)
+        self._end_timeline()   # counted in the old format
         self._format, self._rate, self._channels = fmt, rate, chans
         self._dtype = SAMPLE_DTYPES[fmt]
         self._frame_bytes = self._dtype.itemsize * chans
         self.reset()
+        self._resume_ns = heard_until   # the driver's clock goes on across its format change
 
-    def reset(self) -> None:
-        """Start a fresh stream: the next chunk anchors a new timeline."""
+    def _end_timeline(self) -> None:
+        """Count the restart of a stream that has a timeline, and the resampler tail it drops."""
         if self._anchor_ns is not None:
             self.counters.resets += 1
             if self._resampler is not None:
                 expected = self._frames_in * INPUT_SAMPLE_RATE // self._rate
                 self.counters.samples_dropped_on_reset += max(0, expected - self._samples_out)
         self._anchor_ns = None
+
+    def reset(self) -> None:
+        """Start a fresh stream: the next chunk anchors a new timeline."""
+        self._end_timeline()
+        self._resume_ns = None
         self._frames_in = 0
         self._samples_out = 0
         self._resampler = None
@@ -147,6 +167,12 @@ class AudioInputStream:
             samples = samples.reshape(-1, 2).mean(axis=1, dtype=np.float32)
         return samples
 
+    def _snaps(self, offset_ns: int, frames: int) -> bool:
+        """Whether a chunk of `frames` stamped `offset_ns` away from where the timeline expects it
+        is snapped to it: within one chunk's duration, or within max_gap_ns."""
+        offset_ns = abs(offset_ns)
+        return offset_ns <= self.max_gap_ns or offset_ns <= samples_to_ns(frames, self._rate)
+
     def push(self, stamp_ns: int, raw_bytes) -> Tuple[int, np.ndarray]:
         stamp_ns = int(stamp_ns)
         data = raw_bytes if isinstance(raw_bytes, (bytes, bytearray)) else bytes(raw_bytes)
@@ -158,12 +184,15 @@ class AudioInputStream:
         self._last_chunk = signature
         mono = self.decode(data)
         self.counters.chunks += 1
-        if self._anchor_ns is not None:
+        if self._anchor_ns is not None:   # jitter up to a chunk is snapped to the timeline
             expected_ns = self._anchor_ns + samples_to_ns(self._frames_in, self._rate)
-            if abs(stamp_ns - expected_ns) > self.max_gap_ns:
+            offset_ns = stamp_ns - expected_ns
+            if abs(offset_ns) > self.max_gap_ns and not self._snaps(offset_ns, mono.shape[0]):
                 self.reset()
         if self._anchor_ns is None:
-            self._anchor_ns = stamp_ns
+            resume_ns, self._resume_ns = self._resume_ns, None
+            near = resume_ns is not None and self._snaps(stamp_ns - resume_ns, mono.shape[0])
+            self._anchor_ns = resume_ns if near else stamp_ns
         out_stamp = self._anchor_ns + samples_to_ns(self._samples_out, INPUT_SAMPLE_RATE)
         self._frames_in += mono.shape[0]
         self.counters.input_frames += mono.shape[0]

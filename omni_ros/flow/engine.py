@@ -143,26 +143,39 @@ class FlowEngine:
         self.last_error: Optional[str] = None
         self.stopping = threading.Event()
         self.speech_wakeup = threading.Event()
-        self.worker = threading.Thread(target=self._run_units, name="omni_units", daemon=True)
-        self.speaker = threading.Thread(target=self._release_loop, name="omni_speech", daemon=True)
+        self.worker: Optional[threading.Thread] = None
+        self.speaker: Optional[threading.Thread] = None
 
     @property
     def session(self) -> DuplexSession:
         return self.runner.session
 
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_alive()
+
     def start(self) -> None:
+        """Start the unit worker and the speaker (again after `stop`)."""
+        if self.running:
+            return
+        self.stopping.clear()
+        self.worker = threading.Thread(target=self._run_units, name="omni_units", daemon=True)
+        self.speaker = threading.Thread(target=self._release_loop, name="omni_speech", daemon=True)
         self.worker.start()
         self.speaker.start()
 
-    def close(self) -> None:
-        """Stop the worker (it may finish the unit in hand) and the speaker; both are daemon
+    def stop(self) -> int:
+        """Stop the worker (it may finish the unit in hand) and the speaker, and drop the speech
+        not yet played and the ticks not yet run; the speech chunks dropped. Both are daemon
         threads, so a unit stuck in the model cannot hold the process beyond these waits."""
         self.stopping.set()
         self.speech_wakeup.set()
-        if self.worker.is_alive():
-            self.worker.join(timeout=5.0)
-        if self.speaker.is_alive():
-            self.speaker.join(timeout=2.0)
+        for thread, wait in ((self.worker, 5.0), (self.speaker, 2.0)):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=wait)
+        self.ticks.clear()
+        with self.pacer_lock:
+            return self.pacer.flush()
 
     # -- inputs (executor thread) ----------------------------------------------------------------
     def add_frame(self, stamp_ns: int, frame: Any) -> bool:

@@ -59,6 +59,10 @@ class TickQueue:
                 self.counters.ticks_superseded += 1
             return newest
 
+    def clear(self) -> None:
+        with self._ready:
+            self._items.clear()
+
     def __len__(self) -> int:
         with self._ready:
             return len(self._items)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import sys
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
 from omni_ros.flow.audio import AudioInputStream
-from omni_ros.flow.bargein import BargeInDetector
-from omni_ros.flow.echo import make_echo_canceller
 from omni_ros.flow.engine import EngineParams, FlowEngine
 from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
 from omni_ros.flow.unit_runner import INTERRUPTED, SPEAKING, RunnerParams, UnitReport
@@ -29,24 +28,56 @@ from omni_ros.msg import DuplexState, FlowTick, OmniText, ProactiveAlert
 from omni_ros.ros import audio_flavours, qos
 from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
 from omni_ros.ros.parameters import SPECS_BY_NAME, check_value, declare_all, fields_of
-from omni_ros.ros.runner import StartupError, run_node
+from omni_ros.ros.diagnostics import NodeHealth
+from omni_ros.ros.memory import release_memory
+from omni_ros.ros.node_parts import barge_in_from, session_from
+from omni_ros.ros.runner import StartupError, freeze_startup_objects, resolved_topics, run_node
 from omni_ros.ros.sensor_inputs import LOG_THROTTLE_SEC, CameraInput, MicInput, ThrottledLog
-from omni_ros.runtime.registry import BackendError, BackendSettings, create_session
 
+CLOCK_AGREEMENT_NS = 60 * NS_PER_S   # a first tick further from this node's clock: another time base
 ALERT_LEVELS = {"INFO": ProactiveAlert.INFO, "WARN": ProactiveAlert.WARN, "ERROR": ProactiveAlert.ERROR}
 
 
-class OmniNode(Node):
+class OmniNode(LifecycleNode):
+    """A managed (lifecycle) node: configure loads the model, activate takes input and publishes,
+    deactivate stops taking input and drops pending speech, cleanup frees the model. With
+    `autostart` (the default) it configures and activates itself at start."""
+
     def __init__(self, **kwargs) -> None:
         super().__init__("omni_node", **kwargs)
-        s = self.settings = declare_all(self)
-        self.window_ns = seconds_to_ns(s["window_sec"])
-        self.session = self._create_session()
-        started = time.perf_counter()
-        self.session.warmup()   # lazy initialisation must not land on a real window
-        self.get_logger().info(f"model warmed up in {time.perf_counter() - started:.2f} s")
+        self.settings = declare_all(self)
+        self.window_ns = seconds_to_ns(self.settings["window_sec"])
         self.counters = {"ticks_received": 0, "ticks_wrong_window": 0, "executor_errors": 0}
         self.log = ThrottledLog(self.get_logger())
+        self.health = NodeHealth()
+        self.session = self.engine = self.camera = self.mic = None
+        self.setters: dict = {}
+        self._pubs: dict = {}
+        self._inputs: list = []          # subscriptions, while active
+        self._configured: list = []      # service and timer, while configured
+        self._failure = ""
+        self.add_on_set_parameters_callback(self.on_set_parameters)
+        if self.settings["autostart"]:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise StartupError(self._failure or "configure failed (see the log above)")
+            self.trigger_activate()
+        else:
+            self.get_logger().info("waiting in the unconfigured state (autostart is false): "
+                                   f"configure and activate through {self.get_fully_qualified_name()}/change_state")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        s = self.settings
+        try:
+            self.session = session_from(self.settings)
+            started = time.perf_counter()
+            self.session.warmup()   # lazy initialisation must not land on a real window
+            self.get_logger().info(f"model warmed up in {time.perf_counter() - started:.2f} s")
+        except StartupError as error:
+            self._failure = str(error)
+            self.get_logger().error(f"configure failed: {error}")
+            self.session = None
+            return TransitionCallbackReturn.FAILURE
         self.engine = FlowEngine(
             self.session, self, EngineParams(
                 window_ns=self.window_ns, runner=RunnerParams(window_ns=self.window_ns,
@@ -54,8 +85,9 @@ class OmniNode(Node):
                 max_future_windows=s["max_future_windows"], speech_chunk_ms=s["speech_chunk_ms"],
                 input_grace_ms=s["input_grace_ms"], standing_instruction=s["standing_instruction"]),
             decode_frame=lambda frame: self.camera.decode_frame(frame),
-            speech_detector=VoiceActivity(), barge_in=self._create_barge_in())
-        self.camera = CameraInput(self.engine, self.log, lambda: self.settings["max_image_side"])
+            speech_detector=VoiceActivity(), barge_in=barge_in_from(self.settings, self.get_logger()))
+        self.camera = CameraInput(self.engine, self.log, lambda: self.settings["max_image_side"],
+                                  self.health.frame_stamps)
         self.mic = MicInput(self.engine, self.log, AudioInputStream(
             s["audio_sample_rate"], s["audio_channels"], s["audio_sample_format"]))
         runner, barge_in = self.engine.runner, self.engine.barge_in
@@ -66,72 +98,71 @@ class OmniNode(Node):
         if barge_in is not None:
             self.setters["barge_in_threshold"] = lambda v: setattr(barge_in, "threshold", v)
             self.setters["barge_in_min_speech_ms"] = barge_in.set_min_speech_ms
-
         # outputs: audio_common_msgs of either flavour (ros-drivers or mgonzs13), see audio_flavours
-        self.speech_publisher = self.create_publisher(audio_flavours.SPEECH_TYPE, "speech/audio", qos.SPEECH)
-        self.speech_stamped_publisher = self.create_publisher(audio_flavours.SPEECH_STAMPED_TYPE,
-                                                              "speech/audio_stamped", qos.SPEECH)
-        info = self.create_publisher(audio_flavours.AudioInfo, "speech/audio_info", qos.AUDIO_INFO)
-        self.text_publisher = self.create_publisher(OmniText, "omni/text", qos.OUTPUT)
-        self.state_publisher = self.create_publisher(DuplexState, "omni/state", qos.OUTPUT)
-        self.alert_publisher = self.create_publisher(ProactiveAlert, "omni/alerts", qos.OUTPUT)
-        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", qos.OUTPUT)
-        info.publish(audio_flavours.speech_info(OUTPUT_SAMPLE_RATE,
-                                                OUTPUT_SAMPLE_RATE * s["speech_chunk_ms"] // 1000))
+        topics = {"speech": (audio_flavours.SPEECH_TYPE, "speech/audio", qos.SPEECH),
+                  "speech_stamped": (audio_flavours.SPEECH_STAMPED_TYPE, "speech/audio_stamped", qos.SPEECH),
+                  "speech_info": (audio_flavours.AudioInfo, "speech/audio_info", qos.AUDIO_INFO),
+                  "text": (OmniText, "omni/text", qos.OUTPUT), "state": (DuplexState, "omni/state", qos.OUTPUT),
+                  "alerts": (ProactiveAlert, "omni/alerts", qos.OUTPUT),
+                  "diagnostics": (DiagnosticArray, "/diagnostics", qos.OUTPUT)}
+        self._pubs = {key: self.create_publisher(*args) for key, args in topics.items()}
+        self._pubs["speech_info"].publish(audio_flavours.speech_info(
+            OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE * s["speech_chunk_ms"] // 1000))
         self.get_logger().info(audio_flavours.describe())
+        self._configured = [
+            self.create_service(Trigger, "omni/reset", self.on_reset),
+            self.create_timer(s["diagnostics_period_sec"], self.publish_diagnostics,
+                              clock=Clock(clock_type=ClockType.STEADY_TIME))]
+        freeze_startup_objects()     # the model lives until cleanup: out of the collector's walks
+        return TransitionCallbackReturn.SUCCESS
 
-        # inputs (one executor thread: callbacks here are short, the model runs on the engine's
-        # worker). Raw frames: the header is read from the bytes, the pixels only when used.
-        self.create_subscription(Image, "camera/image_raw", self.camera.on_image, qos.CAMERA, raw=True)
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        """Inputs subscribed (one executor thread: callbacks here are short, the model runs on
+        the engine's worker; raw frames: the header is read from the bytes, the pixels only when
+        used), the engine's worker and speaker started."""
+        s, qos_ = self.settings, qos
+        inputs = [(Image, "camera/image_raw", self.camera.on_image, qos_.CAMERA, {"raw": True}),
+                  (audio_flavours.MIC_TYPE, "mic/audio_stamped", self.mic.on_audio, qos_.MIC_AUDIO, {}),
+                  (FlowTick, "omni_flow/tick", self.on_tick, qos_.TICK, {})]
         if s["use_compressed_image"]:
-            self.create_subscription(CompressedImage, "camera/image_raw/compressed",
-                                     self.camera.on_image, qos.CAMERA)
-        self.create_subscription(audio_flavours.MIC_TYPE, "mic/audio_stamped", self.mic.on_audio,
-                                 qos.MIC_AUDIO)
+            inputs.append((CompressedImage, "camera/image_raw/compressed", self.camera.on_image,
+                           qos_.CAMERA, {}))
         if audio_flavours.MIC_INFO_TYPE is not None:   # mgonzs13: the format is in each message
-            self.create_subscription(audio_flavours.MIC_INFO_TYPE, "mic/audio_info",
-                                     self.mic.on_audio_info, qos.AUDIO_INFO)
-        self.create_subscription(FlowTick, "omni_flow/tick", self.on_tick, qos.TICK)
-        self.create_service(Trigger, "omni/reset", self.on_reset)
-        self.add_on_set_parameters_callback(self.on_set_parameters)
-        self.create_timer(s["diagnostics_period_sec"], self.publish_diagnostics,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+            inputs.append((audio_flavours.MIC_INFO_TYPE, "mic/audio_info", self.mic.on_audio_info,
+                           qos_.AUDIO_INFO, {}))
+        self._inputs = [self.create_subscription(t, name, cb, q, **kw) for t, name, cb, q, kw in inputs]
         self.engine.start()
         self.get_logger().info(f"ready: backend={s['backend']} model={s['model_path']} "
-                               f"window={s['window_sec']:.3f}s speech_chunk={s['speech_chunk_ms']}ms")
+                               f"window={s['window_sec']:.3f}s speech_chunk={s['speech_chunk_ms']}ms; "
+                               f"{resolved_topics(self)}")
+        return TransitionCallbackReturn.SUCCESS
 
-    # -- start-up ------------------------------------------------------------------------------
-    def _create_session(self):
-        s = self.settings
-        if not s["model_path"]:
-            raise StartupError("parameter model_path is empty: point it at a MiniCPM-o 4.5 "
-                               "checkpoint folder, or write a tiny one with "
-                               "`omni_ros_tiny_checkpoint DIR` and pass -p model_path:=DIR")
-        reason = check_value(SPECS_BY_NAME["dtype"], s["dtype"])
-        if reason:
-            raise StartupError(reason)
-        try:
-            return create_session(s["backend"], BackendSettings(
-                model_path=s["model_path"], device=s["device"], dtype=s["dtype"],
-                engine_dir=s["engine_dir"], session_options=dict(s)))
-        except (BackendError, ValueError) as error:   # ValueError: a refused option or voice
-            raise StartupError(str(error)) from error
-        except Exception as error:  # noqa: BLE001 - a corrupt checkpoint must not end in a traceback
-            raise StartupError(f"cannot load the model from {s['model_path']!r}: "
-                               f"{type(error).__name__}: {error} (is the checkpoint complete "
-                               f"and uncorrupted? re-download it, or write a tiny one with "
-                               f"`omni_ros_tiny_checkpoint DIR`)") from error
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs = []
+        dropped = self.engine.stop()
+        self.get_logger().info(f"inactive: input no longer taken, {dropped} pending speech chunks dropped")
+        return TransitionCallbackReturn.SUCCESS
 
-    def _create_barge_in(self):
-        s = self.settings
-        if not s["barge_in"]:
-            return None
-        canceller = make_echo_canceller(s["echo_canceller"])
-        self.get_logger().info(f"barge-in on: echo canceller {type(canceller).__name__}")
-        return BargeInDetector(VoiceActivity(), canceller, threshold=s["barge_in_threshold"],
-                               min_speech_ms=s["barge_in_min_speech_ms"],
-                               echo_delay_ms=s["echo_delay_ms"],
-                               residual_gate_db=s["residual_echo_gate_db"])
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        """The model and everything built on it released, and the memory handed back."""
+        for entity in self._configured:
+            (self.destroy_service if hasattr(entity, "srv_type") else self.destroy_timer)(entity)
+        for publisher in self._pubs.values():
+            self.destroy_publisher(publisher)
+        self._configured, self._pubs, self.setters = [], {}, {}
+        self.session = self.engine = self.camera = self.mic = None
+        release_memory()
+        self.get_logger().info("cleaned up: the model is released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        if self._inputs:
+            self.on_deactivate(state)
+        if self.engine is not None:
+            self.engine.stop()
+        return TransitionCallbackReturn.SUCCESS
 
     # -- ROS inputs ------------------------------------------------------------------------------
     def on_tick(self, tick: FlowTick) -> None:
@@ -139,10 +170,14 @@ class OmniNode(Node):
         length_ns = stamp_to_ns(tick.end) - stamp_to_ns(tick.start)
         if length_ns != self.window_ns:
             self.counters["ticks_wrong_window"] += 1
-            self.log.warn("ticks_wrong_window", f"tick window is {length_ns / NS_PER_S:.3f} s but "
-                          f"window_sec is {self.window_ns / NS_PER_S:.3f} s: set the same window_sec "
-                          f"on omni_flow_clock and omni_node", level="error")
-            return
+            raise StartupError(f"omni_flow_clock announces {length_ns / NS_PER_S:.3f} s windows but "
+                               f"this node's window_sec is {self.window_ns / NS_PER_S:.3f} s: start "
+                               f"both with the same window_sec")
+        offset_ns = abs(self.get_clock().now().nanoseconds - stamp_to_ns(tick.end))
+        if self.counters["ticks_received"] == 1 and offset_ns > CLOCK_AGREEMENT_NS:
+            raise StartupError(f"omni_flow_clock's ticks are {offset_ns / NS_PER_S:.0f} s away from "
+                               f"this node's clock: start both with the same use_sim_time "
+                               f"(use_sim_time is {self.get_parameter('use_sim_time').value} here)")
         self.engine.put_tick(tick)
 
     def on_reset(self, request, response):
@@ -158,18 +193,19 @@ class OmniNode(Node):
             reason = check_value(SPECS_BY_NAME[name], value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-        options = {k: v for k, v in changes.items() if k in self.session.option_names}
+        options = {k: v for k, v in changes.items() if self.session is not None
+                   and k in self.session.option_names}
         if options:
             try:
                 self.engine.apply_session_options(options)
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
         for name, value in changes.items():
-            self.settings[name] = value
+            old, self.settings[name] = self.settings[name], value
             if name in self.setters:
                 self.setters[name](value)
-        if "reference_voice" in changes:
-            self.get_logger().info(f"reference voice: {changes['reference_voice'] or 'the checkpoint default'}")
+            if old != value:
+                self.get_logger().info(f"parameter {name}: {old!r} -> {value!r}")
         return SetParametersResult(successful=True)
 
     def on_executor_error(self, error: Exception) -> None:
@@ -184,19 +220,17 @@ class OmniNode(Node):
         self.get_logger().error(text, throttle_duration_sec=LOG_THROTTLE_SEC)
 
     def publish_report(self, report: UnitReport) -> None:
-        state = DuplexState()
+        state = DuplexState(window_index=report.window_index, end_of_turn=report.end_of_turn,
+                            proactive=report.proactive, mode=self.settings["mode"],
+                            speak_probability=float(report.speak_probability),
+                            compute_ms=float(report.compute_ms))
         state.header.stamp = self.get_clock().now().to_msg()
-        state.window_index = report.window_index
         state.state = {SPEAKING: DuplexState.SPEAKING, INTERRUPTED: DuplexState.INTERRUPTED}.get(
             report.state, DuplexState.LISTENING)
-        state.end_of_turn = report.end_of_turn
-        state.proactive = report.proactive
-        state.speak_probability = float(report.speak_probability)
-        state.compute_ms = float(report.compute_ms)
-        self.state_publisher.publish(state)
+        self._pubs["state"].publish(state)
         if report.text or (report.state == SPEAKING and report.end_of_turn):
-            self.text_publisher.publish(OmniText(header=state.header, window_index=report.window_index,
-                                                 text=report.text, end_of_turn=report.end_of_turn))
+            self._pubs["text"].publish(OmniText(header=state.header, window_index=report.window_index,
+                                                      text=report.text, end_of_turn=report.end_of_turn))
 
     def publish_alert(self, found, window_index: int) -> None:
         alert = ProactiveAlert(window_index=int(window_index), text=found.text,
@@ -205,53 +239,29 @@ class OmniNode(Node):
         alert.header.stamp = self.get_clock().now().to_msg()
         if found.evidence_stamp_ns is not None:
             alert.evidence_stamp = ns_to_stamp(found.evidence_stamp_ns)
-        self.alert_publisher.publish(alert)
+        self._pubs["alerts"].publish(alert)
 
     def publish_speech(self, chunk) -> int:
         audio, stamped = audio_flavours.speech_messages(chunk.data_bytes, OUTPUT_SAMPLE_RATE)
         stamped.header.stamp = self.get_clock().now().to_msg()
         stamped.header.frame_id = f"window_{chunk.window_index}"
-        self.speech_publisher.publish(audio)
-        self.speech_stamped_publisher.publish(stamped)
+        self._pubs["speech"].publish(audio)
+        self._pubs["speech_stamped"].publish(stamped)
         return stamp_to_ns(stamped.header.stamp)
 
     # -- diagnostics -----------------------------------------------------------------------------
-    def diagnostic_values(self) -> dict:
-        values = {**self.counters, **self.camera.counters, **self.mic.counters}
-        values.update({f"audio_{k}": v for k, v in self.mic.stream.counters.snapshot().items()})
-        values.update(self.engine.diagnostic_values())
-        now = time.monotonic()
-        values["camera_silent_sec"] = round(now - self.camera.last_at, 2)
-        values["mic_silent_sec"] = round(now - self.mic.last_at, 2)
-        return values
-
     def publish_diagnostics(self) -> None:
-        values = self.diagnostic_values()
-        status = DiagnosticStatus(name=f"{self.get_name()}: Omni-Flow", hardware_id="omni_ros",
-                                  level=DiagnosticStatus.OK, message="running")
-        report = self.engine.last_report
-        warnings = self.engine.warnings()   # every condition that holds is named
-        limit = self.settings["input_silence_warn_sec"]
-        silent = [name for name, key in (("camera", "camera_silent_sec"),
-                                         ("microphone", "mic_silent_sec")) if values[key] > limit]
-        if silent:
-            warnings.append(f"no input from the {' and '.join(silent)} for "
-                            f"{max(values['camera_silent_sec'], values['mic_silent_sec']):.1f} s")
-        elif report is not None and report.audio_coverage == 0.0:
-            warnings.append("no microphone audio in the last window")
-        if warnings:
-            status.level, status.message = DiagnosticStatus.WARN, "; ".join(warnings)
-        if report is not None and report.error:
-            status.level = DiagnosticStatus.ERROR
-            status.message = "; ".join([f"unit failed: {report.error}"] + warnings)
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
+        name, namespace = self.get_fully_qualified_name(), self.get_namespace()
+        concerns = self.health.assess(self.camera, self.mic, self.engine, self.counters,
+                                      self.settings["input_silence_warn_sec"])
+        array = DiagnosticArray(status=[c.status(name, namespace) for c in concerns])
         array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_publisher.publish(array)
+        self._pubs["diagnostics"].publish(array)
 
     def close(self) -> None:
         """Stop the engine's threads before the node is destroyed."""
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.stop()
 
 
 def main(args=None) -> int:

@@ -1,14 +1,22 @@
 """Every omni_node parameter in one table: name, default, type, range, description, whether it
 can change while the node runs. The node declares from this table; the docs are checked against it.
+
+Declaring forgives and explains: an integer given for a double is taken as the double (at start,
+from a params file, at run time); a value of the wrong type, out of its range or not one of its
+choices stops the node with one line naming the parameter, the value and what is allowed (exit
+status 2); a key given for the node that no omni_ros node declares is warned about with the
+closest declared name.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
 
 from omni_ros.flow.bargein import BargeInDetector
 from omni_ros.flow.buffers import WindowBuffer
@@ -16,6 +24,7 @@ from omni_ros.flow.echo import make_echo_canceller
 from omni_ros.flow.timeline import TickScheduler
 from omni_ros.flow.unit_runner import RunnerParams
 from omni_ros.flow.units import NS_PER_S
+from omni_ros.ros.runner import StartupError
 
 
 def fields_of(dataclass_type, settings: Mapping[str, Any]) -> Dict[str, Any]:
@@ -43,6 +52,8 @@ class ParameterSpec:
         if self.choices:
             text += f" One of: {', '.join(self.choices)}."
         descriptor = ParameterDescriptor(description=text, read_only=not self.dynamic)
+        if self.choices:
+            descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
         if self.value_range is not None:
             low, high = self.value_range
             if isinstance(self.default, bool):
@@ -76,6 +87,9 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("dtype", "float32", "Weight and activation dtype.",
                   choices=("float32", "bfloat16", "float16")),
     ParameterSpec("seed", 0, "Seed of the session's sampling generator.", (0, 2**31 - 1)),
+    ParameterSpec("autostart", True, "Configure (load the model) and activate (take input, "
+                  "publish) at start. false: the node waits in the unconfigured lifecycle state "
+                  "for configure and activate through its lifecycle services."),
     # conversation
     ParameterSpec("system_prompt", "Streaming Omni Conversation.",
                   "System prompt placed before the first unit (applies after omni/reset).",
@@ -187,18 +201,80 @@ OMNI_NODE_PARAMETERS = (
 )
 
 
-def declare_all(node, specs=OMNI_NODE_PARAMETERS) -> dict:
-    """Declare every spec on the node; return {name: value}."""
-    for spec in specs:
-        node.declare_parameter(spec.name, spec.default, spec.descriptor())
-    return {spec.name: node.get_parameter(spec.name).value for spec in specs}
+def _type_name(value: Any) -> str:
+    return {bool: "a bool", int: "an integer", float: "a double", str: "a string"}.get(
+        type(value), type(value).__name__)
+
+
+def allowed(spec: ParameterSpec) -> str:
+    """What the parameter takes, in words."""
+    text = _type_name(spec.default)
+    if spec.choices:
+        return f"{text}, one of: {', '.join(spec.choices)}"
+    if spec.value_range is not None and not isinstance(spec.default, bool):
+        return f"{text} in [{spec.value_range[0]}, {spec.value_range[1]}]"
+    return text
+
+
+def coerce(spec: ParameterSpec, value: Any) -> Any:
+    """The value as the parameter's type where that loses nothing: an integer for a double."""
+    if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def check_value(spec: ParameterSpec, value: Any) -> Optional[str]:
-    """A reason the value is refused, or None (ranges are also enforced by rcl)."""
+    """A one-line reason the value is refused (type, range, choices), or None."""
+    value = coerce(spec, value)
+    wrong = f"{spec.name}: {value!r} refused; it takes {allowed(spec)}"
+    if type(value) is not type(spec.default):
+        return wrong
     if spec.choices and value not in spec.choices:
-        return f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}"
+        return wrong
+    if spec.value_range is not None and not isinstance(value, (bool, str)) \
+            and not spec.value_range[0] <= value <= spec.value_range[1]:
+        return wrong
     return None
+
+
+def coerce_parameters(specs_by_name: Mapping[str, ParameterSpec], parameters):
+    """Run-time changes with integers given for doubles made doubles (a pre-set callback)."""
+    out = []
+    for p in parameters:
+        spec = specs_by_name.get(p.name)
+        value = coerce(spec, p.value) if spec is not None else p.value
+        out.append(p if value is p.value else Parameter(p.name, value=value))
+    return out
+
+
+def declare_all(node, specs=OMNI_NODE_PARAMETERS) -> dict:
+    """Declare every spec on the node (see the module doc); return {name: value}. Raises
+    StartupError for a value it cannot take."""
+    overrides = node._parameter_overrides          # what the command line and params files gave
+    for spec in specs:
+        given = overrides.get(spec.name)
+        if given is not None:
+            reason = check_value(spec, given.value)
+            if reason:
+                raise StartupError(reason)
+            overrides[spec.name] = Parameter(spec.name, value=coerce(spec, given.value))
+        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+    warn_unknown(node, overrides)
+    by_name = {spec.name: spec for spec in specs}
+    node.add_pre_set_parameters_callback(lambda params: coerce_parameters(by_name, params))
+    return {spec.name: node.get_parameter(spec.name).value for spec in specs}
+
+
+def warn_unknown(node, overrides: Mapping[str, Any]) -> None:
+    """Warn about each given key that no omni_ros node declares, naming the closest one."""
+    known = {spec.name for specs in NODE_PARAMETERS.values() for spec in specs} | set(RCLPY_PARAMETERS)
+    for name in sorted(set(overrides) - known):
+        if name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        node.get_logger().warning(f"parameter {name!r} is not a parameter of any omni_ros node "
+                                  f"and is ignored{hint}")
 
 
 SPECS_BY_NAME = {spec.name: spec for spec in OMNI_NODE_PARAMETERS}

@@ -1,7 +1,13 @@
 """Start, spin and stop one node the way a ROS 2 console script should.
 
-Ctrl-C and an external shutdown end the process normally; a startup error that the node raises
-as `StartupError` is printed as one clear line and exits with status 2, without a traceback.
+Ctrl-C, SIGTERM and an external shutdown end the process normally, with status 0: the first
+SIGINT or SIGTERM stops the node where it is (spinning or still starting), and any later one is
+ignored while it shuts down, so a second Ctrl-C, or a terminal's and a launcher's signal both
+arriving, cannot break the shutdown with a traceback. A process started with these signals held
+(blocked, as `omni_ros.tools.processes` starts a node) gets them once run_node can stop cleanly.
+A startup error that the node raises as `StartupError` (while it is built, or from a callback)
+is printed as one clear line naming the node (`[robot1.omni_node] cannot start: ...`) and exits
+with status 2, without a traceback.
 
 Once running, a node survives whatever one executor step raises: rclpy can fail to convert a
 received message into Python (a malformed sample from a foreign publisher), and a callback can
@@ -13,12 +19,15 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 
 class StartupError(RuntimeError):
@@ -64,23 +73,119 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# created by rclpy for every node; not the node's own inputs and outputs
+INFRASTRUCTURE_TOPICS = frozenset({"/parameter_events", "/rosout"})
+
+
+class StopSignals:
+    """SIGINT and SIGTERM for a node process: the first raises KeyboardInterrupt in the main
+    thread (which ends spinning, or building the node, through run_node's cleanup); the rest are
+    ignored, as is any once the shutdown has begun. A signal the process ignores (a background
+    job's SIGINT) stays ignored. Only the main thread can install signal handlers; elsewhere
+    this does nothing, and rclpy's own handlers stay in charge (`active` is False).
+
+    rclpy's handlers are left out where these are active: on a signal they shut the context
+    down from a thread of their own, so whatever the main thread is doing at that moment (a node
+    being built, a model loading) fails with an arbitrary error instead of stopping cleanly."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.shutting_down = False
+        self.previous = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.previous)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in HELD_SIGNALS:
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                self.previous[sig] = signal.signal(sig, self.on_signal)
+
+    def release_held(self) -> None:
+        """Deliver the signals a starting process held (a Ctrl-C during its imports) now."""
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
+    def on_signal(self, signum, frame) -> None:
+        self.received += 1
+        if self.received == 1 and not self.shutting_down:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """Put the previous handlers back, unless a signal came: the process is then on its way
+        out and a late one must stay harmless."""
+        if self.received == 0:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+
+
+def node_in_traceback(error: BaseException):
+    """The rclpy node whose construction (or method) raised `error`, if one was built."""
+    from rclpy.node import Node
+    trace = error.__traceback__
+    while trace is not None:
+        candidate = trace.tb_frame.f_locals.get("self")
+        if isinstance(candidate, Node):
+            return candidate
+        trace = trace.tb_next
+    return None
+
+
+def startup_name(node_factory: Callable[[], object], node, error: BaseException) -> str:
+    """The node's name as its log lines show it (`omni_node`, `robot1.omni_node`: the declared
+    name after `__node:=` / `__ns:=` remaps), else the factory's name."""
+    node = node if node is not None else node_in_traceback(error)
+    if node is not None:
+        try:
+            return node.get_logger().name
+        except Exception:  # noqa: BLE001 - a half-built node: fall back to the factory's name
+            pass
+    return getattr(node_factory, "__name__", "node")
+
+
+def resolved_topics(node) -> str:
+    """`inputs /a, /b; outputs /c`: the resolved (namespaced, remapped) topic names of the node's
+    subscriptions and publishers, in creation order, for its ready line (rclpy's own topics and
+    a lifecycle node's transition events left out)."""
+    left_out = {*INFRASTRUCTURE_TOPICS, f"{node.get_fully_qualified_name()}/transition_event"}
+
+    def names(entities) -> str:
+        listed = []
+        for entity in entities:
+            name = entity.topic_name
+            if name not in left_out and name not in listed:
+                listed.append(name)
+        return ", ".join(listed) or "none"
+    return f"inputs {names(node.subscriptions)}; outputs {names(node.publishers)}"
+
+
 def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
     keep_frame_buffers_on_heap()
-    rclpy.init(args=list(args))
+    stop = StopSignals()
+    stop.install()
     node = None
     executor = None
     try:
+        rclpy.init(args=list(args),
+                   signal_handler_options=SignalHandlerOptions.NO if stop.active else None)
+        stop.release_held()
         node = node_factory()
         freeze_startup_objects()
         executor = make_executor(node)
         executor.add_node(node)
         spin_resiliently(executor, node)
     except StartupError as error:
-        print(f"[{getattr(node_factory, '__name__', 'node')}] cannot start: {error}", file=sys.stderr)
+        stop.shutting_down = True
+        name = startup_name(node_factory, node, error)
+        print(f"[{name}] cannot start: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        stop.shutting_down = True
         if executor is not None:
             executor.shutdown(timeout_sec=5.0)
         if node is not None:
@@ -89,10 +194,11 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
                 close()
             node.destroy_node()
         if rclpy.ok():
-            rclpy.try_shutdown()
+            rclpy.try_shutdown(uninstall_handlers=False if stop.active else None)
         # Hand the startup objects back to the collector so that exit frees them (extension
         # types such as soxr's report instances still alive at exit as leaks).
         gc.unfreeze()
+        stop.restore()
     return 0
 
 
@@ -116,7 +222,8 @@ def make_executor(node):
 
 
 def spin_resiliently(executor, node) -> None:
-    """`executor.spin()`, except that an exception from one step is reported and spinning goes on."""
+    """`executor.spin()`, except that an exception from one step is reported and spinning goes
+    on. A `StartupError` from a callback (a node that cannot go on) ends it: run_node reports it."""
     failures = 0
     last_logged = float("-inf")
     hook = getattr(node, "on_executor_error", None)
@@ -125,7 +232,7 @@ def spin_resiliently(executor, node) -> None:
             executor.spin_once(timeout_sec=0.5)
         except ExternalShutdownException:
             return
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StartupError):   # a callback's StartupError ends the node
             raise
         except Exception as error:          # noqa: BLE001 - the node must outlive one bad step
             failures += 1

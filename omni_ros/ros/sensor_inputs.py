@@ -18,6 +18,7 @@ from omni_ros.flow.audio import AudioFormatError, AudioInputStream
 from omni_ros.flow.engine import FlowEngine
 from omni_ros.flow.units import NS_PER_S
 from omni_ros.ros import audio_flavours
+from omni_ros.ros.diagnostics import StampRate
 from omni_ros.ros.conversions import (ImageFormatError, ImageHeader, check_image, compressed_to_rgb,
                                       downscale, image_to_rgb, parse_image_header, stamp_to_ns)
 
@@ -41,7 +42,13 @@ class ThrottledLog:
         if now - self._logged_at.get(key, float("-inf")) < period:
             return False
         self._logged_at[key] = now
-        getattr(self.logger, level)(text)
+        # one call per level: rclpy refuses a call site whose severity changes between calls
+        if level == "info":
+            self.logger.info(text)
+        elif level == "error":
+            self.logger.error(text)
+        else:
+            self.logger.warning(text)
         return True
 
     def counter(self, key: str, value: int, message: str) -> None:
@@ -60,9 +67,11 @@ class _SerializedImage:
 
 
 class CameraInput:
-    def __init__(self, engine: FlowEngine, log: ThrottledLog, max_image_side: Callable[[], int]) -> None:
+    def __init__(self, engine: FlowEngine, log: ThrottledLog, max_image_side: Callable[[], int],
+                 stamps: Optional[StampRate] = None) -> None:
         self.engine, self.log = engine, log
         self.max_image_side = max_image_side
+        self.stamps = stamps       # the sender's rate, from the frames' stamps (diagnostics)
         self.counters = {"frames_received": 0, "frames_refused": 0, "frames_undecodable": 0,
                          "frames_downscaled": 0, "frames_oversized_data": 0}
         self.last_at = time.monotonic()
@@ -76,9 +85,12 @@ class CameraInput:
                 header = parse_image_header(message)
             except ImageFormatError as error:
                 return self._refuse("frames_malformed", error)
+            size = len(message)
             stamp_ns, checked, message = header.stamp_ns, header, _SerializedImage(message)
         else:
-            stamp_ns, checked = stamp_to_ns(message.header.stamp), message
+            stamp_ns, checked, size = stamp_to_ns(message.header.stamp), message, len(message.data)
+        if self.stamps is not None:
+            self.stamps.add(stamp_ns, size)
         if isinstance(checked, (Image, ImageHeader)):
             # Header fields and the data length only: the pixels are decoded when taken.
             try:
@@ -119,35 +131,49 @@ class CameraInput:
 
 
 class MicInput:
+    """Microphone messages into the flow engine. An unsupported format, announced on
+    mic/audio_info or carried by the messages (mgonzs13), makes every message refused and counted
+    (`audio_messages_refused`) until a supported one arrives; `refusing` says why (None while the
+    audio is accepted)."""
+
     def __init__(self, engine: FlowEngine, log: ThrottledLog, stream: AudioInputStream) -> None:
         self.engine, self.log, self.stream = engine, log, stream
         self.counters = {"audio_messages_received": 0, "audio_messages_refused": 0,
                          "audio_info_refused": 0}
+        self.refusing: Optional[str] = None
         self.last_at = time.monotonic()
 
     def on_audio_info(self, message) -> None:
         try:
             self.stream.set_format(*audio_flavours.info_format(message))
-            self.log.logger.info(f"microphone format: {message.sample_format} "
-                                 f"{message.channels} ch {message.sample_rate} Hz")
         except AudioFormatError as error:
             self.counters["audio_info_refused"] += 1
-            self.log.warn("audio_info_refused", f"mic/audio_info refused, keeping the previous "
-                                                f"format: {error}", level="error")
+            self.refusing = f"{error} (announced on mic/audio_info)"
+            self.log.warn("audio_info_refused", f"mic/audio_info refused: {error}; the "
+                          f"microphone's audio is refused until a supported format is announced")
+            return
+        self._accepted(message.sample_format, message.channels, message.sample_rate)
+
+    def _accepted(self, sample_format, channels, sample_rate) -> None:
+        again = "; its audio is accepted again" if self.refusing is not None else ""
+        self.refusing = None
+        self.log.logger.info(f"microphone format: {sample_format} {channels} ch "
+                             f"{sample_rate} Hz{again}")
 
     def on_audio(self, message) -> None:
         self.counters["audio_messages_received"] += 1
         self.last_at = time.monotonic()
         try:
             chunk = audio_flavours.mic_chunk(message)   # mgonzs13: the format comes with it
-            if audio_flavours.apply_format(self.stream, chunk):
-                self.log.logger.info(f"microphone format: {chunk.sample_format} "
-                                     f"{chunk.channels} ch {chunk.sample_rate} Hz")
+            if chunk.sample_format is not None:
+                if audio_flavours.apply_format(self.stream, chunk) or self.refusing is not None:
+                    self._accepted(chunk.sample_format, chunk.channels, chunk.sample_rate)
+            elif self.refusing is not None:             # ros-drivers: refused on mic/audio_info
+                return self._refuse(self.refusing)
             stamp_ns, samples = self.stream.push(chunk.stamp_ns, chunk.data)
         except AudioFormatError as error:
-            self.counters["audio_messages_refused"] += 1
-            self.log.warn("audio_messages_refused", f"microphone audio refused: {error}")
-            return
+            self.refusing = str(error)
+            return self._refuse(self.refusing)
         c = self.stream.counters
         self.log.counter("audio_partial_frame_bytes", c.partial_frame_bytes, "microphone message "
                          "with a byte count that is not a whole number of frames: the trailing "
@@ -170,3 +196,8 @@ class MicInput:
             onset_ns, dropped = barge_in
             self.log.warn("barge_in", f"barge-in at {onset_ns / NS_PER_S:.3f} s: {dropped} speech "
                                       f"chunks dropped", level="info", period=1.0)
+
+    def _refuse(self, reason: str) -> None:
+        self.counters["audio_messages_refused"] += 1
+        self.log.warn("audio_messages_refused", f"microphone audio refused: {reason} "
+                      f"(audio_messages_refused = {self.counters['audio_messages_refused']})")

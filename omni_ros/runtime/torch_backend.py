@@ -11,12 +11,12 @@ class TorchBackend:
         self.settings = settings
 
     def create_session(self):
-        from omni_ros.model.loader import CheckpointError, load_model
+        from omni_ros.model.loader import CheckpointError, DeviceUnavailable, load_model
         from omni_ros.runtime.torch_compute import TorchCompute
 
         try:
             model = load_model(self.settings.model_path, device=self.settings.device,
                                dtype=self.settings.dtype)
-        except CheckpointError as error:
+        except (CheckpointError, DeviceUnavailable) as error:   # one line: what is wrong, what to do
             raise BackendError(str(error)) from error
         return omni_session(TorchCompute(model), self.settings)

@@ -1,8 +1,11 @@
-"""omni_ros_console: follow omni/alerts, omni/state and omni/text live, readably, for operators.
+"""omni_ros_console: follow omni/alerts, omni/state, omni/text and omni_node's /diagnostics live,
+readably, for operators.
 
 One line per event: time, window, level, what happened. Alerts show their text, confidence and
 the standing instruction in force; the duplex state is shown when it changes (listening,
-speaking, interrupted); the text of a spoken turn is shown once the turn completes. Colour
+speaking, interrupted); the text of a spoken turn is shown once the turn completes; a WARN or
+ERROR diagnostic status of the node (camera, microphone, model, speech) is shown when it starts
+or changes, and once more when it is OK again. Colour
 (ANSI) only on a terminal, never with --no-color or NO_COLOR set. `--alert-log FILE` also
 appends every alert (whatever --min-level says) as a JSON line to FILE, rotated by size.
 
@@ -60,6 +63,14 @@ class TextFields:
     window_index: int
     text: str
     end_of_turn: bool
+
+
+@dataclass(frozen=True)
+class HealthFields:
+    stamp_ns: int
+    concern: str          # camera, microphone, model, speech
+    level: int            # DiagnosticStatus OK / WARN / ERROR = 0 / 1 / 2
+    message: str
 
 
 def level_name(level: int) -> str:
@@ -128,6 +139,17 @@ def render_turn(stamp_ns: int, first_window: int, last_window: int, text: str,
             f"{repr(_shorten(text))}  ({span}{ending})"]
 
 
+def render_health(health: HealthFields, color: bool = False, utc: bool = False) -> List[str]:
+    """One line for a diagnostic status of the node."""
+    level = "INFO" if health.level == 0 else level_name(health.level)
+    message = "ok again" if health.level == 0 else _shorten(health.message)
+    return [f"{_paint(format_time(health.stamp_ns, utc), DIM, color)}  "
+            f"{_paint(f'{level:<5}', LEVEL_COLOURS.get(level, ''), color)}  {health.concern}: {message}"]
+
+
+MAX_CONCERNS = 16   # statuses followed at once (the node has four)
+
+
 class ConsoleView:
     """Turns a stream of alerts, states and texts into lines to show.
 
@@ -144,6 +166,19 @@ class ConsoleView:
         self.color, self.utc, self.all_states = color, utc, all_states
         self.last_state: Optional[int] = None
         self.turn: List[TextFields] = []
+        self.health: dict = {}      # concern -> (level, message) last shown
+
+    def on_health(self, health: HealthFields) -> List[str]:
+        """WARN and ERROR statuses when they start or change; OK once, after them."""
+        previous = self.health.get(health.concern)
+        current = (health.level, health.message if health.level else "")
+        if current == previous or (previous is None and health.level == 0):
+            return []
+        if len(self.health) >= MAX_CONCERNS and health.concern not in self.health:
+            return []
+        self.health[health.concern] = current
+        name = "INFO" if health.level == 0 else level_name(health.level)
+        return render_health(health, self.color, self.utc) if self._shows(name) else []
 
     def _shows(self, level: str) -> bool:
         return LEVELS.index(level) >= self.min_rank if level in LEVELS else True
@@ -206,6 +241,7 @@ def use_color(stream: TextIO, no_color: bool) -> bool:
 # -- ROS ----------------------------------------------------------------------------------------
 def _make_node(namespace: str, view: ConsoleView, out: TextIO, alert_log=None,
                node_name: str = "omni_console"):
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
 
     from omni_ros.msg import DuplexState, OmniText, ProactiveAlert
@@ -218,6 +254,8 @@ def _make_node(namespace: str, view: ConsoleView, out: TextIO, alert_log=None,
             self.create_subscription(ProactiveAlert, "omni/alerts", self.on_alert, qos.OUTPUT)
             self.create_subscription(DuplexState, "omni/state", self.on_state, qos.OUTPUT)
             self.create_subscription(OmniText, "omni/text", self.on_text, qos.OUTPUT)
+            self.create_subscription(DiagnosticArray, "/diagnostics", self.on_diagnostics, qos.OUTPUT)
+            self.node_prefix = f"{namespace.rstrip('/')}/omni_node: "
 
         def show(self, lines: List[str]) -> None:
             if out is not None and lines:
@@ -237,6 +275,14 @@ def _make_node(namespace: str, view: ConsoleView, out: TextIO, alert_log=None,
                 stamp_to_ns(message.header.stamp), int(message.window_index), int(message.state),
                 bool(message.end_of_turn), bool(message.proactive),
                 float(message.speak_probability), float(message.compute_ms))))
+
+        def on_diagnostics(self, message) -> None:
+            stamp = stamp_to_ns(message.header.stamp)
+            for status in message.status:
+                if status.name.startswith(self.node_prefix):
+                    level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+                    self.show(view.on_health(HealthFields(
+                        stamp, status.name[len(self.node_prefix):], level, status.message)))
 
         def on_text(self, message) -> None:
             self.show(view.on_text(TextFields(stamp_to_ns(message.header.stamp),

@@ -72,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         for command in graph_commands(str(model_path), backend=options.backend, extra=extra,
                                       log_level=options.log_level):
-            group.start(command, env=env)
+            group.start(command, env=env, node=True)
         recorder = group.start(
             [sys.executable, "-m", "omni_ros.tools.recorder",
              "--duration-sec", str(options.duration_sec + 2.0), "--output", options.output,

@@ -168,7 +168,8 @@ def synthetic_voice(seconds: float = 3.0, rate: int = PROMPT_SAMPLE_RATE, seed: 
 
 def write_random_assets(folder, size: str = "tiny", seed: int = 0) -> Path:
     """Write `assets/token2wav/` (the five released files) with random weights, deterministic for
-    `seed`, at `size` "tiny" or "released" dimensions."""
+    `seed`, at `size` "tiny" or "released" dimensions. Each model is written and dropped before the
+    next is built (at released size they hold about 1.2 GB together)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
     folder = Path(folder)
@@ -178,15 +179,16 @@ def write_random_assets(folder, size: str = "tiny", seed: int = 0) -> Path:
         HiFTConfig(), base_channels=TINY_HIFT_CHANNELS, f0_cond_channels=TINY_HIFT_CHANNELS)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)         # the three default inits draw from it in this order
         flow = FlowModel(flow_config)
-        hift = HiFTGenerator(hift_config)
+        _randomise(flow, g)
+        (folder / A.FLOW_YAML).write_text(A.dump_flow_yaml(flow_config), encoding="utf-8")
+        torch.save({k: v.contiguous() for k, v in flow.state_dict().items()}, str(folder / A.FLOW_WEIGHTS))
+        del flow
+        torch.save(HiFTGenerator(hift_config).state_dict_official(), str(folder / A.HIFT_WEIGHTS))
         tokenizer = S3TokenizerV2(TINY_TOKENIZER if size == "tiny" else TokenizerDims())
-    _randomise(flow, g)
-    (folder / A.FLOW_YAML).write_text(A.dump_flow_yaml(flow_config), encoding="utf-8")
-    torch.save({k: v.contiguous() for k, v in flow.state_dict().items()}, str(folder / A.FLOW_WEIGHTS))
-    torch.save(hift.state_dict_official(), str(folder / A.HIFT_WEIGHTS))
     tokenizer.write_onnx(folder / A.TOKENIZER_ONNX)
+    del tokenizer
     write_random_campplus_onnx(folder / A.SPEAKER_ONNX, seed=seed + 2)
     for path in folder.iterdir():
         path.chmod(0o644)

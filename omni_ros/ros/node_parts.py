@@ -1,0 +1,47 @@
+"""What omni_node builds from its parameters: the model session (through a backend plugin) and
+the barge-in detector."""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from omni_ros.flow.bargein import BargeInDetector
+from omni_ros.flow.echo import make_echo_canceller
+from omni_ros.flow.types import DuplexSession
+from omni_ros.flow.vad import VoiceActivity
+from omni_ros.ros.parameters import SPECS_BY_NAME, check_value
+from omni_ros.ros.runner import StartupError
+from omni_ros.runtime.registry import BackendError, BackendSettings, create_session
+
+
+def session_from(s: Mapping) -> DuplexSession:
+    """The backend's session for the checkpoint; StartupError with the fix when it cannot be."""
+    if not s["model_path"]:
+        raise StartupError("parameter model_path is empty: point it at a MiniCPM-o 4.5 "
+                           "checkpoint folder, or write a tiny one with "
+                           "`omni_ros_tiny_checkpoint DIR` and pass -p model_path:=DIR")
+    reason = check_value(SPECS_BY_NAME["dtype"], s["dtype"])
+    if reason:
+        raise StartupError(reason)
+    try:
+        return create_session(s["backend"], BackendSettings(
+            model_path=s["model_path"], device=s["device"], dtype=s["dtype"],
+            engine_dir=s["engine_dir"], session_options=dict(s)))
+    except (BackendError, ValueError) as error:   # ValueError: a refused option or voice
+        raise StartupError(str(error)) from error
+    except Exception as error:  # noqa: BLE001 - a corrupt checkpoint must not end in a traceback
+        raise StartupError(f"cannot load the model from {s['model_path']!r}: "
+                           f"{type(error).__name__}: {error} (is the checkpoint complete "
+                           f"and uncorrupted? re-download it, or write a tiny one with "
+                           f"`omni_ros_tiny_checkpoint DIR`)") from error
+
+
+def barge_in_from(s: Mapping, logger) -> Optional[BargeInDetector]:
+    """The barge-in detector the parameters ask for, or None with barge_in off."""
+    if not s["barge_in"]:
+        return None
+    canceller = make_echo_canceller(s["echo_canceller"])
+    logger.info(f"barge-in on: echo canceller {type(canceller).__name__}")
+    return BargeInDetector(VoiceActivity(), canceller, threshold=s["barge_in_threshold"],
+                           min_speech_ms=s["barge_in_min_speech_ms"],
+                           echo_delay_ms=s["echo_delay_ms"],
+                           residual_gate_db=s["residual_echo_gate_db"])
