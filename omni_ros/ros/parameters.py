@@ -25,6 +25,7 @@ from omni_ros.flow.timeline import TickScheduler
 from omni_ros.flow.unit_runner import RunnerParams
 from omni_ros.flow.units import NS_PER_S
 from omni_ros.ros.runner import StartupError
+from omni_ros.session.options import MODES
 
 
 def fields_of(dataclass_type, settings: Mapping[str, Any]) -> Dict[str, Any]:
@@ -102,7 +103,7 @@ OMNI_NODE_PARAMETERS = (
     ParameterSpec("mode", "duplex", "duplex: full duplex, one listen/speak decision per window; "
                   "turn_based: the released simplex streaming (the model answers when the "
                   "person's turn ends, 10 text tokens per 25 speech tokens). Switches at the next "
-                  "window, without a restart.", choices=("duplex", "turn_based"), dynamic=True),
+                  "window, without a restart.", choices=MODES, dynamic=True),
     ParameterSpec("listen_prob_scale", 1.0, "Multiplier on the <|listen|> logit at the "
                   "listen/speak decision, as the released code applies it.",
                   (0.0, 100.0), dynamic=True),

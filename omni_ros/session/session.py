@@ -31,6 +31,10 @@ from .turn_based import TurnBasedProtocol
 from .waveform import WaveformStream
 
 
+# The protocols by mode (options.MODES names them; the node's `mode` parameter offers them).
+PROTOCOLS = {"duplex": DuplexProtocol, "turn_based": TurnBasedProtocol}
+
+
 @dataclass
 class UnitEmbeddings:
     """A unit's inputs as the LLM takes them."""
@@ -62,7 +66,7 @@ class OmniSession(DuplexSession):
         self.audio = StreamingAudioEncoder(compute, chunk_ms=int(round(options.window_sec * 1000)))
         self.speech = SpeechStream(compute, self._new_waveform_stream(),
                                    int(round(options.window_sec * compute.config.tts_config.codes_per_second)))
-        self.protocols = {"duplex": DuplexProtocol(self), "turn_based": TurnBasedProtocol(self)}
+        self.protocols = {mode: PROTOCOLS[mode](self) for mode in MODES}
         self.voice: Optional[Voice] = None
         self.set_voice()
         self.reset()
