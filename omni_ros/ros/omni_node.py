@@ -57,10 +57,12 @@ class OmniNode(LifecycleNode):
         self._configured: list = []      # service and timer, while configured
         self._failure = ""
         self.add_on_set_parameters_callback(self.on_set_parameters)
-        if self.settings["autostart"]:
+        self._autostarting = bool(self.settings["autostart"])
+        if self._autostarting:   # a failure is the startup error's one line, not logged twice
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise StartupError(self._failure or "configure failed (see the log above)")
             self.trigger_activate()
+            self._autostarting = False
         else:
             self.get_logger().info("waiting in the unconfigured state (autostart is false): "
                                    f"configure and activate through {self.get_fully_qualified_name()}/change_state")
@@ -75,7 +77,8 @@ class OmniNode(LifecycleNode):
             self.get_logger().info(f"model warmed up in {time.perf_counter() - started:.2f} s")
         except StartupError as error:
             self._failure = str(error)
-            self.get_logger().error(f"configure failed: {error}")
+            if not self._autostarting:
+                self.get_logger().error(f"configure failed: {error}")
             self.session = None
             return TransitionCallbackReturn.FAILURE
         self.engine = FlowEngine(
