@@ -10,11 +10,21 @@ if str(_ROOT) not in sys.path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random-weight MiniCPM-o-4.5-layout checkpoint folder, written once per test session."""
+def tiny_checkpoint(tmp_path_factory, worker_id) -> Path:   # worker_id: pytest-xdist's fixture
+    """A tiny random-weight MiniCPM-o-4.5-layout checkpoint folder, written once per test run
+    (with pytest-xdist, once for all workers: the first writes it, the others wait for it).
+    Tests read it; a test that changes files copies it first."""
+    from filelock import FileLock
+
     from omni_ros.model.checkpoint import write_checkpoint
 
-    return write_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "ckpt", seed=0)
+    if worker_id == "master":
+        return write_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "ckpt", seed=0)
+    shared = tmp_path_factory.getbasetemp().parent / "tiny_ckpt"
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / "ckpt" / "config.json").exists():
+            write_checkpoint(shared / "ckpt", seed=0)
+    return shared / "ckpt"
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ tokenizer_config.json (`bad_token_ids`) in duplex and turn-based decoding, the i
 released processor (Pillow bicubic on uint8), the system prefix without a reference voice, and a
 tiny checkpoint that carries the released `auto_map` entries and readable file modes."""
 import json
-import os
 import stat
 
 from types import SimpleNamespace
@@ -278,16 +277,4 @@ def _modes(folder):
 def test_written_files_are_readable_by_others(tiny_checkpoint):
     modes = _modes(tiny_checkpoint)
     assert any(f.endswith(".safetensors") for f in modes)
-    assert {f: m for f, m in modes.items() if m != 0o644} == {}
-
-
-def test_file_modes_do_not_depend_on_the_umask(tmp_path):
-    from omni_ros.model.checkpoint import write_checkpoint
-
-    old = os.umask(0o077)
-    try:
-        folder = write_checkpoint(tmp_path / "private_umask", seed=3)
-    finally:
-        os.umask(old)
-    modes = _modes(folder)
     assert {f: m for f, m in modes.items() if m != 0o644} == {}
