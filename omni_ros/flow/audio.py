@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .counters import Counters
 from .types import INPUT_SAMPLE_RATE
 from .units import samples_to_ns
 MIN_SAMPLE_RATE = 8000
@@ -46,7 +47,7 @@ def normalize_sample_format(sample_format: str) -> str:
 
 
 @dataclass
-class AudioCounters:
+class AudioCounters(Counters):
     chunks: int = 0
     input_frames: int = 0
     output_samples: int = 0
@@ -56,8 +57,6 @@ class AudioCounters:
     samples_dropped_on_reset: int = 0   # resampler tail discarded when the stream restarted
     duplicate_chunks: int = 0      # same stamp and bytes as the chunk before (re-delivered): dropped
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 class AudioInputStream:

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .counters import Counters
 from .echo import ReferenceBuffer
 from .types import INPUT_SAMPLE_RATE
 from .units import samples_to_ns
@@ -32,7 +33,7 @@ ECHO_TAIL_FRAMES = 4        # how far back (128 ms) a frame's echo can come from
 
 
 @dataclass
-class BargeInCounters:
+class BargeInCounters(Counters):
     mic_samples: int = 0
     frames_scored: int = 0          # 32 ms frames looked at while the robot spoke
     speech_frames: int = 0          # ...of which above the threshold
@@ -44,8 +45,6 @@ class BargeInCounters:
     cpu_us: int = 0                 # CPU time in push_mic (cancelling and VAD), microseconds
     onsets: int = 0                 # runs of speech frames begun (speech held until decided)
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 class BargeInDetector:

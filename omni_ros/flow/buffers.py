@@ -10,13 +10,14 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .counters import Counters
 from .timeline import DEFAULT_WINDOW_NS
 from .types import INPUT_SAMPLE_RATE
 from .units import NS_PER_S, ns_to_samples, sample_index
 
 
 @dataclass
-class BufferCounters:
+class BufferCounters(Counters):
     """Everything that came in, and where whatever was not used went."""
 
     frames_added: int = 0
@@ -34,8 +35,6 @@ class BufferCounters:
     windows_taken: int = 0
     windows_stale: int = 0       # windows holding data that were discarded without being taken
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 class _WindowSlot:

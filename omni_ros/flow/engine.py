@@ -21,6 +21,7 @@ import numpy as np
 
 from .bargein import BargeInDetector
 from .buffers import WindowBuffer
+from .counters import Counters
 from .speech import SpeechChunk, SpeechPacer
 from .ticks import TickQueue
 from .types import INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, DuplexSession
@@ -55,7 +56,7 @@ class EngineParams:
 
 
 @dataclass
-class EngineCounters:
+class EngineCounters(Counters):
     speech_chunks_published: int = 0
     barge_ins: int = 0
     speech_chunks_dropped_barge_in: int = 0
@@ -63,8 +64,6 @@ class EngineCounters:
     session_resets_after_failures: int = 0
     worker_errors: int = 0
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 class LockedWindowBuffer:

@@ -11,6 +11,7 @@ from typing import Deque, List, Optional
 import numpy as np
 
 from .audio import float_to_s16le
+from .counters import Counters
 from .types import OUTPUT_SAMPLE_RATE
 from .units import samples_to_ns
 
@@ -29,7 +30,7 @@ class SpeechChunk:
 
 
 @dataclass
-class PacerCounters:
+class PacerCounters(Counters):
     units_enqueued: int = 0
     chunks_enqueued: int = 0
     chunks_released: int = 0
@@ -37,8 +38,6 @@ class PacerCounters:
     chunks_dropped_overflow: int = 0  # dropped because too many windows were pending
     units_dropped_overflow: int = 0
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 class _PendingUnit:

@@ -12,15 +12,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Deque, Optional, Tuple
 
+from .counters import Counters
+
 
 @dataclass
-class TickQueueCounters:
+class TickQueueCounters(Counters):
     ticks_put: int = 0
     ticks_superseded: int = 0       # a newer tick was waiting when the worker took one
     ticks_dropped_overflow: int = 0
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 class TickQueue:

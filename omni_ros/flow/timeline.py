@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from .counters import Counters
 from .units import NS_PER_S
 
 DEFAULT_WINDOW_NS = NS_PER_S   # one second
@@ -123,13 +124,11 @@ class TickBatch:
 
 
 @dataclass
-class TickCounters:
+class TickCounters(Counters):
     ticks_emitted: int = 0
     windows_skipped: int = 0
     epochs_started: int = 0
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 class TickScheduler:

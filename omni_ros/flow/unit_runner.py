@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from .buffers import WindowBuffer
+from .counters import Counters
 from .timeline import DEFAULT_WINDOW_NS, window_end, window_start
 from .types import INPUT_SAMPLE_RATE, DuplexSession, UnitInput, UnitOutput
 from .units import ns_to_samples
@@ -91,7 +92,7 @@ class UnitReport:
 
 
 @dataclass
-class RunnerCounters:
+class RunnerCounters(Counters):
     units_run: int = 0
     units_failed: int = 0
     windows_skipped: int = 0
@@ -106,8 +107,6 @@ class RunnerCounters:
     session_interrupts: int = 0        # session.interrupt() calls
     units_suppressed: int = 0          # speaking units muted after a barge-in
 
-    def snapshot(self) -> dict:
-        return dict(vars(self))
 
 
 _NO_SPEECH = np.zeros(0, dtype=np.float32)

@@ -108,7 +108,7 @@ class NodeHealth:
             if new > 0:
                 concern.flag(WARN, f"{new} messages refused this period ({refused} in all): see the log")
             self._last_refused[concern.name] = refused
-        if getattr(mic, "refusing", None):
+        if mic.refusing:
             mic_c.flag(WARN, f"audio refused: {mic.refusing}")
         report = engine.last_report
         if report is not None and report.audio_coverage == 0.0 and mic_c.level == OK:

@@ -22,24 +22,18 @@ token after the first (omni_ros.session.speech).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import torch
 
 from omni_ros.flow.types import UnitInput, UnitOutput
 
+from .protocol import ConversationProtocol
 from .sampling import repetition_penalty
 
-if TYPE_CHECKING:
-    from .session import OmniSession
 
-
-class DuplexProtocol:
+class DuplexProtocol(ConversationProtocol):
     name = "duplex"
-
-    def __init__(self, session: "OmniSession") -> None:
-        self.s = session
-        self.reset()
 
     def reset(self) -> None:
         self.turn_ended = True            # the released `current_turn_ended`

@@ -17,7 +17,7 @@ that arrives while answering is not fed (simplex).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -25,22 +25,16 @@ import torch
 from omni_ros.flow.types import UnitInput, UnitOutput
 from omni_ros.model.audio import pooled_length
 
+from .protocol import ConversationProtocol
 from .sampling import repetition_penalty
-
-if TYPE_CHECKING:
-    from .session import OmniSession
 
 IDLE, USER, ANSWER = "idle", "user", "answer"
 ANSWER_START = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n<|tts_bos|>"
 TEXT_PENALTY_WINDOW = 128     # the released streaming generator's repetition window
 
 
-class TurnBasedProtocol:
+class TurnBasedProtocol(ConversationProtocol):
     name = "turn_based"
-
-    def __init__(self, session: "OmniSession") -> None:
-        self.s = session
-        self.reset()
 
     def reset(self) -> None:
         self.phase = IDLE
