@@ -409,6 +409,14 @@ def run_variant(model, variant: str, steps: int, inputs, args) -> dict:
         records.append(record)
     result = summarize(records, args.window_sec)
     result["warmup_s"] = warmup_s
+    # a new standing instruction on a running robot: the prefix rebuilt under the kept units
+    session.apply_options({"standing_instruction": "Now watch the loading bay."})
+    recorder.sync()
+    rebuild_started = time.perf_counter()
+    with torch.inference_mode():
+        rebuilt = session.rebuild_context("standing_instruction")
+    recorder.sync()
+    result["rebuild"] = (rebuilt.units, rebuilt.tokens, (time.perf_counter() - rebuild_started) * 1000.0)
     if device.type == "cuda":
         result["peak"] = (f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} / "
                           f"{torch.cuda.max_memory_reserved(device) / 2 ** 30:.2f} GiB")
@@ -488,6 +496,8 @@ ROWS = [
     ("speech handed back (run_unit returns), median / max (ms)", lambda r: _pair(r["handed_ms"])),
     ("peak memory (GPU: allocated / reserved; CPU: process RSS)", lambda r: r["peak"]),
     ("session start + warm-up (s)", lambda r: f"{r['warmup_s']:.1f}"),
+    ("context rebuild for a new standing instruction: kept units / positions / ms",
+     lambda r: f"{r['rebuild'][0]} / {r['rebuild'][1]} / {r['rebuild'][2]:.1f}"),
 ]
 
 

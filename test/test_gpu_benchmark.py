@@ -66,6 +66,9 @@ def test_cpu_tiny_run_writes_the_table(tmp_path):
     assert all(v > 0 for v in per_unit["LLM decode, ms per token (median)"])
     assert per_unit["TTS codes per speaking unit"] == [25.0] * 4          # one 1 s window of codes
     assert all(v > 0 for v in per_unit["waveform-stage RTF"])
+    rebuilds = [[float(v) for v in c.split(" / ")]
+                for c in rows["context rebuild for a new standing instruction: kept units / positions / ms"][:4]]
+    assert all(units == 3 and positions > 3 * 10 and ms > 0 for units, positions, ms in rebuilds), rebuilds
     # the printed table is the written one
     assert "| LLM decode, ms per token (median) |" in done.stdout
 

@@ -5,6 +5,7 @@ a misspelled key is warned about with the closest name; accepted changes are log
 in the descriptors."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -111,12 +112,20 @@ def test_integers_for_doubles_unknown_keys_changes_logged_and_choices(tmp_path, 
             assert described.descriptors[0].additional_constraints == "one of: duplex, turn_based"
             wait_until(lambda: "parameter mode: 'duplex' -> 'turn_based'" in node_log.read_text(),
                        10, "the change logged", [node_log])
+            # a new standing instruction is under the kept units at the next unit
+            time.sleep(3.0)                        # a few units into the context
+            assert client.set_value("standing_instruction", "now watch the loading bay").successful
+            wait_until(lambda: "standing_instruction changed: context rebuilt" in node_log.read_text(),
+                       30, "the context rebuilt", [node_log])
     finally:
         client.destroy_node()
         rclpy.shutdown(context=context)
         codes = stop(processes)
     text = node_log.read_text()
     assert "parameter temperature: 1.0 -> 2.0" in text
+    kept = re.search(r"context rebuilt under the new system prefix, (\d+) recent units kept "
+                     r"\((\d+) positions, (\d+) ms\)", text)
+    assert kept and int(kept.group(1)) >= 2, text[-3000:]
     assert "'standing_instrucion' is not a parameter of any omni_ros node" in text
     assert "did you mean standing_instruction?" in text
     assert "Traceback" not in text + clock_log.read_text()

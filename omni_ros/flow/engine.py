@@ -41,6 +41,7 @@ class EngineOutputs(Protocol):
     def publish_speech(self, chunk: SpeechChunk) -> int:
         """Publish one chunk; returns its stamp (ns, the microphone's clock)."""
     def log_error(self, text: str) -> None: ...
+    def log_info(self, text: str) -> None: ...
     def running(self) -> bool:
         """False once the node is shutting down (publishers may be gone)."""
 
@@ -263,6 +264,11 @@ class FlowEngine:
         if report.error:
             self.last_error = report.error
             self.outputs.log_error(f"window {report.window_index}: unit failed: {report.error}")
+        if report.context_rebuild is not None:
+            r = report.context_rebuild
+            self.outputs.log_info(f"window {report.window_index}: {r.reason} changed: context rebuilt "
+                                  f"under the new system prefix, {r.units} recent units kept "
+                                  f"({r.tokens} positions, {r.ms:.0f} ms)")
         if report.session_reset:
             self.counters.session_resets_after_failures += 1
             self.outputs.log_error(f"model session reset after "
@@ -330,6 +336,7 @@ class FlowEngine:
         if self.barge_in is not None:
             values.update({f"barge_in_{k}": v for k, v in self.barge_in.counters.snapshot().items()})
         values["overload_policy"] = self.runner.params.overload_policy
+        values.update(self.session.diagnostic_values())
         values.update(self.recent.values())
         values["window_ms"] = self.params.window_ns / 1e6
         return values

@@ -33,6 +33,17 @@ class UnitInput:
     audio_coverage: float = 1.0
 
 
+@dataclass(frozen=True)
+class ContextRebuild:
+    """The session put a new system prefix under the units it kept (a changed standing
+    instruction, prompt or voice took effect without forgetting the conversation)."""
+
+    reason: str            # the option(s) that changed, e.g. "standing_instruction"
+    units: int             # kept units fed again after the new prefix
+    tokens: int            # positions fed: the new prefix and the kept units
+    ms: float              # wall time of the rebuild (part of the unit's compute time)
+
+
 @dataclass
 class UnitOutput:
     """What the model produced for one window."""
@@ -45,6 +56,8 @@ class UnitOutput:
     end_of_turn: bool = False
     # Probability the model gave to speaking at the decision token (0..1).
     speak_probability: float = 0.0
+    # Set on the unit that began by rebuilding the context under a new system prefix.
+    context_rebuild: Optional[ContextRebuild] = None
 
 
 @dataclass(frozen=True)
@@ -95,3 +108,12 @@ class DuplexSession(abc.ABC):
         unknown = sorted(set(changes) - set(self.option_names))
         if unknown:
             raise ValueError(f"not options of this session: {', '.join(unknown)}")
+
+    def diagnostic_values(self) -> Mapping[str, Any]:
+        """Values of the session's own for /diagnostics (a remote session's round-trip times,
+        say); merged into the flow's. Sessions without any return none."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the session holds outside this process (a server session); the node
+        calls it when it cleans up or shuts down. Local sessions hold nothing of the kind."""

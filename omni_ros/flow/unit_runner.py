@@ -18,7 +18,7 @@ import numpy as np
 from .buffers import WindowBuffer
 from .counters import Counters
 from .timeline import DEFAULT_WINDOW_NS, window_end, window_start
-from .types import INPUT_SAMPLE_RATE, DuplexSession, UnitInput, UnitOutput
+from .types import INPUT_SAMPLE_RATE, ContextRebuild, DuplexSession, UnitInput, UnitOutput
 from .units import ns_to_samples
 from .vad import energy_speech_probability
 
@@ -89,6 +89,7 @@ class UnitReport:
     session_reset: bool = False   # the session was reset after consecutive failures
     model_ms: float = 0.0      # of compute_ms, the time inside session.run_unit
     vad_ms: float = 0.0        # of compute_ms, the time in the voice-activity detector
+    context_rebuild: Optional[ContextRebuild] = None   # a new system prefix went in first
 
 
 @dataclass
@@ -395,6 +396,7 @@ class UnitRunner:
                             audio_coverage=coverage, user_speech_probability=user_probability)
         if output is not None:
             report.speak_probability = float(output.speak_probability)
+            report.context_rebuild = output.context_rebuild
         if self._suppressing and not interrupted and window_index > (self._suppress_through or 0) \
                 and not user_speech:
             self._suppressing = False   # the person stopped: the robot may answer

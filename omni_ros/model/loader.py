@@ -241,20 +241,36 @@ def load_weights(config: OmniConfig, folder: Path, weight_map: Dict[str, str], d
     return model
 
 
+def stored_dtype(folder: Path, weight_map: Dict[str, str]) -> torch.dtype:
+    """The dtype the folder's shards store (the first shard's most common one)."""
+    first = folder / sorted(set(weight_map.values()))[0]
+    try:
+        header = read_shard_header(first)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"weight shard {first}: {e}") from None
+    names = [d for d, _ in header.values() if d in SHARD_DTYPES]
+    if not names:
+        raise CheckpointError(f"weight shard {first}: no tensor of {', '.join(SHARD_DTYPES)}")
+    return SHARD_DTYPES[max(set(names), key=names.count)]
+
+
 def load_model(path, device: Union[str, torch.device] = "cpu", dtype: Union[str, torch.dtype] = "float32") -> OmniModel:
     """Load a checkpoint folder into an eval-mode OmniModel with tokenizer and token2wav attached.
-    `model.load_seconds` records how long it took."""
+    `dtype="auto"` keeps the shards' own dtype (on the CPU every weight is then a view of its
+    memory-mapped shard). `model.load_seconds` records how long it took."""
     from .tokenizer import load_tokenizer, resolve_special_ids
 
     started = time.perf_counter()
     device = check_device(device)
     folder = Path(path)
     config = read_config(folder)
-    if isinstance(dtype, str):
+    if isinstance(dtype, str) and dtype != "auto":
         if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(_DTYPES)}")
+            raise ValueError(f"unknown dtype {dtype!r}; one of {sorted(_DTYPES)} or 'auto'")
         dtype = _DTYPES[dtype]
     weight_map = _read_index(folder)
+    if dtype == "auto":
+        dtype = stored_dtype(folder, weight_map)
     _require(folder / "tokenizer.json", "tokenizer (tokenizer.json)")
     t2w_dir = folder / ASSET_DIR
     try:

@@ -16,6 +16,14 @@ from .audio import MultiModalProjector
 from .config import OmniConfig
 
 
+
+def semantic_norm(sem: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows. In float16 the norm is taken in float32: F.normalize's eps (1e-12) is
+    zero in float16, and a zero row would give 0/0. Other dtypes as the released model computes."""
+    if sem.dtype == torch.float16:
+        return F.normalize(sem.float(), p=2, dim=-1).to(sem.dtype)
+    return F.normalize(sem, p=2, dim=-1)
+
 class MiniCPMTTS(nn.Module):
     """Keys: `emb_text`, `model.*` (LlamaModel), `projector_spk`, `projector_semantic`,
     `emb_code.0`, `head_code.0.parametrizations.weight.original0/1` (weight norm)."""
@@ -41,7 +49,7 @@ class MiniCPMTTS(nn.Module):
         dev = self.emb_text.weight.device
         parts = []
         if text_ids.numel() > 0:
-            sem = F.normalize(self.projector_semantic(hidden.to(self.emb_text.weight.dtype)), p=2, dim=-1)
+            sem = semantic_norm(self.projector_semantic(hidden.to(self.emb_text.weight.dtype)))
             parts.append(self.emb_text(text_ids.to(dev)) + sem)
         if text_eos:
             parts.append(self.emb_text(torch.tensor([self.config.text_eos_token_id], device=dev)))

@@ -18,6 +18,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from omni_ros.flow.alert_policy import PUBLISH, AlertPolicy
 from omni_ros.flow.audio import AudioInputStream
 from omni_ros.flow.engine import EngineParams, FlowEngine
 from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
@@ -56,6 +57,8 @@ class OmniNode(LifecycleNode):
         self._inputs: list = []          # subscriptions, while active
         self._configured: list = []      # service and timer, while configured
         self._failure = ""
+        self.alert_policy = AlertPolicy(instruction=self.settings["standing_instruction"])
+        self._follow_alert_settings()
         self.add_on_set_parameters_callback(self.on_set_parameters)
         self._autostarting = bool(self.settings["autostart"])
         if self._autostarting:   # a failure is the startup error's one line, not logged twice
@@ -106,7 +109,7 @@ class OmniNode(LifecycleNode):
                   "speech_stamped": (audio_flavours.SPEECH_STAMPED_TYPE, "speech/audio_stamped", qos.SPEECH),
                   "speech_info": (audio_flavours.AudioInfo, "speech/audio_info", qos.AUDIO_INFO),
                   "text": (OmniText, "omni/text", qos.OUTPUT), "state": (DuplexState, "omni/state", qos.OUTPUT),
-                  "alerts": (ProactiveAlert, "omni/alerts", qos.OUTPUT),
+                  "alerts": (ProactiveAlert, "omni/alerts", qos.alerts(s["alert_history"])),
                   "diagnostics": (DiagnosticArray, "/diagnostics", qos.OUTPUT)}
         self._pubs = {key: self.create_publisher(*args) for key, args in topics.items()}
         self._pubs["speech_info"].publish(audio_flavours.speech_info(
@@ -155,6 +158,8 @@ class OmniNode(LifecycleNode):
         for publisher in self._pubs.values():
             self.destroy_publisher(publisher)
         self._configured, self._pubs, self.setters = [], {}, {}
+        if self.session is not None:
+            self.session.close()
         self.session = self.engine = self.camera = self.mic = None
         release_memory()
         self.get_logger().info("cleaned up: the model is released")
@@ -209,6 +214,7 @@ class OmniNode(LifecycleNode):
                 self.setters[name](value)
             if old != value:
                 self.get_logger().info(f"parameter {name}: {old!r} -> {value!r}")
+        self._follow_alert_settings()
         return SetParametersResult(successful=True)
 
     def on_executor_error(self, error: Exception) -> None:
@@ -221,6 +227,9 @@ class OmniNode(LifecycleNode):
 
     def log_error(self, text: str) -> None:
         self.get_logger().error(text, throttle_duration_sec=LOG_THROTTLE_SEC)
+
+    def log_info(self, text: str) -> None:
+        self.get_logger().info(text, throttle_duration_sec=LOG_THROTTLE_SEC)
 
     def publish_report(self, report: UnitReport) -> None:
         state = DuplexState(window_index=report.window_index, end_of_turn=report.end_of_turn,
@@ -235,11 +244,23 @@ class OmniNode(LifecycleNode):
             self._pubs["text"].publish(OmniText(header=state.header, window_index=report.window_index,
                                                       text=report.text, end_of_turn=report.end_of_turn))
 
+    def _follow_alert_settings(self) -> None:
+        """The alert policy takes the alert_* parameters and the standing instruction in force."""
+        s = self.settings
+        self.alert_policy.configure(s["alert_min_confidence"], s["alert_cooldown_sec"])
+        self.alert_policy.instruction_in_force(s["standing_instruction"])
+
     def publish_alert(self, found, window_index: int) -> None:
+        """An alert the unit runner raised, published if the alert policy lets it through
+        (alert_min_confidence, alert_cooldown_sec on this node's clock; counted either way)."""
+        now = self.get_clock().now()
+        if self.alert_policy.decide(found.instruction, float(found.confidence),
+                                    now.nanoseconds) != PUBLISH:
+            return
         alert = ProactiveAlert(window_index=int(window_index), text=found.text,
                                instruction=found.instruction, confidence=float(found.confidence),
                                level=ALERT_LEVELS[self.settings["alert_level"]])
-        alert.header.stamp = self.get_clock().now().to_msg()
+        alert.header.stamp = now.to_msg()
         if found.evidence_stamp_ns is not None:
             alert.evidence_stamp = ns_to_stamp(found.evidence_stamp_ns)
         self._pubs["alerts"].publish(alert)
@@ -255,16 +276,19 @@ class OmniNode(LifecycleNode):
     # -- diagnostics -----------------------------------------------------------------------------
     def publish_diagnostics(self) -> None:
         name, namespace = self.get_fully_qualified_name(), self.get_namespace()
-        concerns = self.health.assess(self.camera, self.mic, self.engine, self.counters,
+        counters = {**self.counters, **self.alert_policy.counters.snapshot()}
+        concerns = self.health.assess(self.camera, self.mic, self.engine, counters,
                                       self.settings["input_silence_warn_sec"])
         array = DiagnosticArray(status=[c.status(name, namespace) for c in concerns])
         array.header.stamp = self.get_clock().now().to_msg()
         self._pubs["diagnostics"].publish(array)
 
     def close(self) -> None:
-        """Stop the engine's threads before the node is destroyed."""
+        """Stop the engine's threads before the node is destroyed, and close the session."""
         if self.engine is not None:
             self.engine.stop()
+        if self.session is not None:
+            self.session.close()
 
 
 def main(args=None) -> int:

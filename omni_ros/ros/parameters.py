@@ -93,11 +93,14 @@ OMNI_NODE_PARAMETERS = (
                   "for configure and activate through its lifecycle services."),
     # conversation
     ParameterSpec("system_prompt", "Streaming Omni Conversation.",
-                  "System prompt placed before the first unit (applies after omni/reset).",
+                  "System prompt placed before the first unit. A change takes effect at the next "
+                  "unit: the context is rebuilt under it, keeping the recent units.",
                   dynamic=True),
     ParameterSpec("standing_instruction", "", "What the robot should watch for and warn about: "
-                  "placed in the system prompt (the model sees a change after omni/reset) and "
-                  "carried in every proactive alert (at once).", dynamic=True),
+                  "placed in the system prompt and carried in every proactive alert. A change takes "
+                  "effect at the next unit: the context is rebuilt under the new prompt, keeping "
+                  "the recent units (max_context_units), and the rebuild is logged with its cost.",
+                  dynamic=True),
     ParameterSpec("force_listen_count", 3, "Units the model must listen for after a reset.",
                   (0, 1000), dynamic=True),
     ParameterSpec("mode", "duplex", "duplex: full duplex, one listen/speak decision per window; "
@@ -117,7 +120,8 @@ OMNI_NODE_PARAMETERS = (
                   "prompt, and the voice slot of the LLM's system prefix). Empty: the checkpoint's "
                   "default voice (assets/ref_audio/ref_minicpm_signature.wav); a checkpoint without "
                   "one needs this parameter. A new file is read at once (an unreadable one is "
-                  "refused): the next turn speaks with it, the LLM hears it after omni/reset.",
+                  "refused): the next turn speaks with it, and the LLM's voice slot takes it at the "
+                  "next unit (the context rebuilt, the recent units kept).",
                   dynamic=True),
     ParameterSpec("token2wav_steps", 10, "Euler steps of the waveform stage's flow matching: "
                   "10 as the released modeling code, 5 as the released web demo (about half the "
@@ -126,6 +130,30 @@ OMNI_NODE_PARAMETERS = (
                   "speaking unit (the chunk end is forced at the last).", (2, 64)),
     ParameterSpec("max_context_units", 24, "Units kept in the LLM context besides the system "
                   "prefix; older units are dropped so memory and time stay flat.", (1, 10000)),
+    # the vllm_omni backend (a client of a vLLM-Omni server; read by no other backend)
+    ParameterSpec("vllm_omni_url", "ws://127.0.0.1:8000/v1/duplex", "backend vllm_omni: the "
+                  "server's full-duplex WebSocket, ws:// or wss:// (/v1/duplex, or "
+                  "/v1/realtime?duplex=1)."),
+    ParameterSpec("vllm_omni_model", "", "backend vllm_omni: model name sent in the session "
+                  "(the server's served model name); empty: the server's own."),
+    ParameterSpec("vllm_omni_api_key_file", "", "backend vllm_omni: file holding the server's "
+                  "API key (sent as Authorization: Bearer, never logged); empty: none."),
+    ParameterSpec("vllm_omni_api_key_env", "", "backend vllm_omni: name of an environment "
+                  "variable holding the API key (instead of vllm_omni_api_key_file), e.g. "
+                  "VLLM_API_KEY; empty: none."),
+    ParameterSpec("vllm_omni_ca_file", "", "backend vllm_omni: CA certificate file (PEM) that "
+                  "signed the server's certificate, for wss:// URLs; empty: the system's CAs."),
+    ParameterSpec("vllm_omni_connect_timeout_sec", 5.0, "backend vllm_omni: longest wait for "
+                  "the connection and the session to open (at start and on reconnecting).",
+                  (0.1, 120.0)),
+    ParameterSpec("vllm_omni_unit_timeout_sec", 3.0, "backend vllm_omni: longest wait for a "
+                  "unit's answer. One that comes after the window has ended makes the flow skip "
+                  "or merge the windows that ticked meanwhile (overload_policy); none by this "
+                  "time fails the unit.", (0.1, 60.0)),
+    ParameterSpec("vllm_omni_image_max_side", 448, "backend vllm_omni: the frame sent with "
+                  "each unit is downscaled to this longer side before JPEG coding.", (64, 4096)),
+    ParameterSpec("vllm_omni_jpeg_quality", 80, "backend vllm_omni: JPEG quality of the "
+                  "frame sent with each unit.", (10, 100)),
     # timing and output
     ParameterSpec("window_sec", code_default(RunnerParams, "window_ns") / NS_PER_S,
                   "Omni-Flow window length; must match omni_flow_clock.",
@@ -146,6 +174,18 @@ OMNI_NODE_PARAMETERS = (
                   dynamic=True),
     ParameterSpec("alert_level", "WARN", "Level of published proactive alerts.",
                   choices=("INFO", "WARN", "ERROR"), dynamic=True),
+    ParameterSpec("alert_min_confidence", 0.0, "Proactive alerts whose confidence (the speak "
+                  "probability of the turn's first unit) is below this are not published "
+                  "(counted as alerts_below_confidence in /diagnostics). 0: every alert.",
+                  (0.0, 1.0), dynamic=True),
+    ParameterSpec("alert_cooldown_sec", 10.0, "After a published alert, further alerts under "
+                  "the same standing instruction are not published for this long, on the node's "
+                  "clock (sim time honoured; counted as alerts_in_cooldown). A changed "
+                  "standing_instruction starts fresh. 0: no cooldown.", (0.0, 86400.0),
+                  dynamic=True),
+    ParameterSpec("alert_history", 20, "omni/alerts is transient local: the last this many "
+                  "alerts are kept for subscribers that start late or restart (omni_ros_console, "
+                  "omni_ros_alert_log).", (1, 1000)),
     # inputs
     ParameterSpec("use_compressed_image", False, "Also subscribe to "
                   "camera/image_raw/compressed (jpeg/png)."),

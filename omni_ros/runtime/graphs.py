@@ -50,6 +50,7 @@ from torch import nn
 from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
 
 from omni_ros.model.audio import chunked_bias
+from omni_ros.model.tts import semantic_norm
 from omni_ros.model.vision import preprocess_image, sincos_2d
 
 NEG_INF = float("-inf")
@@ -241,7 +242,7 @@ class TTSConditionGraph(nn.Module):
         self.emb_text, self.projector = model.tts.emb_text, model.tts.projector_semantic
 
     def forward(self, text_ids, llm_hidden, semantic_mask):
-        sem = F.normalize(self.projector(llm_hidden.to(self.emb_text.weight.dtype)), p=2, dim=-1)
+        sem = semantic_norm(self.projector(llm_hidden.to(self.emb_text.weight.dtype)))
         return self.emb_text(text_ids) + semantic_mask.to(sem.dtype)[:, None] * sem
 
 

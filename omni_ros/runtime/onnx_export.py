@@ -70,6 +70,16 @@ def convs_as_2d(module: nn.Module) -> nn.Module:
     return module
 
 
+def _trace(module: nn.Module, spec, args, path: Path, **options) -> None:
+    """torch.onnx.export (TorchScript) of `module` as graph `spec`, its names and dynamic axes."""
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=list(spec.inputs),
+                          output_names=list(spec.outputs),
+                          dynamic_axes={k: dict(v) for k, v in spec.dynamic.items()},
+                          dynamo=False, **options)
+
+
 def export_graph(model, name: str, path, opset: int = OPSET,
                  sizes: Optional[Dict[str, int]] = None) -> Path:
     """Export graph `name` of a loaded OmniModel to `path` (.onnx) and run onnx.checker on it.
@@ -88,12 +98,7 @@ def export_graph(model, name: str, path, opset: int = OPSET,
     data_name = path.name + ".data"
     with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:
         tmp_path = Path(tmp) / path.name
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(tmp_path), input_names=list(spec.inputs),
-                              output_names=list(spec.outputs),
-                              dynamic_axes={k: dict(v) for k, v in spec.dynamic.items()},
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        _trace(module, spec, args, tmp_path, opset_version=opset, do_constant_folding=True)
         written = [p for p in Path(tmp).iterdir() if p.is_file()]
         total = sum(p.stat().st_size for p in written)
         for old in (path, path.with_name(data_name)):
@@ -110,6 +115,104 @@ def export_graph(model, name: str, path, opset: int = OPSET,
             external = True
     onnx.checker.check_model(str(path))          # the path form: works past 2 GB
     return path.with_name(data_name) if external else path
+
+
+ONNX_DTYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}   # onnx.TensorProto
+_ALIGN = 4096
+
+
+def _weight_shell(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The module tree of `module` rebuilt on the meta device, every floating weight replaced by a
+    zero-stride view of one element of `dtype` (real tensors that cost 2-4 bytes each), every
+    buffer by the real one in `dtype`. Tracing it records the graph of the real module at its full
+    shapes without holding its weights."""
+    memo = {id(t): nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False)
+            for t in module.parameters()}
+    memo.update({id(t): torch.empty_like(t, device="meta") for t in module.buffers()})
+    shell = copy.deepcopy(module, memo)          # the tree alone: every tensor comes from `memo`
+    for (name, weight), (_, real) in zip(shell.named_parameters(), module.named_parameters()):
+        parent, _, leaf = name.rpartition(".")
+        target = real.dtype if not real.is_floating_point() else dtype
+        shell.get_submodule(parent)._parameters[leaf] = nn.Parameter(
+            torch.zeros(1, dtype=target).expand(weight.shape), requires_grad=False)
+    for name, real in module.named_buffers():
+        parent, _, leaf = name.rpartition(".")
+        shell.get_submodule(parent)._buffers[leaf] = real.to(dtype) if real.is_floating_point() else real
+    return shell
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.numpy().tobytes()
+
+
+def export_graph_streamed(model, name: str, path, dtype: torch.dtype = torch.float16,
+                          sizes: Optional[Dict[str, int]] = None) -> Path:
+    """Export graph `name` with its weights in `dtype`, written one tensor at a time.
+
+    For graphs whose weights do not fit in memory twice over (the released LLM step: 16.4 GB in
+    float16), and for float16 ONNX (what TensorRT builds strongly typed engines from). The graph
+    is traced over a weight shell (`_weight_shell`) with the weights as named graph inputs
+    (`export_params=False`, no de-duplication); each input that is a weight then becomes an
+    initializer whose bytes go, converted from the loaded model one tensor at a time, into
+    `<graph>.onnx.data` (4 KiB aligned, so onnxruntime can map it). Peak memory is the loaded model
+    plus one tensor. Constant folding is left to the runtime. Returns the data file's path."""
+    import onnx
+
+    spec = G.GRAPHS[name]
+    if dtype not in ONNX_DTYPES:
+        raise ValueError(f"dtype {dtype}: one of {', '.join(map(str, ONNX_DTYPES))}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    real = spec.build(model).eval()
+    if name in CONV_AS_2D:
+        real = convs_as_2d(real)
+    shell = _weight_shell(real, dtype)
+    example = G.example_inputs(name, getattr(model, "config", None), sizes,
+                               t2w=getattr(model, "token2wav", None))
+    args = tuple(example[k].to(dtype) if example[k].is_floating_point() else example[k]
+                 for k in spec.inputs)
+    with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:
+        traced = Path(tmp) / path.name
+        _trace(shell, spec, args, traced, opset_version=OPSET, do_constant_folding=False,
+               export_params=False, keep_initializers_as_inputs=True)
+        proto = onnx.load(str(traced))
+    del shell
+    weights = dict(real.named_parameters())
+    data_name = path.name + ".data"
+    data_path = path.with_name(data_name)
+    kept_inputs = []
+    offset = 0
+    with open(data_path, "wb") as data:
+        for graph_input in proto.graph.input:
+            tensor = weights.get(graph_input.name)
+            if tensor is None:
+                kept_inputs.append(graph_input)
+                continue
+            if tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            blob = _raw_bytes(tensor)
+            pad = -offset % _ALIGN
+            data.write(b"\0" * pad)
+            offset += pad
+            data.write(blob)
+            init = onnx.TensorProto(name=graph_input.name, dims=list(tensor.shape),
+                                    data_type=ONNX_DTYPES.get(tensor.dtype) or onnx.helper.np_dtype_to_tensor_dtype(
+                                        tensor.numpy().dtype))
+            init.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(blob)))):
+                entry = init.external_data.add()
+                entry.key, entry.value = key, value
+            proto.graph.initializer.append(init)
+            offset += len(blob)
+            del blob, tensor
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept_inputs)
+    onnx.save_model(proto, str(path))
+    onnx.checker.check_model(str(path))          # the path form: reads the external data's layout
+    return data_path
 
 
 def export_waveform(token2wav, out_dir, log=print) -> Dict[str, Path]:
@@ -138,25 +241,46 @@ def versions() -> Dict[str, str]:
     return found
 
 
-def export_all(model_path, out_dir, device: str = "cpu", log=print) -> Manifest:
-    """Load the checkpoint (float32), export every graph into `out_dir` and write its manifest."""
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+# Graphs kept in float32 in a float16 export: the vocoder's sine source and phase run in float32
+# inside the graph (float16 loses the phase over a chunk), which mixed-dtype tracing cannot keep.
+FLOAT32_ONLY = ("t2w_vocoder",)
+
+
+def export_all(model_path, out_dir, device: str = "cpu", log=print, precision: str = "fp32") -> Manifest:
+    """Export every graph of the checkpoint into `out_dir` and write its manifest.
+
+    fp32: the model is loaded in float32 and each graph exported with constant folding (memory:
+    the float32 model, 36 GB at the released size). fp16: the model is loaded memory-mapped in its
+    stored dtype and each graph streamed (export_graph_streamed) with float16 weights and inputs,
+    `FLOAT32_ONLY` graphs in float32: memory is the mapped shards plus one tensor, the files half
+    the size. TensorRT builds its engines from either; onnxruntime runs either."""
     from omni_ros.model.loader import load_model
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = checkpoint_fingerprint(model_path)
-    model = load_model(model_path, device=device, dtype="float32")
+    streamed = precision != "fp32"
+    # the streamed export traces on the host whatever `device` says: the weights are only read
+    model = load_model(model_path, device="cpu" if streamed else device,
+                       dtype="auto" if streamed else "float32")
     manifest = Manifest(format="onnx", checkpoint=str(Path(model_path).resolve()),
                         checkpoint_hash=fingerprint,
                         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         versions=versions(), gpu=None)
     for name in G.GRAPHS:
         started = time.perf_counter()
-        written = export_graph(model, name, out / f"{name}.onnx")
+        graph_precision = "fp32" if name in FLOAT32_ONLY else precision
+        if streamed:
+            written = export_graph_streamed(model, name, out / f"{name}.onnx", PRECISIONS[graph_precision])
+        else:
+            written = export_graph(model, name, out / f"{name}.onnx")
         data = written.name if written.suffix == ".data" else ""
-        manifest.components[name] = entry_for_file(out, name, f"{name}.onnx", "fp32", {}, data)
+        manifest.components[name] = entry_for_file(out, name, f"{name}.onnx", graph_precision, {}, data)
         size = sum((out / f).stat().st_size for f in (f"{name}.onnx", data) if f)
-        log(f"[export] {name}: {out / f'{name}.onnx'} ({size / 1e6:.1f} MB, "
+        log(f"[export] {name}: {out / f'{name}.onnx'} ({graph_precision}, {size / 1e6:.1f} MB, "
             f"{time.perf_counter() - started:.1f} s)")
     del model
     write_manifest(out, manifest)

@@ -15,6 +15,12 @@ environment variable OMNI_ROS_ORT_THREADS sets it (an integer; 0 = onnxruntime's
 threads do not spin-wait between runs (`session.intra_op.allow_spinning` 0): a unit is many short
 graph runs with host code in between, and spinning threads took the CPU from it (a tiny-model
 listening unit went from about 100 ms to about 20 ms on a busy 2-core machine).
+
+Precision: the folder's graphs are float32 or float16 (`omni_ros_build_engines --onnx-precision`,
+recorded per graph in the manifest). Inputs are converted to each graph's own input types and
+floating outputs come back float32, so the session above sees no difference. Float16 graphs run
+at onnxruntime's extended optimisation level, not its highest: onnxruntime 1.32's CPU layout
+transformation (NCHWc) crashes the process on float16 convolutions.
 """
 from __future__ import annotations
 
@@ -66,13 +72,14 @@ def _threads() -> int:
 class _Graph:
     """One InferenceSession with its input names/dtypes and output names fixed once."""
 
-    def __init__(self, path: Path, providers, threads: int):
+    def __init__(self, path: Path, providers, threads: int, half: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if half
+                                            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         # Many short runs with host code in between: idle pool threads must not spin-wait and
         # take the CPU from the session's own thread (and from the ROS executors).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -84,7 +91,8 @@ class _Graph:
     def __call__(self, inputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
         feed = {name: np.ascontiguousarray(inputs[name].detach().numpy(), dtype=dtype)
                 for name, dtype in zip(self.inputs, self.dtypes)}
-        return [torch.from_numpy(a) for a in self.session.run(self.outputs, feed)]
+        return [torch.from_numpy(a.astype(np.float32) if a.dtype == np.float16 else a)
+                for a in self.session.run(self.outputs, feed)]
 
 
 class OrtCompute(ExportedCompute):
@@ -97,12 +105,15 @@ class OrtCompute(ExportedCompute):
         super().__init__(model_path, device="cpu", dtype=torch.float32)
         folder = Path(model_path)
         self.engine_dir = Path(engine_dir) if engine_dir else default_engine_dir(folder)
+        half = set()
         if check:
-            check_manifest(self.engine_dir, folder, "onnx", self.components)
+            manifest = check_manifest(self.engine_dir, folder, "onnx", self.components)
+            half = {n for n, e in manifest.components.items() if e.precision == "fp16"}
         self.providers = providers_for(device)
         threads = _threads()
         self.graphs: Dict[str, _Graph] = {
-            n: _Graph(self.engine_dir / f"{n}.onnx", self.providers, threads) for n in self.components}
+            n: _Graph(self.engine_dir / f"{n}.onnx", self.providers, threads, n in half)
+            for n in self.components}
 
     def run(self, name: str, inputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
         return self.graphs[name](inputs)

@@ -18,6 +18,7 @@ BUILTIN_BACKENDS = {
     "torch": "omni_ros.runtime.torch_backend:TorchBackend",
     "onnxruntime": "omni_ros.runtime.onnxruntime_backend:OrtBackend",
     "tensorrt": "omni_ros.runtime.tensorrt_backend:TrtBackend",
+    "vllm_omni": "omni_ros.runtime.vllm_omni_backend:VllmOmniBackend",
 }
 
 

@@ -78,7 +78,8 @@ class TrtCompute(ExportedCompute):
         stream = torch.cuda.current_stream(self.device)
         if not ctx.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT engine {name!r} failed to run")
-        return outputs
+        # engines built from float16 ONNX have float16 I/O: the session works in float32
+        return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in outputs]
 
 
 class TrtBackend:

@@ -9,14 +9,15 @@ graph through a backend's `Compute` (omni_ros.session.compute) and never touches
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
 import numpy as np
 import torch
 
-from omni_ros.flow.types import (INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, DuplexSession,
-                                 SessionCapabilities, UnitInput, UnitOutput)
+from omni_ros.flow.types import (INPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE, ContextRebuild,
+                                 DuplexSession, SessionCapabilities, UnitInput, UnitOutput)
 from omni_ros.model.token2wav.voice import PROMPT_RATE, Voice, VoiceError
 from omni_ros.model.tokenizer import decoding_masks
 
@@ -33,6 +34,9 @@ from .waveform import WaveformStream
 
 # The protocols by mode (options.MODES names them; the node's `mode` parameter offers them).
 PROTOCOLS = {"duplex": DuplexProtocol, "turn_based": TurnBasedProtocol}
+# Options that are part of the system prefix: a change rebuilds the context at the next unit.
+PREFIX_OPTIONS = frozenset({"system_prompt", "standing_instruction", "reference_voice",
+                            "reference_voice_samples"})
 
 
 @dataclass
@@ -98,7 +102,7 @@ class OmniSession(DuplexSession):
     def set_voice(self, voice: Optional[Voice] = None) -> None:
         """Take `voice` (default: read it as the options say) and recompute the waveform stage's
         prompt caches (about one decode call's time). Speech of an open turn restarts with the new
-        voice; the LLM's voice slot takes it at the next prefill (start, reset or epoch)."""
+        voice; the LLM's voice slot takes it at the next unit (apply_options rebuilds the context)."""
         voice = voice if voice is not None else self._voice_from_options()
         if self.waveform.steps != int(self.options.token2wav_steps):
             self.speech.waveform = self._new_waveform_stream()
@@ -116,10 +120,14 @@ class OmniSession(DuplexSession):
                 voice = Voice.from_wav(changes["reference_voice"])
             except VoiceError as error:
                 raise ValueError(str(error)) from None
+        text_before, voice_before = self.system_text(), self.voice
         for name, value in changes.items():
             setattr(self.options, name, value)
         if "reference_voice" in changes:
             self.set_voice(voice)
+        if self.context.started and (self.system_text() != text_before or self.voice is not voice_before):
+            changed = sorted(set(changes) & PREFIX_OPTIONS)
+            self.prefix_changed = ", ".join(changed) or "system prefix"
 
     def warmup(self) -> None:
         """Run one listening and one speaking unit on silence, then reset. The first call of each
@@ -143,6 +151,7 @@ class OmniSession(DuplexSession):
         """Every part back to its start: context, audio stream, speech, protocols, the draws."""
         self.units_done = 0
         self.active_mode: Optional[str] = None
+        self.prefix_changed: Optional[str] = None     # what changed the prefix: rebuild next unit
         self.context.reset()
         self.audio.reset(chunk_ms=int(round(self.options.window_sec * 1000)))
         self.speech.reset()
@@ -163,8 +172,11 @@ class OmniSession(DuplexSession):
     def run_unit(self, unit: UnitInput) -> UnitOutput:
         with torch.inference_mode():
             mode = self.options.mode if self.options.mode in MODES else "duplex"
+            rebuild = None
             if not self.context.started:
                 self._prefill()
+            elif self.prefix_changed:
+                rebuild = self.rebuild_context(self.prefix_changed)
             self.context.begin_unit()
             if self.active_mode is not None and mode != self.active_mode:
                 self._switch_mode(mode)
@@ -172,7 +184,20 @@ class OmniSession(DuplexSession):
             out = self.protocols[mode].run(unit)
             self.units_done += 1
             self.context.end_unit(self.options.max_context_units)
+            out.context_rebuild = rebuild
             return out
+
+    def rebuild_context(self, reason: str) -> ContextRebuild:
+        """A new system prefix (the options' prompt, standing instruction and voice) under the
+        units the context keeps, fed again from their records: the conversation goes on under
+        the new instruction. Turn state, speech and the draws are untouched."""
+        started = time.perf_counter()
+        records = self.context.take_units()
+        self._prefill(self.active_mode)
+        self.context.replay(records)
+        self.prefix_changed = None
+        return ContextRebuild(reason=reason, units=len(self.context.unit_records),
+                              tokens=self.context.position, ms=(time.perf_counter() - started) * 1000.0)
 
     # --- used by the protocols ---
     @property
@@ -203,15 +228,15 @@ class OmniSession(DuplexSession):
         return self.speech.speak(ids, hidden, end_of_turn, self.sampler, options.tts_temperature,
                                  options.tts_repetition_penalty, text_eos=text_eos)
 
-    def _prefill(self) -> None:
+    def _prefill(self, mode: Optional[str] = None) -> None:
         """The system prefix exactly as the released code builds it, for the mode at prefill time
-        (it stays until the next reset, whatever the mode later)."""
+        (it stays until the next reset or rebuild, whatever the mode later)."""
         self.context.start()
         voice = None
         if self.voice is not None:
             wav = self.voice.audio_16k.float()[None]
             voice = embed_audio(self.compute, wav)[0].to(self.compute.dtype)
-        mode = self.options.mode if self.options.mode in MODES else "duplex"
+        mode = mode or (self.options.mode if self.options.mode in MODES else "duplex")
         self.protocols[mode].prefill(self.system_text(), voice)
         self.context.end_prefix()
 

@@ -3,7 +3,9 @@
 Camera: a synthetic room with a ball rolling across (rgb8, `fps`). Microphone: silence with a
 spoken request synthesized by espeak-ng at `request_at_sec`, published in 20 ms chunks at the
 voice's own rate with a latched AudioInfo, stamped on the ROS clock, paced in real time.
-Waits for omni_node's subscriptions before it starts, then plays for `duration_sec`.
+Waits for omni_node's subscriptions before it starts, then plays for `duration_sec`;
+`--namespace NS` publishes to /NS/camera/image_raw and /NS/mic/...; a player that sees no
+subscriber within 5 s says so once, with the namespace and ROS_DOMAIN_ID, and keeps waiting.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from omni_ros.flow.units import NS_PER_S, samples_to_ns
 from omni_ros.ros import audio_flavours, qos
 from omni_ros.ros.runner import split_ros_args
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image
+from omni_ros.tools.graph_hint import GraphWatch, add_namespace_argument, normalize_namespace
+
+PROG = "omni_ros_scene_player"
 
 
 def synthesize_speech(text: str, voice: str = "en-us", words_per_minute: int = 160):
@@ -71,7 +76,8 @@ def scene_frame(t_sec: float, width: int, height: int) -> np.ndarray:
 
 class ScenePlayer(Node):
     def __init__(self, options: argparse.Namespace) -> None:
-        super().__init__("omni_scene_player")
+        namespace = normalize_namespace(getattr(options, "namespace", "")) or "/"
+        super().__init__("omni_scene_player", namespace=namespace)
         self.options = options
         self.image_publisher = self.create_publisher(Image, "camera/image_raw", qos.CAMERA)
         self.audio_publisher = self.create_publisher(audio_flavours.MIC_TYPE, "mic/audio_stamped",
@@ -93,7 +99,10 @@ class ScenePlayer(Node):
 
     def wait_for_subscribers(self, timeout_sec: float) -> bool:
         deadline = time.monotonic() + timeout_sec
+        watch = GraphWatch(self, ["camera/image_raw", "mic/audio_stamped"], PROG,
+                           peers="subscriber")
         while time.monotonic() < deadline:
+            watch.poll()
             if (self.audio_publisher.get_subscription_count() > 0
                     and self.image_publisher.get_subscription_count() > 0):
                 return True
@@ -127,7 +136,8 @@ class ScenePlayer(Node):
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="omni_ros_scene_player", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_namespace_argument(parser)
     parser.add_argument("--duration-sec", type=float, default=20.0)
     parser.add_argument("--request", default="Hello robot. What do you see in front of you?")
     parser.add_argument("--request-at-sec", type=float, default=5.0)
@@ -147,8 +157,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         player = ScenePlayer(options)
         if not player.wait_for_subscribers(options.wait_sec):
-            print("[omni_ros_scene_player] nobody subscribes to the camera and microphone topics; "
-                  "is omni_node running?", file=sys.stderr)
+            topics = ", ".join(player.resolve_topic_name(t)
+                               for t in ("camera/image_raw", "mic/audio_stamped"))
+            print(f"[{PROG}] nobody subscribed to {topics} within {options.wait_sec:g} s; "
+                  "is omni_node running in this namespace and ROS_DOMAIN_ID?", file=sys.stderr)
             return 1
         begin, end = player.speech_span_sec
         print(f"[omni_ros_scene_player] playing {options.duration_sec:.0f} s: frames at "
