@@ -2,6 +2,9 @@
 takes) against torch, float16 export folders, and the onnxruntime backend over float16 graphs."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -80,9 +83,19 @@ def test_auto_dtype_keeps_the_stored_one(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def half_folder(tiny_checkpoint, tmp_path_factory):
+    """What `omni_ros_build_engines CHECKPOINT --onnx-precision fp16` writes."""
     out = tmp_path_factory.mktemp("onnx16") / "engines"
-    export_all(tiny_checkpoint, out, log=lambda *_: None, precision="fp16")
+    done = subprocess.run([sys.executable, "-m", "omni_ros.tools.build_engines", str(tiny_checkpoint),
+                           "--backend", "onnxruntime", "--onnx-precision", "fp16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"-p engine_dir:={out}" in done.stdout
     return out
+
+
+def test_an_unknown_precision_is_refused(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="one of fp32, fp16"):
+        export_all(tiny_checkpoint, tmp_path, precision="int8")
 
 
 def test_float16_folder_records_its_precisions(half_folder, tiny_model):

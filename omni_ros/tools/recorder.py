@@ -3,7 +3,9 @@
 Windows processed, listen/speak per window, seconds of speech out, text, alerts, and compute time
 per window against the window length. `--output DIR` also writes summary.json and speech.wav;
 `--timeline FILE` also records the camera frames and mic audio, and draws a timeline PNG of the
-run (tools/timeline_png.py).
+run (tools/timeline_png.py). `--namespace NS` follows the graph in /NS; with no publisher in sight
+after 5 s it says which namespace and ROS_DOMAIN_ID it listens on (graph_hint.py).
+The accumulation itself is `RunLog` (no ROS node), which omni_ros_bag_report fills from a bag.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from omni_ros.ros import qos
 from omni_ros.ros.runner import split_ros_args
 from omni_ros.ros.conversions import header_stamp_ns, stamp_to_ns
 from omni_ros.ros.parameters import SPECS_BY_NAME
+from omni_ros.tools.graph_hint import GraphWatch, add_namespace_argument, normalize_namespace
 from omni_ros.tools.timeline_png import draw_timeline
 
 STATE_LETTERS = {DuplexState.LISTENING: "L", DuplexState.SPEAKING: "S",
@@ -38,12 +41,14 @@ MAX_WINDOWS = 100_000          # a recorder left running for a day stays bounded
 MAX_SPEECH_SECONDS = 600
 
 
-class Recorder(Node):
-    def __init__(self, keep_speech: bool, inputs: bool = False, window_sec: float = 1.0) -> None:
-        super().__init__("omni_recorder")
+class RunLog:
+    """What a run published, accumulated message by message (no ROS node here): the recorder
+    feeds it live over DDS, omni_ros_bag_report from a bag. Bounded: MAX_WINDOWS per kind."""
+
+    def __init__(self, keep_speech: bool = False, window_sec: float = 1.0) -> None:
         self.window_ns = seconds_to_ns(window_sec)
         self.frame_windows: dict = {}       # window -> camera frames stamped in it
-        self.mic_energy: dict = {}          # window -> [sum of speech probability, chunks]
+        self.mic_energy: dict = {}          # window -> [max speech probability, chunks]
         self.speech_windows: dict = {}      # window -> speech samples published in it
         self.mic_stream: Optional[AudioInputStream] = None
         self.states: list = []
@@ -54,28 +59,9 @@ class Recorder(Node):
         self.speech_info = None   # audio_flavours.info_view of speech/audio_info
         self.keep_speech = keep_speech
         self.speech = bytearray()
-        self.ready_at: Optional[float] = None
-        self.create_subscription(DuplexState, "omni/state", self.on_state, qos.OUTPUT)
-        self.create_subscription(OmniText, "omni/text", self.on_text, qos.OUTPUT)
-        self.create_subscription(ProactiveAlert, "omni/alerts", self.on_alert, qos.OUTPUT)
-        self.create_subscription(audio_flavours.SPEECH_STAMPED_TYPE, "speech/audio_stamped",
-                                 self.on_speech, qos.SPEECH)
-        self.create_subscription(audio_flavours.AudioInfo, "speech/audio_info",
-                                 self.on_speech_info, qos.AUDIO_INFO)
-        self.inputs = inputs
-
-    def _subscribe_inputs(self) -> None:
-        """For the timeline: what the robot's camera and microphone sent. Subscribed once
-        omni_node is up, so a scene player waiting for subscribers still waits for the node."""
-        from sensor_msgs.msg import Image  # noqa: PLC0415
-        self.create_subscription(Image, "camera/image_raw", self.on_frame, qos.CAMERA, raw=True)
-        self.create_subscription(audio_flavours.MIC_TYPE, "mic/audio_stamped", self.on_mic,
-                                 qos.MIC_AUDIO)
-        if audio_flavours.MIC_INFO_TYPE is not None:
-            self.create_subscription(audio_flavours.MIC_INFO_TYPE, "mic/audio_info",
-                                     self.on_mic_info, qos.AUDIO_INFO)
 
     def on_frame(self, raw: bytes) -> None:
+        """A camera frame as serialized CDR bytes (only its header stamp is read)."""
         stamp = header_stamp_ns(raw)
         if stamp is not None and len(self.frame_windows) < MAX_WINDOWS:
             k = stamp // self.window_ns
@@ -131,10 +117,6 @@ class Recorder(Node):
 
     def on_speech_info(self, message) -> None:
         self.speech_info = audio_flavours.info_view(message)
-        if self.ready_at is None:
-            self.ready_at = time.monotonic()
-            if self.inputs:
-                self._subscribe_inputs()
 
     def summary(self) -> dict:
         rate = self.speech_info.sample_rate if self.speech_info else 24000
@@ -165,6 +147,48 @@ class Recorder(Node):
             "compute_ms_median": float(np.median(compute)) if compute.size else None,
             "compute_ms_max": float(compute.max()) if compute.size else None,
         }
+
+
+class Recorder(Node):
+    """The live recorder: subscribes over DDS and feeds a RunLog (`runlog`)."""
+
+    def __init__(self, keep_speech: bool, inputs: bool = False, window_sec: float = 1.0,
+                 namespace: str = "") -> None:
+        super().__init__("omni_recorder", namespace=normalize_namespace(namespace) or None)
+        self.runlog = RunLog(keep_speech=keep_speech, window_sec=window_sec)
+        self.ready_at: Optional[float] = None
+        self.inputs = inputs
+        run = self.runlog
+        self.create_subscription(DuplexState, "omni/state", run.on_state, qos.OUTPUT)
+        self.create_subscription(OmniText, "omni/text", run.on_text, qos.OUTPUT)
+        self.create_subscription(ProactiveAlert, "omni/alerts", run.on_alert, qos.OUTPUT)
+        self.create_subscription(audio_flavours.SPEECH_STAMPED_TYPE, "speech/audio_stamped",
+                                 run.on_speech, qos.SPEECH)
+        self.create_subscription(audio_flavours.AudioInfo, "speech/audio_info",
+                                 self.on_speech_info, qos.AUDIO_INFO)
+        self.watch = GraphWatch(self, ["omni/state", "speech/audio_info"], "omni_ros_recorder")
+
+    def _subscribe_inputs(self) -> None:
+        """For the timeline: what the robot's camera and microphone sent. Subscribed once
+        omni_node is up, so a scene player waiting for subscribers still waits for the node."""
+        from sensor_msgs.msg import Image  # noqa: PLC0415
+        run = self.runlog
+        self.create_subscription(Image, "camera/image_raw", run.on_frame, qos.CAMERA, raw=True)
+        self.create_subscription(audio_flavours.MIC_TYPE, "mic/audio_stamped", run.on_mic,
+                                 qos.MIC_AUDIO)
+        if audio_flavours.MIC_INFO_TYPE is not None:
+            self.create_subscription(audio_flavours.MIC_INFO_TYPE, "mic/audio_info",
+                                     run.on_mic_info, qos.AUDIO_INFO)
+
+    def on_speech_info(self, message) -> None:
+        self.runlog.on_speech_info(message)
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+            if self.inputs:
+                self._subscribe_inputs()
+
+    def summary(self) -> dict:
+        return self.runlog.summary()
 
 
 def format_summary(summary: dict, window_sec: float) -> str:
@@ -198,6 +222,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--wait-sec", type=float, default=120.0,
                         help="give up if omni_node is not up within this time")
     parser.add_argument("--window-sec", type=float, default=1.0)
+    add_namespace_argument(parser)
     parser.add_argument("--output", default=None, help="folder for summary.json and speech.wav")
     parser.add_argument("--timeline", default=None, metavar="FILE",
                         help="draw a timeline PNG of the run into FILE")
@@ -209,11 +234,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parse_args(own_args)
     rclpy.init(args=[sys.argv[0], *ros_args])
     recorder = Recorder(keep_speech=options.output is not None,
-                        inputs=options.timeline is not None, window_sec=options.window_sec)
+                        inputs=options.timeline is not None, window_sec=options.window_sec,
+                        namespace=options.namespace)
     started = time.monotonic()
     try:
         while rclpy.ok():
             rclpy.spin_once(recorder, timeout_sec=0.05)
+            recorder.watch.poll()
             now = time.monotonic()
             if recorder.ready_at is None and now - started > options.wait_sec:
                 print("[omni_ros_recorder] omni_node did not come up (no speech/audio_info)",
@@ -229,13 +256,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         folder = Path(options.output)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-        if recorder.speech:
+        run = recorder.runlog
+        if run.speech:
             import soundfile
-            rate = recorder.speech_info.sample_rate if recorder.speech_info else 24000
+            rate = run.speech_info.sample_rate if run.speech_info else 24000
             soundfile.write(str(folder / "speech.wav"),
-                            np.frombuffer(bytes(recorder.speech), dtype="<i2"), rate)
+                            np.frombuffer(bytes(run.speech), dtype="<i2"), rate)
     if options.timeline:
-        path = draw_timeline(recorder, options.timeline)
+        path = draw_timeline(recorder.runlog, options.timeline)
         print(f"[omni_ros_recorder] timeline in {path}", flush=True)
     recorder.destroy_node()
     rclpy.try_shutdown()

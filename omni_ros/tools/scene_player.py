@@ -103,8 +103,11 @@ class ScenePlayer(Node):
                            peers="subscriber")
         while time.monotonic() < deadline:
             watch.poll()
+            # omni_node itself, not just any subscriber (a bag recorder takes camera and mic
+            # too): it publishes speech/audio_info from the moment it has a model
             if (self.audio_publisher.get_subscription_count() > 0
-                    and self.image_publisher.get_subscription_count() > 0):
+                    and self.image_publisher.get_subscription_count() > 0
+                    and self.count_publishers(self.resolve_topic_name("speech/audio_info")) > 0):
                 return True
             rclpy.spin_once(self, timeout_sec=0.1)
         return False
