@@ -260,6 +260,23 @@ def test_configs_carry_the_released_auto_map(tiny_checkpoint):
     assert set(pre) == RELEASED_PREPROCESSOR_KEYS
 
 
+def test_the_tiny_folder_has_what_vllm_needs_to_load_it(tiny_checkpoint):
+    """vLLM(-Omni) recognises a MiniCPM-o 4.5 folder by its config (`version` 4.5, `auto_map`),
+    its preprocessor and tokenizer configs, and the released unknown token <unk> at 128244."""
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text(encoding="utf-8"))
+    assert str(cfg["version"]) == "4.5" and cfg["auto_map"]
+    assert (tiny_checkpoint / "preprocessor_config.json").is_file()
+    tok_cfg = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert tok_cfg["unk_token"] == "<unk>"
+    assert tok_cfg["added_tokens_decoder"]["128244"]["content"] == "<unk>"
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    assert tokenizer.convert_tokens_to_ids("<unk>") == 128244
+    assert tokenizer.decode([128244]) == "<unk>"
+    assert 128244 not in tokenizer.bad_token_ids             # as in the release: not a banned id
+    assert tokenizer("an ordinary sentence", add_special_tokens=False)["input_ids"]
+    assert 128244 not in tokenizer("<un k> unknown", add_special_tokens=False)["input_ids"]
+
+
 def test_released_auto_map_survives_a_config_roundtrip(tmp_path):
     from omni_ros.model.config import OmniConfig
 

@@ -22,6 +22,9 @@ from typing import Dict, List
 import numpy as np
 
 NUM_REGULAR_IDS = 151643
+# The released tokenizer's unknown token: a regular id, also declared special (vLLM's MiniCPM-o
+# processor and the released turn-based masks rely on it).
+UNK_TOKEN, UNK_ID = "<unk>", 128244
 
 # Special tokens the session needs, by string.
 SPECIAL_NAMES = {
@@ -190,12 +193,12 @@ def build_tokenizer_json(vocab_size_trained: int = 2000) -> str:
     fillers = _filler_words(NUM_REGULAR_IDS - len(items), set(vocab))
     new_vocab = dict(items)
     for i, w in enumerate(fillers, start=len(items)):
-        new_vocab[w] = i
+        new_vocab[w if i != UNK_ID else UNK_TOKEN] = i        # a filler no merge produces
     data["model"]["vocab"] = new_vocab
     data["added_tokens"] = [
         {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
          "normalized": False, "special": True}
-        for s, i in sorted(released_added_tokens().items(), key=lambda kv: kv[1])
+        for s, i in sorted({UNK_TOKEN: UNK_ID, **released_added_tokens()}.items(), key=lambda kv: kv[1])
     ]
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
@@ -214,18 +217,19 @@ def write_tokenizer(folder) -> None:
         "bos_token": None,
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
-        "unk_token": None,
+        "unk_token": UNK_TOKEN,
         "clean_up_tokenization_spaces": False,
         "added_tokens_decoder": {
             str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                      "single_word": False, "special": True}
-            for s, i in sorted(added.items(), key=lambda kv: kv[1])
+            for s, i in sorted({UNK_TOKEN: UNK_ID, **added}.items(), key=lambda kv: kv[1])
         },
         "bad_token_ids": bad_ids,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     (folder / "special_tokens_map.json").write_text(
-        json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, indent=2) + "\n",
+        json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": UNK_TOKEN},
+                   indent=2) + "\n",
         encoding="utf-8")
 
 

@@ -21,7 +21,7 @@ import time
 import types
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -121,24 +121,45 @@ ONNX_DTYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}   # onnx
 _ALIGN = 4096
 
 
-def _weight_shell(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """The module tree of `module` rebuilt on the meta device, every floating weight replaced by a
-    zero-stride view of one element of `dtype` (real tensors that cost 2-4 bytes each), every
-    buffer by the real one in `dtype`. Tracing it records the graph of the real module at its full
-    shapes without holding its weights."""
-    memo = {id(t): nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False)
+def _weight_shell(module: nn.Module) -> nn.Module:
+    """The module tree of `module` without its weights: every parameter a one-element placeholder
+    (the traced call supplies the real shapes, see `_WeightsAsInputs`), every buffer the real one.
+    The tree is copied without its tensors (deepcopy with every tensor pre-assigned)."""
+    memo = {id(t): nn.Parameter(torch.zeros(1, dtype=t.dtype), requires_grad=False)
             for t in module.parameters()}
-    memo.update({id(t): torch.empty_like(t, device="meta") for t in module.buffers()})
-    shell = copy.deepcopy(module, memo)          # the tree alone: every tensor comes from `memo`
-    for (name, weight), (_, real) in zip(shell.named_parameters(), module.named_parameters()):
-        parent, _, leaf = name.rpartition(".")
-        target = real.dtype if not real.is_floating_point() else dtype
-        shell.get_submodule(parent)._parameters[leaf] = nn.Parameter(
-            torch.zeros(1, dtype=target).expand(weight.shape), requires_grad=False)
-    for name, real in module.named_buffers():
-        parent, _, leaf = name.rpartition(".")
-        shell.get_submodule(parent)._buffers[leaf] = real.to(dtype) if real.is_floating_point() else real
-    return shell
+    memo.update({id(t): t for t in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+class _WeightsAsInputs(nn.Module):
+    """Calls `shell` with its weights taken from the trailing arguments (each put in its module's
+    parameter slot for the call), so the exporter sees them as named graph inputs: it never holds,
+    folds or serialises them."""
+
+    def __init__(self, shell: nn.Module, count: int, names: List[str], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.shell, self.count = shell, count
+        self.slots = [(shell.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2]) for n in names]
+        for owner, leaf in [(shell.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])
+                            for n, b in shell.named_buffers() if b.is_floating_point()]:
+            owner._buffers[leaf] = owner._buffers[leaf].to(dtype)
+
+    def forward(self, *args):
+        kept = [owner._parameters[leaf] for owner, leaf in self.slots]
+        try:
+            for (owner, leaf), weight in zip(self.slots, args[self.count:]):
+                owner._parameters[leaf] = weight
+            return self.shell(*args[:self.count])
+        finally:
+            for (owner, leaf), weight in zip(self.slots, kept):
+                owner._parameters[leaf] = weight
+
+
+def weight_placeholders(module: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+    """Every weight of `module` as a zero-stride view of one element of `dtype` (its integer
+    weights keep their dtype): real tensors of the full shapes that cost a few bytes each."""
+    return {name: torch.zeros(1, dtype=dtype if p.is_floating_point() else p.dtype).expand(p.shape)
+            for name, p in module.named_parameters()}
 
 
 def _raw_bytes(tensor: torch.Tensor) -> bytes:
@@ -155,7 +176,7 @@ def export_graph_streamed(model, name: str, path, dtype: torch.dtype = torch.flo
     For graphs whose weights do not fit in memory twice over (the released LLM step: 16.4 GB in
     float16), and for float16 ONNX (what TensorRT builds strongly typed engines from). The graph
     is traced over a weight shell (`_weight_shell`) with the weights as named graph inputs
-    (`export_params=False`, no de-duplication); each input that is a weight then becomes an
+    (`_WeightsAsInputs`, zero-stride placeholders); each input that is a weight then becomes an
     initializer whose bytes go, converted from the loaded model one tensor at a time, into
     `<graph>.onnx.data` (4 KiB aligned, so onnxruntime can map it). Peak memory is the loaded model
     plus one tensor. Constant folding is left to the runtime. Returns the data file's path."""
@@ -169,17 +190,18 @@ def export_graph_streamed(model, name: str, path, dtype: torch.dtype = torch.flo
     real = spec.build(model).eval()
     if name in CONV_AS_2D:
         real = convs_as_2d(real)
-    shell = _weight_shell(real, dtype)
+    placeholders = weight_placeholders(real, dtype)
+    wrapper = _WeightsAsInputs(_weight_shell(real), len(spec.inputs), list(placeholders), dtype)
     example = G.example_inputs(name, getattr(model, "config", None), sizes,
                                t2w=getattr(model, "token2wav", None))
     args = tuple(example[k].to(dtype) if example[k].is_floating_point() else example[k]
-                 for k in spec.inputs)
+                 for k in spec.inputs) + tuple(placeholders.values())
     with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:
         traced = Path(tmp) / path.name
-        _trace(shell, spec, args, traced, opset_version=OPSET, do_constant_folding=False,
-               export_params=False, keep_initializers_as_inputs=True)
+        named = G.GraphSpec(spec.name, spec.build, [*spec.inputs, *placeholders], spec.outputs, spec.dynamic)
+        _trace(wrapper, named, args, traced, opset_version=OPSET, do_constant_folding=False)
         proto = onnx.load(str(traced))
-    del shell
+    del wrapper, placeholders
     weights = dict(real.named_parameters())
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)

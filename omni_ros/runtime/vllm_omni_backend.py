@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import os
 import ssl
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -263,6 +264,7 @@ class VllmOmniSession(DuplexSession):
         self._expected: Deque[_Expected] = deque()
         self._unit_count = 0
         self._rtt_ms: Deque[float] = deque(maxlen=RTT_WINDOW)
+        self._rtt_lock = threading.Lock()
         self._ack_due: Optional[tuple] = None     # (response_id, played_ms) to acknowledge
         self._bytes_last_unit = 0
         self.last_error: Optional[str] = None
@@ -574,7 +576,8 @@ class VllmOmniSession(DuplexSession):
                     self.counters.late_answers_dropped += 1
                 continue
             now = time.monotonic()
-            self._rtt_ms.append((now - sent) * 1000.0)
+            with self._rtt_lock:        # read by the diagnostics timer's thread
+                self._rtt_ms.append((now - sent) * 1000.0)
             self.counters.units_answered += 1
             if now - started > self.config.window_sec:
                 self.counters.units_late += 1
@@ -661,8 +664,9 @@ class VllmOmniSession(DuplexSession):
         values["server_connected"] = self._ws is not None and not self._needs_new_session
         values["server_units_outstanding"] = len(self._expected)
         values["server_bytes_last_unit"] = self._bytes_last_unit
-        if self._rtt_ms:
+        with self._rtt_lock:
             rtt = list(self._rtt_ms)
+        if rtt:
             values.update({"server_rtt_ms_last": round(rtt[-1], 1),
                            "server_rtt_ms_mean": round(sum(rtt) / len(rtt), 1),
                            "server_rtt_ms_max": round(max(rtt), 1)})
