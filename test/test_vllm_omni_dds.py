@@ -208,6 +208,8 @@ def test_a_killed_server_is_survived_and_the_node_comes_back_in_step(fleet):
     client, folder = fleet["client"], fleet["folder"]
     values = values_of(client.diagnostics, "omni_node")
     assert int(values["loop_units_failed"]) >= 2, values      # units while the server was down
+    # the session's own network figures reach /diagnostics beside the flow's
+    assert float(values["server_rtt_ms_max"]) > 0 and int(values["server_units_answered"]) > 0, values
     opened = [m for m in messages(folder) if m["type"] == "session.update" and "instructions" in m["session"]]
     assert len(opened) >= 2, "a new session was opened on the restarted server"
     last = [int(s.window_index) for s in client.states][-4:]
