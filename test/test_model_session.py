@@ -101,10 +101,11 @@ def test_dropped_span_rerotates_keys(tiny_model):
         s = OmniSession(TorchCompute(tiny_model), SessionOptions())
         s._prefill()
         for span in (a, b):
-            start = s.context.position
+            s.context.begin_unit()
             s.context.feed(span, need_logits=False)
-            s.context.unit_spans.append((start, s.context.position))
+            s.context.end_unit(max_units=2)
         s.context.drop_oldest_unit()
+        assert len(s.context.unit_records) == 1 and s.context.unit_records[0][0] is b
         ref = OmniSession(TorchCompute(tiny_model), SessionOptions())
         ref._prefill()
         ref.context.feed(b, need_logits=False)
