@@ -43,3 +43,19 @@ def append_result(name: str, title: str, body: str) -> Path:
         f.write(text)
     print(f"appended to {out}")
     return out
+
+
+def stop_processes(processes, timeout: float = 15.0) -> None:
+    """SIGINT to every process still running, then wait; kill what does not end in `timeout`."""
+    import signal
+    import subprocess
+
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in processes:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

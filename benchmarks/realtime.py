@@ -139,14 +139,8 @@ class Graph:
 
     def stop(self) -> None:
         import rclpy
-        for p in self.processes:
-            if p.poll() is None:
-                p.send_signal(2)
-        for p in self.processes:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        from common import stop_processes
+        stop_processes(self.processes)
         rclpy.try_shutdown()
 
 
