@@ -34,6 +34,13 @@ window closing); "speech handed back" is when run_unit returns with the window's
 when a node can publish it. The targets (an H100, released size: unit RTF <= 0.15, LLM decode <= 8 ms
 per token, first audio <= 300 ms) are judged on the best variant.
 
+Every unit's outputs are checked as they come: the LLM's hidden states and logits and the speech
+decoder's logits finite (warm-up and the context rebuild included), a listening unit without speech,
+a speaking unit's speech finite float32 mono of exactly one window at 24 kHz (`window_sec` x
+OUTPUT_SAMPLE_RATE samples; a unit that ends its turn at least that, the waveform stage's final
+flush after it). A unit that fails the check fails its variant: one line on stderr naming the unit
+and what is wrong, the variant's column "failed: ...", exit status 1.
+
 Prints a markdown table and appends it, with date and machine, to `--output`
 (default benchmarks/results/gpu.md). Exit status 2, with one line, when the device is unusable.
 """
@@ -63,6 +70,7 @@ from common import RESULTS, machine  # noqa: E402 - benchmarks/ is the script's 
 
 from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb  # noqa: E402
 
+from omni_ros.flow.types import OUTPUT_SAMPLE_RATE  # noqa: E402
 from omni_ros.runtime import graphs as G  # noqa: E402
 from omni_ros.runtime.kv import rope_delta  # noqa: E402
 from omni_ros.runtime.torch_compute import TorchCompute  # noqa: E402
@@ -289,6 +297,19 @@ class Recorder:
     def __init__(self, device: torch.device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.unit: Optional[UnitRecord] = None
+        self.finite: Dict[str, torch.Tensor] = {}    # output name -> all finite so far (on the device)
+
+    def watch(self, name: str, tensor: Optional[torch.Tensor]) -> None:
+        """Note whether `tensor` is all finite; kept on its device (no sync) until `nonfinite`."""
+        if tensor is not None:
+            ok = torch.isfinite(tensor).all()
+            self.finite[name] = ok if name not in self.finite else self.finite[name] & ok
+
+    def nonfinite(self) -> List[str]:
+        """The watched outputs that held NaN or infinite values since the last call."""
+        bad = [name for name, ok in self.finite.items() if not bool(ok)]
+        self.finite = {}
+        return bad
 
     def call(self, key: str, fn, *args, **kwargs):
         started = time.perf_counter()
@@ -346,7 +367,11 @@ class TimedCompute(_Delegating):
 
     def llm_step(self, embeds, position, cache, need_logits=True):
         key = "llm_token" if embeds.shape[0] == 1 and need_logits else "llm_feed"
-        return self.recorder.call(key, self.inner.llm_step, embeds, position, cache, need_logits=need_logits)
+        hidden, logits = self.recorder.call(key, self.inner.llm_step, embeds, position, cache,
+                                            need_logits=need_logits)
+        self.recorder.watch("LLM hidden states", hidden)
+        self.recorder.watch("LLM logits", logits)
+        return hidden, logits
 
     def llm_drop_span(self, cache, start, end):
         return self.recorder.call("llm_drop", self.inner.llm_drop_span, cache, start, end)
@@ -359,7 +384,44 @@ class TimedCompute(_Delegating):
 
     def tts_step(self, embeds, position, cache):
         key = "tts_code" if embeds.shape[0] == 1 else "tts_prefill"
-        return self.recorder.call(key, self.inner.tts_step, embeds, position, cache)
+        logits = self.recorder.call(key, self.inner.tts_step, embeds, position, cache)
+        self.recorder.watch("speech decoder logits", logits)
+        return logits
+
+
+# --- what every unit must hand back -----------------------------------------------------------------
+class OutputCheckFailed(RuntimeError):
+    """A unit's outputs are not finite, or not of the released shapes and rates."""
+
+
+def speech_problems(out, window_sec: float) -> List[str]:
+    """What is wrong with a unit's speech (empty: nothing). Listening: none at all. Speaking: finite
+    float32 mono, exactly one window at OUTPUT_SAMPLE_RATE; a unit that ends its turn at least one
+    window (the waveform stage's final flush comes after it)."""
+    speech = np.asarray(out.speech)
+    if out.is_listen:
+        return [] if speech.size == 0 else [f"a listening unit handed back {speech.size} samples of speech"]
+    window = int(round(window_sec * OUTPUT_SAMPLE_RATE))
+    if speech.dtype != np.float32 or speech.ndim != 1:
+        return [f"speech is {speech.dtype} of shape {tuple(speech.shape)}, not float32 mono"]
+    problems = []
+    n = speech.shape[0]
+    if n != window and not (out.end_of_turn and n > window):
+        problems.append(f"speech is {n} samples, not one {window_sec:g} s window at {OUTPUT_SAMPLE_RATE} Hz "
+                        f"({window} samples{', or more at the end of a turn' if out.end_of_turn else ''})")
+    if not np.isfinite(speech).all():
+        problems.append("the speech holds NaN or infinite samples")
+    return problems
+
+
+def check_outputs(where: str, recorder: Recorder, out=None, window_sec: float = 1.0) -> None:
+    """Raise OutputCheckFailed, naming `where` and every problem, if the outputs watched since the
+    last check (and `out`'s speech, when given) are not what a unit must hand back."""
+    problems = [f"{name} not finite" for name in recorder.nonfinite()]
+    if out is not None:
+        problems += speech_problems(out, window_sec)
+    if problems:
+        raise OutputCheckFailed(f"{where}: " + "; ".join(problems))
 
 
 # --- one variant ------------------------------------------------------------------------------------
@@ -390,7 +452,9 @@ def run_variant(model, variant: str, steps: int, inputs, args) -> dict:
                           SessionOptions(token2wav_steps=steps, seed=args.seed, force_listen_count=0,
                                          reference_voice_samples=synthetic_voice(VOICE_SECONDS, seed=args.seed)))
     session.warmup()
+    recorder.sync()
     warmup_s = time.perf_counter() - started
+    check_outputs("warm-up", recorder)
     records: List[UnitRecord] = []
     for k, unit in enumerate(inputs):
         speak = k % SPEAK_PERIOD != 0
@@ -403,9 +467,9 @@ def run_variant(model, variant: str, steps: int, inputs, args) -> dict:
         record.total = time.perf_counter() - record.started
         recorder.unit = None
         record.speaking = not out.is_listen
-        record.speech_seconds = out.speech.shape[0] / 24000.0
-        if not np.isfinite(out.speech).all():
-            raise RuntimeError(f"unit {k}: the speech holds NaN or infinite samples")
+        record.speech_seconds = out.speech.shape[0] / OUTPUT_SAMPLE_RATE
+        check_outputs(f"unit {k} ({'listening' if out.is_listen else 'speaking'})", recorder, out,
+                      args.window_sec)
         records.append(record)
     result = summarize(records, args.window_sec)
     result["warmup_s"] = warmup_s
@@ -417,6 +481,7 @@ def run_variant(model, variant: str, steps: int, inputs, args) -> dict:
         rebuilt = session.rebuild_context("standing_instruction")
     recorder.sync()
     result["rebuild"] = (rebuilt.units, rebuilt.tokens, (time.perf_counter() - rebuild_started) * 1000.0)
+    check_outputs("the context rebuild", recorder)
     if device.type == "cuda":
         result["peak"] = (f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} / "
                           f"{torch.cuda.max_memory_reserved(device) / 2 ** 30:.2f} GiB")
@@ -616,6 +681,8 @@ def main(argv=None) -> int:
                 except Exception as error:   # noqa: BLE001 - one variant failing does not lose the others
                     first = (str(error).splitlines() or [""])[0][:200].replace("|", "/")
                     columns.append((label, f"failed: {type(error).__name__}: {first}"))
+                    print(f"benchmarks/gpu.py: {label} failed: {type(error).__name__}: {first}",
+                          file=sys.stderr, flush=True)
                 print(f"[gpu.py] {label}: done at {time.perf_counter() - started:.0f} s", flush=True)
     title = f"{args.size} size on {device.type} ({args.dtype}), {args.units} units"
     if not on_cuda:

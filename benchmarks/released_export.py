@@ -4,9 +4,11 @@
     .venv/bin/python benchmarks/released_export.py /tmp/omni_released --out /tmp/released_onnx \
         [--precision fp32|fp16] [--graphs vision,audio,...] [--keep]
 
-The checkpoint is loaded memory-mapped in its stored bfloat16.
+The checkpoint is loaded memory-mapped in its stored bfloat16 (its waveform stage, `assets/token2wav`,
+in float32 as load_model gives it). The default graphs are every graph, the waveform stage's (`t2w_*`)
+included; fp32 leaves out the LLM step.
 fp32: each graph's own modules are made float32 just before its export (constant folding) and
-handed back to bfloat16 after it, so memory holds one graph's float32 weights at a time; the LLM
+handed back to their stored dtype after it, so memory holds one graph's float32 weights at a time; the LLM
 step (`llm_step`, 8 B parameters: about 33 GB in float32) is left out by default: it does not fit
 this way in a machine of 24 GB. The reference is torch in float32.
 fp16: every graph, the LLM step included, is streamed (onnx_export.export_graph_streamed: traced
@@ -32,8 +34,10 @@ from omni_ros.runtime import graphs as G  # noqa: E402
 from omni_ros.runtime.onnx_export import (FLOAT32_ONLY, export_graph,  # noqa: E402
                                           export_graph_streamed)
 
-DEFAULT = "vision,audio,tts_condition,tts_code_embed,tts_step,embed_tokens,lm_head"
-DEFAULT_FP16 = "vision,audio,tts_condition,tts_code_embed,tts_step,embed_tokens,lm_head,llm_step"
+DEFAULT = ",".join(["vision", "audio", "tts_condition", "tts_code_embed", "tts_step", "embed_tokens", "lm_head",
+                    *G.WAVEFORM_GRAPHS])
+DEFAULT_FP16 = ",".join(["vision", "audio", "tts_condition", "tts_code_embed", "tts_step", "embed_tokens",
+                         "lm_head", "llm_step", *G.WAVEFORM_GRAPHS])
 FLOAT32_REFERENCE_LIMIT = 4e9      # bytes of float32 weights a reference may hold
 # onnxruntime's CPU provider has no float16 matrix product on x86: it turns a float16 graph's
 # weights into float32 copies. A graph whose float32 weights pass this is loaded (its types and
@@ -62,7 +66,7 @@ def run_once(model, name: str, path: Path, expected=None, load_only: bool = Fals
     import onnxruntime as ort
 
     spec = G.GRAPHS[name]
-    example = G.example_inputs(name, model.config, None, t2w=None)
+    example = G.model_example_inputs(name, model)
     options = ort.SessionOptions()
     # onnxruntime 1.32's CPU layout transformation crashes on float16 convolutions
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -102,6 +106,7 @@ def main(argv=None) -> int:
     rows = []
     for name in [g.strip() for g in graphs.split(",") if g.strip()]:
         module = G.GRAPHS[name].build(model)
+        stored = next(module.parameters()).dtype     # bfloat16; float32 for the waveform stage
         weight_bytes = 4 * sum(p.numel() for p in module.parameters())
         small = weight_bytes <= FLOAT32_REFERENCE_LIMIT
         if not half or small:
@@ -111,11 +116,10 @@ def main(argv=None) -> int:
         try:
             load_only = half and weight_bytes > ORT_RUN_LIMIT
             if half:
-                expected = None if load_only else reference(
-                    model, name, G.example_inputs(name, model.config, None, t2w=None))
+                expected = None if load_only else reference(model, name, G.model_example_inputs(name, model))
                 dtype = torch.float32 if name in FLOAT32_ONLY else torch.float16
                 if small:
-                    module.to(torch.bfloat16)    # the export reads the stored weights
+                    module.to(stored)            # the export reads the stored weights
                 t0 = time.perf_counter()
                 written = export_graph_streamed(model, name, out / f"{name}.onnx", dtype)
             else:
@@ -132,7 +136,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - one graph failing does not lose the others
             rows.append((name, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
                          "", "", "", "", ""))
-        module.to(torch.bfloat16)
+        module.to(stored)
         if not args.keep:
             for f in out.glob(f"{name}.onnx*"):
                 f.unlink()                   # one graph's files on disk at a time

@@ -73,6 +73,79 @@ def test_cpu_tiny_run_writes_the_table(tmp_path):
     assert "| LLM decode, ms per token (median) |" in done.stdout
 
 
+def test_a_unit_of_the_wrong_length_dtype_or_values_fails_its_check():
+    from omni_ros.flow.types import UnitOutput
+
+    bench = _bench()
+    recorder = bench.Recorder(torch.device("cpu"))
+    window = np.zeros(24000, np.float32)
+    bench.check_outputs("unit 0", recorder, UnitOutput(is_listen=False, speech=window))
+    bench.check_outputs("unit 1", recorder, UnitOutput(is_listen=True))
+    # a turn's last unit: its window, then the waveform stage's final flush
+    bench.check_outputs("unit 2", recorder, UnitOutput(is_listen=False, speech=np.zeros(30720, np.float32),
+                                                       end_of_turn=True))
+    for out, message in [
+        (UnitOutput(is_listen=False, speech=np.zeros(16000, np.float32)),
+         "unit 3: speech is 16000 samples, not one 1 s window at 24000 Hz (24000 samples)"),
+        (UnitOutput(is_listen=False, speech=np.zeros(30720, np.float32)), "speech is 30720 samples"),
+        (UnitOutput(is_listen=False, speech=np.zeros(16000, np.float32), end_of_turn=True),
+         "(24000 samples, or more at the end of a turn)"),
+        (UnitOutput(is_listen=False, speech=np.zeros(24000)), "speech is float64 of shape (24000,), not float32"),
+        (UnitOutput(is_listen=False, speech=np.zeros((1, 24000), np.float32)), "of shape (1, 24000), not float32 mono"),
+        (UnitOutput(is_listen=False, speech=np.full(24000, np.nan, np.float32)), "NaN or infinite samples"),
+        (UnitOutput(is_listen=True, speech=window), "a listening unit handed back 24000 samples of speech"),
+    ]:
+        with pytest.raises(bench.OutputCheckFailed, match=re.escape(message)):
+            bench.check_outputs("unit 3", recorder, out)
+    # the model's outputs: watched where they are made, reported at the next check, then forgotten
+    recorder.watch("LLM logits", torch.tensor([0.0, 1.0]))
+    recorder.watch("LLM logits", torch.tensor([float("inf"), 1.0]))
+    recorder.watch("LLM hidden states", torch.ones(2, 4, dtype=torch.bfloat16))
+    recorder.watch("LLM logits", None)
+    with pytest.raises(bench.OutputCheckFailed, match=r"^unit 4: LLM logits not finite$"):
+        bench.check_outputs("unit 4", recorder, UnitOutput(is_listen=False, speech=window))
+    bench.check_outputs("unit 5", recorder, UnitOutput(is_listen=False, speech=window))
+
+
+def test_non_finite_logits_fail_the_run_with_one_line(tmp_path, monkeypatch, capsys, one_thread):
+    """In process at tiny size: from the second unit on, the LLM's logits hold an infinite value
+    (one token's, so sampling goes on as before): the variant fails at that unit, one line on
+    stderr says why, and main returns 1."""
+    from omni_ros.session.session import OmniSession
+
+    bench = _bench()
+    llm_step, run_unit, warmup = bench.TorchCompute.llm_step, OmniSession.run_unit, OmniSession.warmup
+    units = []                                  # the benchmark's units run (after the warm-up)
+    warm = []
+
+    def poisoned(self, embeds, position, cache, need_logits=True):
+        hidden, logits = llm_step(self, embeds, position, cache, need_logits)
+        if logits is not None and len(units) >= 2:
+            logits = logits.clone()
+            logits[..., 0] = float("-inf")
+        return hidden, logits
+
+    def counted(self, unit):
+        if warm:
+            units.append(unit.window_index)
+        return run_unit(self, unit)
+
+    def warmed(self):
+        warmup(self)
+        warm.append(True)
+
+    monkeypatch.setattr(bench.TorchCompute, "llm_step", poisoned)
+    monkeypatch.setattr(OmniSession, "run_unit", counted)
+    monkeypatch.setattr(OmniSession, "warmup", warmed)
+    out = tmp_path / "gpu.md"
+    assert bench.main(["--device", "cpu", "--size", "tiny", "--units", "3", "--variants", "eager",
+                       "--steps", "10", "--output", str(out)]) == 1
+    assert units == [0, 1]
+    why = "OutputCheckFailed: unit 1 (speaking): LLM logits not finite"
+    assert f"| units run (speaking) | failed: {why} |" in out.read_text()
+    assert capsys.readouterr().err.strip().splitlines() == [f"benchmarks/gpu.py: eager, 10 steps failed: {why}"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_refused_in_one_line(tmp_path):
     out = tmp_path / "gpu.md"

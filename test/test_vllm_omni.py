@@ -9,6 +9,9 @@ import base64
 import io
 import json
 import os
+import re
+import shutil
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -366,6 +369,108 @@ def test_a_server_that_is_down_at_start_is_one_line(tiny_checkpoint, monkeypatch
     with pytest.raises(BackendError, match=f"cannot reach the vllm-omni server at ws://127.0.0.1:{port}"):
         VllmOmniBackend(BackendSettings(model_path=str(tiny_checkpoint),
                                         session_options=options(port))).create_session()
+
+
+# -- TLS: wss:// with a CA file --------------------------------------------------------------------------
+
+CA_CONFIG = """[req]
+distinguished_name = dn
+x509_extensions = ca
+prompt = no
+[dn]
+CN = {name}
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+"""
+SERVER_EXTENSIONS = """basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def make_certificates(folder: Path) -> dict:
+    """With the openssl tool: a CA, a server certificate for 127.0.0.1 and localhost signed by it,
+    and a second CA that signed nothing. Their PEM paths by name."""
+    def openssl(*args):
+        done = subprocess.run(["openssl", *args], cwd=folder, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    for ca in ("ca", "other_ca"):
+        (folder / f"{ca}.cnf").write_text(CA_CONFIG.format(name=f"omni_ros test {ca}"))
+        openssl("req", "-x509", *ec, "-config", f"{ca}.cnf", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+                "-days", "2")
+    (folder / "server.ext").write_text(SERVER_EXTENSIONS)
+    openssl("req", "-new", *ec, "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial", "1001",
+            "-days", "2", "-extfile", "server.ext", "-out", "server.pem")
+    return {"ca": folder / "ca.pem", "other_ca": folder / "other_ca.pem", "server": folder / "server.pem",
+            "server_key": folder / "server.key"}
+
+
+@pytest.fixture(scope="module")
+def tls_double(tiny_checkpoint, tmp_path_factory):
+    """The double serving wss:// with a certificate that a CA made here signed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command-line tool makes the test certificates; it is not on PATH")
+    folder = tmp_path_factory.mktemp("tls")
+    files = make_certificates(folder)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["server"], files["server_key"])
+    served = Double(str(tiny_checkpoint), api_key=KEY, listen_prob_scale=0.02)
+    served.port = served.serve(ssl_context=context)
+    served.files = files
+    yield served
+    served.shutdown()
+
+
+def tls_backend(tls_double, tiny_checkpoint, **more):
+    return VllmOmniBackend(BackendSettings(model_path=str(tiny_checkpoint), session_options=options(
+        tls_double.port, vllm_omni_url=f"wss://127.0.0.1:{tls_double.port}/v1/duplex", **more)))
+
+
+def test_units_flow_over_wss_with_the_ca_file(tls_double, tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("OMNI_TEST_KEY", KEY)
+    before = len(tls_double.messages)
+    session = tls_backend(tls_double, tiny_checkpoint,
+                          vllm_omni_ca_file=str(tls_double.files["ca"])).create_session()
+    try:
+        sock = session._ws.socket
+        assert isinstance(sock, ssl.SSLSocket) and sock.version() in ("TLSv1.2", "TLSv1.3")
+        peer = dict(sock.getpeercert()["subjectAltName"])
+        assert peer == {"IP Address": "127.0.0.1", "DNS": "localhost"}
+        out, i = speak_until(session)
+        assert out.speech.dtype == np.float32 and out.speech.shape[0] >= 24000 and out.text
+        assert session.counters.units_answered == i + 1
+    finally:
+        session.close()
+    kinds = [m["type"] for m in tls_double.messages[before:]]
+    assert kinds[0] == "session.update" and kinds.count("input_audio_buffer.append") == i + 1
+
+
+@pytest.mark.parametrize("ca, problem", [
+    (None, "self-signed certificate in certificate chain|unable to get local issuer certificate"),
+    ("other_ca", "unable to get local issuer certificate"),
+])
+def test_wss_without_the_servers_ca_is_refused_in_one_line(tls_double, tiny_checkpoint, monkeypatch,
+                                                          ca, problem):
+    monkeypatch.setenv("OMNI_TEST_KEY", KEY)
+    more = {"vllm_omni_ca_file": str(tls_double.files[ca])} if ca else {}
+    before = len(tls_double.messages)
+    with pytest.raises(BackendError) as caught:
+        tls_backend(tls_double, tiny_checkpoint, **more).create_session()
+    text = str(caught.value)
+    url = f"wss://127.0.0.1:{tls_double.port}/v1/duplex"
+    assert text.startswith(f"TLS to {url} failed: certificate verify failed: "), text
+    assert re.search(problem, text) and "vllm_omni_ca_file" in text, text
+    assert "\n" not in text and "Traceback" not in text and KEY not in text
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert len(tls_double.messages) == before           # nothing reached the server
 
 
 def test_no_voice_is_refused(double, tmp_path, monkeypatch):

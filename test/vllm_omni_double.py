@@ -17,9 +17,11 @@ session and replays the journal after the client's last event; `session.event_ac
 
     python test/vllm_omni_double.py --model-path DIR --port 8765 [--api-key-file F]
         [--delay-file F] [--log messages.jsonl] [--listen-prob-scale 0.02]
+        [--tls-cert chain.pem --tls-key key.pem]
 
 `--delay-file`: a file holding seconds to wait before answering each unit (read per unit; a slow
 server on demand). `--log`: one JSON line per client message, audio and images replaced by sizes.
+`--tls-cert`/`--tls-key`: serve wss:// with that certificate (`serve(ssl_context=...)` in process).
 """
 from __future__ import annotations
 
@@ -308,12 +310,13 @@ class Double:
                                    "response": {"id": rid, "object": "realtime.response", "status": status}})
 
     # -- serving ---------------------------------------------------------------------------------
-    def serve(self, host: str = "127.0.0.1", port: int = 0):
-        """Start serving in a background thread; returns the port."""
+    def serve(self, host: str = "127.0.0.1", port: int = 0, ssl_context=None):
+        """Start serving in a background thread; returns the port. With `ssl_context` (a server
+        ssl.SSLContext holding the certificate chain) it serves wss:// instead of ws://."""
         from websockets.sync.server import serve
 
         self.server = serve(self.handle, host, port, process_request=self.process_request,
-                            compression=None, max_size=16 * 1024 * 1024)
+                            compression=None, max_size=16 * 1024 * 1024, ssl=ssl_context)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self.server.socket.getsockname()[1]
 
@@ -331,12 +334,23 @@ def main(argv=None) -> int:
     parser.add_argument("--delay-file")
     parser.add_argument("--log")
     parser.add_argument("--listen-prob-scale", type=float, default=1.0)
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve wss:// (with --tls-key)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    context = None
+    if args.tls_cert:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     key = Path(args.api_key_file).read_text().strip() if args.api_key_file else None
     double = Double(args.model_path, api_key=key, delay_file=args.delay_file, log_path=args.log,
                     listen_prob_scale=args.listen_prob_scale)
-    port = double.serve(args.host, args.port)
-    print(f"vllm_omni double serving on ws://{args.host}:{port}/v1/duplex", flush=True)
+    port = double.serve(args.host, args.port, ssl_context=context)
+    scheme = "wss" if context is not None else "ws"
+    print(f"vllm_omni double serving on {scheme}://{args.host}:{port}/v1/duplex", flush=True)
     try:
         while True:
             time.sleep(3600)

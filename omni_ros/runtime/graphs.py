@@ -488,6 +488,12 @@ def example_inputs(name: str, config, sizes: Dict[str, int] = None, t2w=None) ->
     raise KeyError(f"unknown graph {name!r}; graphs: {', '.join(GRAPHS)}")
 
 
+def model_example_inputs(name: str, model, sizes: Dict[str, int] = None) -> Dict[str, torch.Tensor]:
+    """`example_inputs` for graph `name` of a loaded model: its config, and its waveform stage
+    (`model.token2wav`) for the t2w_* graphs."""
+    return example_inputs(name, getattr(model, "config", None), sizes, t2w=getattr(model, "token2wav", None))
+
+
 def build_graphs(model) -> Dict[str, nn.Module]:
     """Every graph of a loaded OmniModel (sharing its weights)."""
     return {name: spec.build(model).eval() for name, spec in GRAPHS.items()}

@@ -93,7 +93,7 @@ def export_graph(model, name: str, path, opset: int = OPSET,
     if name in CONV_AS_2D:
         module = convs_as_2d(module)
     device = next(iter(module.parameters())).device
-    example = G.example_inputs(name, model.config, sizes, t2w=getattr(model, "token2wav", None))
+    example = G.model_example_inputs(name, model, sizes)
     args = tuple(example[k].to(device) for k in spec.inputs)
     data_name = path.name + ".data"
     with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:
@@ -192,8 +192,7 @@ def export_graph_streamed(model, name: str, path, dtype: torch.dtype = torch.flo
         real = convs_as_2d(real)
     placeholders = weight_placeholders(real, dtype)
     wrapper = _WeightsAsInputs(_weight_shell(real), len(spec.inputs), list(placeholders), dtype)
-    example = G.example_inputs(name, getattr(model, "config", None), sizes,
-                               t2w=getattr(model, "token2wav", None))
+    example = G.model_example_inputs(name, model, sizes)
     args = tuple(example[k].to(dtype) if example[k].is_floating_point() else example[k]
                  for k in spec.inputs) + tuple(placeholders.values())
     with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:

@@ -305,7 +305,9 @@ class VllmOmniSession(DuplexSession):
                                     "WebSocket handshake (is it vllm-omni serving a duplex "
                                     "deploy configuration?)") from None
         except ssl.SSLError as error:
-            raise ServerUnavailable(f"TLS to {self.config.url} failed: {error.reason or error} "
+            problem = (f"certificate verify failed: {error.verify_message}"
+                       if isinstance(error, ssl.SSLCertVerificationError) else error.reason or error)
+            raise ServerUnavailable(f"TLS to {self.config.url} failed: {problem} "
                                     "(vllm_omni_ca_file names the CA that signed the server's "
                                     "certificate)") from None
         except (OSError, TimeoutError) as error:
