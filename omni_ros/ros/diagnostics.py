@@ -110,6 +110,8 @@ class NodeHealth:
             self._last_refused[concern.name] = refused
         if mic.refusing:
             mic_c.flag(WARN, f"audio refused: {mic.refusing}")
+        if camera.refusing:
+            cam.flag(WARN, f"frames refused: {camera.refusing}")
         report = engine.last_report
         if report is not None and report.audio_coverage == 0.0 and mic_c.level == OK:
             mic_c.flag(WARN, "no microphone audio in the last window")

@@ -75,6 +75,8 @@ class CameraInput:
         self.counters = {"frames_received": 0, "frames_refused": 0, "frames_undecodable": 0,
                          "frames_downscaled": 0, "frames_oversized_data": 0}
         self.last_at = time.monotonic()
+        # Why the camera's frames are refused, until one is accepted again (diagnostics WARN).
+        self.refusing: Optional[str] = None
 
     def on_image(self, message) -> None:
         """An Image (raw CDR bytes) or CompressedImage message."""
@@ -101,6 +103,7 @@ class CameraInput:
                 self.counters["frames_oversized_data"] += 1
                 self.log.counter("frames_oversized_data", self.counters["frames_oversized_data"],
                                  f"camera frame has {extra} bytes beyond height * step; they are ignored")
+        self.refusing = None
         if not self.engine.add_frame(stamp_ns, message):
             c = self.engine.buffer.counters
             self.log.counter("frames_out_of_time", c.frames_late + c.frames_future, "camera frame "
@@ -108,6 +111,7 @@ class CameraInput:
 
     def _refuse(self, kind: str, error: ImageFormatError) -> None:
         self.counters["frames_refused"] += 1
+        self.refusing = str(error)
         self.log.warn(kind, f"camera frame refused: {error}")
 
     def decode_frame(self, message) -> Optional[np.ndarray]:
