@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import os
 import signal
 import sys
@@ -200,6 +201,22 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
         gc.unfreeze()
         stop.restore()
     return 0
+
+
+def end_process(code: int) -> None:
+    """Flush the process's output and end it now with `code`, without the interpreter's
+    teardown. For a node's console script, after `run_node` has shut the node down: with a
+    model loaded, the teardown (the frozen startup objects collected, every module's objects
+    finalised one by one) took 1.1 s of the 1.5 s from Ctrl-C to exit, and a model thread that
+    outlived the engine's bounded waits can hold it longer; the node's own cleanup has already
+    run, so nothing is lost by skipping it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 ERROR_LOG_PERIOD_SEC = 5.0
