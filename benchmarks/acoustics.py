@@ -310,9 +310,16 @@ class EchoPath:
         self.size = int(seconds * RATE)
         self._data = np.zeros(self.size, np.float64)
         self._owner = np.full(self.size, -1, np.int64)
+        self._end: Optional[int] = None     # grid index after the last chunk played
 
     def add(self, first: int, samples: np.ndarray) -> None:
-        """`samples` published from grid index `first` on."""
+        """`samples` published at grid index `first`: played from there, or right after the
+        previous chunk when it comes within the loudspeaker's queue continuity (it plays its
+        queue without gaps, whatever the publishing jitter; the rule omni_node's reference
+        buffer assumes, flow/echo.playout_start)."""
+        from omni_ros.flow.echo import PLAYOUT_CONTINUITY_MS, playout_start
+        first = playout_start(first, self._end, int(round(PLAYOUT_CONTINUITY_MS * RATE / 1000)))
+        self._end = first + len(samples)
         heard = convolve(np.asarray(samples, np.float64) * self.gain, self.rir)
         idx = first + self.latency + np.arange(heard.shape[0])
         slots = idx % self.size

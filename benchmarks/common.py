@@ -32,6 +32,17 @@ def machine() -> str:
     return text
 
 
+def prefer_this_tree() -> None:
+    """Import omni_ros from the tree this benchmark lives in, not from the editable install's
+    redirect (which points at the checkout that was installed): a benchmark copied into a git
+    worktree of another commit then measures that commit's code."""
+    import sys
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not type(f).__module__.startswith("_editable")]
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
 def append_result(name: str, title: str, body: str) -> Path:
     """Print a dated section and append it to benchmarks/results/<name>.md."""
     text = (f"\n## {title}: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
