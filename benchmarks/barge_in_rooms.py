@@ -255,6 +255,8 @@ def make_room_driver():
     from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
     from omni_ros.ros.diagnostics import values_of
     from omni_ros.flow.units import sample_index
+    from omni_ros.flow.echo import PLAYOUT_CONTINUITY_MS
+    CONTINUITY = int(round(PLAYOUT_CONTINUITY_MS * RATE / 1000))
 
     class RoomDriver(Node):
         def __init__(self):
@@ -275,6 +277,9 @@ def make_room_driver():
             self.next_ns = None
             self.published_until = 0            # grid index: mic published up to here
             self.late_echo = 0                  # echo samples due before they arrived
+            self.loudspeaker = None             # this stretch's resampler (acoustics.StreamResampler)
+            self.stretch_start = 0              # grid index where the stretch began playing
+            self.stretch_end: Optional[int] = None
 
         def _diagnostics(self, m):
             v = values_of([m], "omni_node")
@@ -287,15 +292,22 @@ def make_room_driver():
         def _speech(self, m):
             pcm = s16le_to_float(bytes(m.audio.data))
             stamp = stamp_to_ns(m.header.stamp)
-            pcm16 = soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE)
             with self.lock:
                 self.speech.append((stamp, pcm.shape[0] / OUTPUT_SAMPLE_RATE, time.monotonic()))
-                if self.scene is not None:
-                    first = sample_index(stamp, RATE) + self.scene.echo.latency
-                    self.late_echo += int(np.clip(self.published_until - first, 0, pcm16.shape[0]))
-                    self.scene.echo.add(sample_index(stamp, RATE), pcm16)
-                else:
-                    self.calibration.append(pcm16)
+                if self.scene is None:
+                    self.calibration.append(soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE))
+                    return
+                # The loudspeaker plays back to back what comes within its queue's continuity
+                # (flow/echo.playout_start), resampled as one stream per stretch.
+                first = sample_index(stamp, RATE)
+                if self.stretch_end is None or abs(first - self.stretch_end) > CONTINUITY:
+                    self.loudspeaker, self.stretch_start = A.StreamResampler(), first
+                for j, samples in self.loudspeaker.play(pcm):
+                    at = self.stretch_start + j
+                    self.scene.echo.overlap_add(at, samples)
+                    due = at + self.scene.echo.latency
+                    self.late_echo += int(np.clip(self.published_until - due, 0, samples.shape[0]))
+                self.stretch_end = self.stretch_start + self.loudspeaker.samples_in * RATE // OUTPUT_SAMPLE_RATE
 
         def mic_chunk(self, start_ns, n):
             first = sample_index(start_ns, RATE)
@@ -412,6 +424,7 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     rng = np.random.default_rng(c.seed())
     with driver.lock:
         driver.scene, driver.person = scene, None
+        driver.stretch_end = None            # a new room: its loudspeaker starts afresh
         late0 = driver.late_echo
     driver.feed(1.5)                       # the echo path fills; the canceller adapts
     clock = driver.get_clock()

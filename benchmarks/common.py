@@ -39,8 +39,12 @@ def prefer_this_tree() -> None:
     import sys
     sys.meta_path[:] = [f for f in sys.meta_path
                         if not type(f).__module__.startswith("_editable")]
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    if str(ROOT) in sys.path:
+        sys.path.remove(str(ROOT))
+    sys.path.insert(0, str(ROOT))     # before site-packages, where the install has its own copy
+    # An omni_ros already imported through the redirect finds its submodules through it only.
+    for name in [n for n in sys.modules if n == "omni_ros" or n.startswith("omni_ros.")]:
+        del sys.modules[name]
 
 
 def append_result(name: str, title: str, body: str) -> Path:

@@ -403,3 +403,64 @@ def test_the_vad_starts_fresh_each_time_the_robot_starts_speaking(voices):
     detector.push_reference(8 * NS, robot[:RATE])           # ...and again 3 s later
     run(detector, np.zeros(2 * RATE, np.float32), start_ns=8 * NS)
     assert len(resets) == 2
+
+
+def steady_tone(seconds, level=0.05, hz=440.0):
+    t = np.arange(int(seconds * RATE)) / RATE
+    noise = np.random.default_rng(5).normal(0, 1e-3, t.shape[0])
+    return (level * np.sin(2 * np.pi * hz * t) + noise).astype(np.float32)
+
+
+def robot_after_silence(detector, mic, robot, silent):
+    """`silent` samples of mic with the robot silent, then the robot speaking: onsets in s."""
+    assert run(detector, mic[:silent]) == []
+    start = 5 * NS + silent * NS // RATE
+    return [silent / RATE + t for t in run_live(detector, mic[silent:], robot, start_ns=start)]
+
+
+def test_a_steady_tone_without_echo_never_triggers(long_robot, vad):
+    """A hum or a beep in the room and no echo of the robot (a headset, a loudspeaker far off):
+    the canceller, trying to explain the tone with the robot's voice, leaves that voice's rhythm
+    in its output, which silero takes for speech. The echo is found inaudible, so the mic itself,
+    at its floor, is what counts: no barge-in."""
+    silent = 2 * RATE
+    mic = steady_tone(silent / RATE + long_robot.shape[0] / RATE)
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    assert robot_after_silence(detector, mic, long_robot, silent) == []
+    values = detector.diagnostic_values()
+    assert values["armed"] and values["frames_vad"] < 0.05 * values["frames_scored"], values
+
+
+def test_without_echo_a_person_over_a_tone_triggers(long_robot, voices, vad):
+    """Inaudible echo arms barge-in without the canceller: a person talking over the tone, as
+    loud as a person a metre away, stops the robot."""
+    _, person = voices
+    silent = 2 * RATE
+    mic = steady_tone(silent / RATE + long_robot.shape[0] / RATE)
+    at = silent + 5 * RATE
+    mic[at:at + person.shape[0]] += 0.5 * person
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    hits = robot_after_silence(detector, mic[:at + person.shape[0]], long_robot, silent)
+    voiced = at / RATE + np.argmax(np.abs(person) > 0.02) / RATE
+    assert hits and voiced - 0.1 <= hits[0] <= voiced + 0.35, (hits, voiced)
+
+
+def test_a_gap_in_the_echo_does_not_disarm(long_robot, voices, vad):
+    """The loudspeaker drops 150 ms of the robot's voice (an underrun) while the reference goes
+    on: the canceller's estimate then stands in a silent mic. That says nothing of how well it
+    cancels, so barge-in stays armed and the person right after is heard."""
+    _, person = voices
+    echo = room_echo(long_robot, 1.0)
+    gap = 6 * RATE
+    echo[gap:gap + int(0.15 * RATE)] = np.random.default_rng(1).normal(0, 1e-4, int(0.15 * RATE))
+    person_level = np.sqrt(np.mean(echo ** 2)) * 10 ** (-6 / 20) / np.sqrt(np.mean(person[np.abs(person) > 0.01] ** 2))
+    at = gap + int(0.3 * RATE)
+    mic = echo.copy()
+    mic[at:at + person.shape[0]] += person_level * person
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    hits = run_live(detector, mic[:at + person.shape[0]], long_robot)
+    voiced = at / RATE + np.argmax(np.abs(person) > 0.02) / RATE
+    assert hits and voiced - 0.1 <= hits[0] <= voiced + 0.35, (hits, voiced)

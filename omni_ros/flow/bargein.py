@@ -14,7 +14,9 @@ ruled out there (no VAD run: the cheap common case while the robot speaks alone)
 the others, from a fresh state each time the robot starts speaking; `min_speech_ms` of
 consecutive frames above the threshold while the robot is speaking is a barge-in, reported with
 the onset's stamp. Until the canceller has learnt the echo path nothing triggers (barge-in is not
-armed), nor without a reference in the frame (the robot silent).
+armed), nor without a reference in the frame (the robot silent). Where the robot's voice does not
+reach the mic at all (a headset, a far loudspeaker, an array that cancels its own echo), the mic
+itself is judged against its floor and goes to the VAD, not the canceller's output.
 
 The VAD is any callable scoring a 512-sample frame; omni_node passes flow/vad.py's VoiceActivity,
 silero-vad's ONNX model run in onnxruntime. No ROS and no torch here.
@@ -41,6 +43,11 @@ RESIDUAL_DECAY_DB = 3.84    # per 32 ms frame: 60 dB in 0.5 s, a reverberant roo
 RESIDUAL_DECAY = 10.0 ** (-RESIDUAL_DECAY_DB / 10.0)
 NOISE_RISE_DB = 0.3         # per frame (9 dB/s): how fast the residual floor follows a rise
 NOISE_MARGIN_DB = 6.0       # a person's frame stands this far above the floor
+MIC_FLOOR_RISE_DB = 0.1     # per frame (3 dB/s): how fast the mic's floor follows a rise
+ECHO_AUDIBLE_DB = 6.0       # a frame of the robot's voice carries its echo this far above it
+INAUDIBLE_SHARE = 0.2       # ...and echo is inaudible when fewer than this share of them do
+AUDIBLE_SHARE = 0.5         # ...and audible again when more than this share do
+ECHO_SHARE_STEP = 0.05      # the audible share's smoothing per frame of the robot's voice
 
 
 @dataclass
@@ -97,6 +104,11 @@ class BargeInDetector:
         self._decaying_echo = 0.0                     # the echo estimate, held and decaying
         self._noise_db = 0.0                          # the residual's floor
         self._watching = False                        # the robot spoke in the last frame
+        self._converged = False                       # ERLE passed CONVERGED_ERLE_DB
+        self._inaudible = False                       # the robot's echo is not heard at all
+        self._mic_floor_db: Optional[float] = None    # the mic's floor while the robot is silent
+        self._audible_share = 1.0                     # robot frames carrying audible echo
+        self._restarts_seen = 0                       # canceller restarts already disarmed for
         reset = getattr(vad, "reset", None)
         self._vad_reset = reset if callable(reset) else (lambda: None)
         self.last_probability = 0.0
@@ -104,12 +116,25 @@ class BargeInDetector:
     def diagnostic_values(self) -> dict:
         """The counters, and how far the canceller has learnt the echo path: its echo return
         loss enhancement (`erle_db`), the residual it leaves against its echo estimate
-        (`residual_db`), and whether barge-in is armed (`armed`: ERLE past CONVERGED_ERLE_DB)."""
+        (`residual_db`), and whether barge-in is `armed`."""
         values = self.counters.snapshot()
         values.update(erle_db=round(float(self._erle_db), 1),
                       residual_db=round(float(self._residual_db), 1),
-                      armed=bool(self._erle_db >= CONVERGED_ERLE_DB))
+                      armed=self.armed)
         return values
+
+    @property
+    def armed(self) -> bool:
+        """Whether a person's voice can trigger: the canceller has learnt the echo path (its
+        ERLE, measured on frames that carry the robot's echo, passed CONVERGED_ERLE_DB), or the
+        robot's voice is not audible in the mic at all (a loudspeaker far away, a headset, a
+        microphone array that cancels echo itself: under INAUDIBLE_SHARE of the robot's frames
+        stand ECHO_AUDIBLE_DB above the mic's floor while it is silent; the mic itself then goes
+        to the VAD, against that floor, not the canceller's output, in which a canceller
+        following a steady tone or hum leaves the robot's speech rhythm). Once converged it
+        stays armed, through double talk and gaps in the echo, until the canceller diverges and
+        starts afresh."""
+        return self._converged or self._inaudible
 
     def set_min_speech_ms(self, min_speech_ms: float) -> None:
         """How long a person must be heard before it is a barge-in (whole VAD frames, at least one)."""
@@ -216,10 +241,10 @@ class BargeInDetector:
         upper quantile, so that most echo frames fall under it). A person adds power the
         estimate does not explain: a frame goes to the VAD when its residual is
         `residual_gate_db` above the expected. How much louder than the person the robot's echo
-        is at the mic does not matter, only how much of it the canceller leaves. Until the
-        canceller has learnt the echo path (its echo return loss enhancement under
-        CONVERGED_ERLE_DB on the robot's speech, the first second or two the robot speaks after
-        a start) every frame with the robot's voice in it counts as echo."""
+        is at the mic does not matter, only how much of it the canceller leaves. Until barge-in
+        is armed (`armed`: the first second or two the robot speaks after a start) every frame
+        with the robot's voice in it counts as echo; where the robot's echo is inaudible, the
+        mic is judged against its own floor instead."""
         mic_power = float(np.dot(mic, mic)) / mic.shape[0] + 1e-12
         clean_power = float(np.dot(clean, clean)) / clean.shape[0] + 1e-12
         frames = far.reshape(-1, FRAME)
@@ -239,8 +264,11 @@ class BargeInDetector:
         self._noise_db = min(clean_db, self._noise_db + NOISE_RISE_DB)
         if max(echo_power, far_power) < 1e-10:
             return False               # nothing of the robot in this frame to mistake
-        if self._erle_db < CONVERGED_ERLE_DB:
+        if not self.armed:
             return True
+        if self._inaudible:
+            # No echo to cancel: the mic as it is goes to the VAD when it stands above its floor.
+            return 10.0 * np.log10(mic_power) < self._mic_floor_db + NOISE_MARGIN_DB
         if clean_power > 2.0 * mic_power:
             # The residual louder than the mic itself: the canceller's own echo estimate where the
             # echo has already stopped (the end of a phrase), not a person, who adds to the mic.
@@ -256,12 +284,33 @@ class BargeInDetector:
         mic_power, clean_power, echo_power, far_power = self._frame_powers
         if max(echo_power, far_power) < 1e-10:
             return
+        restarts = getattr(self.canceller, "restarts", 0)
+        if restarts != self._restarts_seen:            # the canceller starts afresh: so does ERLE
+            self._restarts_seen = restarts
+            self._converged, self._erle_db = False, 0.0
+        if clean_power > mic_power:
+            # The residual louder than the mic: the canceller's estimate where the echo is not
+            # (a gap in the loudspeaker's playing, the end of a phrase). It says nothing of how
+            # well the echo is cancelled.
+            return
         # The reference's recent peak, held and decaying slowly: frames of the robot's voice far
         # under it (its pauses) say nothing of how much echo the canceller removes.
         far_db = 10.0 * np.log10(far_power + 1e-12)
         self._far_peak_db = max(far_db, self._far_peak_db - 0.02)
         if far_db > self._far_peak_db - 20.0:
-            self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+            # Only frames in which the echo stands above the mic's floor measure ERLE: a tone or
+            # a hum the canceller partly follows is not the robot's echo.
+            mic_db = 10.0 * np.log10(mic_power)
+            audible = self._mic_floor_db is None or mic_db > self._mic_floor_db + ECHO_AUDIBLE_DB
+            self._audible_share += ECHO_SHARE_STEP * (float(audible) - self._audible_share)
+            if audible:
+                self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+            if self._erle_db >= CONVERGED_ERLE_DB:
+                self._converged = True
+            if self._audible_share < INAUDIBLE_SHARE:
+                self._inaudible = True
+            elif self._audible_share > AUDIBLE_SHARE:
+                self._inaudible = False
         if echo_power < 1e-10:
             return
         ratio_db = 10.0 * np.log10(clean_power / echo_power)
@@ -277,6 +326,12 @@ class BargeInDetector:
         if not self.robot_speaking_at(start):
             self._run, self._onset = 0, None
             self._watching = False
+            if self.canceller is not None:
+                # The mic's floor with the robot silent (noise, hum, a tone): falls at once,
+                # rises slowly, so a person talking to a silent robot barely moves it.
+                mic_db = 10.0 * np.log10(float(np.dot(mic, mic)) / mic.shape[0] + 1e-12)
+                floor = self._mic_floor_db
+                self._mic_floor_db = mic_db if floor is None else min(mic_db, floor + MIC_FLOOR_RISE_DB)
             return None
         if not self._watching and self.fresh_vad_per_turn:
             # The robot starts speaking: the VAD watches this stretch from a fresh state, not
@@ -293,7 +348,7 @@ class BargeInDetector:
             self.counters.frames_echo_gated += 1
             p = 0.0
         else:
-            p = float(self.vad(clean))
+            p = float(self.vad(mic if self._inaudible else clean))
             self.counters.frames_vad += 1
         if self.canceller is not None and (gated or p < 0.5 * self.threshold):
             self._learn_echo()
