@@ -16,7 +16,7 @@ from omni_ros.model.loader import load_model
 from omni_ros.runtime import graphs as G
 from omni_ros.runtime.engine_files import read_manifest
 from omni_ros.runtime.onnx_export import (FLOAT32_ONLY, _weight_shell, export_all,
-                                          export_graph_streamed, weight_placeholders)
+                                          export_graph_streamed, weight_stand_ins)
 from omni_ros.runtime.onnxruntime_backend import OrtBackend
 from omni_ros.runtime.registry import BackendSettings
 from omni_ros.runtime.torch_compute import TorchCompute
@@ -61,17 +61,17 @@ def test_streamed_float32_export_matches_torch(name, tiny_model, tmp_path):
             assert run_both(tiny_model, name, tmp_path / f"{name}.onnx", sizes=sizes) < 1e-4
 
 
-def test_the_shell_and_placeholders_hold_no_weights(tiny_model):
+def test_the_shell_and_stand_ins_hold_no_weights(tiny_model):
     module = G.GRAPHS["llm_step"].build(tiny_model)
     before = {n: p.data_ptr() for n, p in module.named_parameters()}
     shell = _weight_shell(module)
     assert {n for n, _ in shell.named_parameters()} == before.keys()
-    assert all(p.numel() == 1 for p in shell.parameters())          # placeholders, no weights
-    placeholders = weight_placeholders(module, torch.float16)
-    assert placeholders.keys() == before.keys()
+    assert all(p.numel() == 1 for p in shell.parameters())          # stand_ins, no weights
+    stand_ins = weight_stand_ins(module, torch.float16)
+    assert stand_ins.keys() == before.keys()
     for name, p in module.named_parameters():
-        assert placeholders[name].shape == p.shape and placeholders[name].dtype == torch.float16
-        assert placeholders[name].untyped_storage().nbytes() == 2   # one element, whatever the shape
+        assert stand_ins[name].shape == p.shape and stand_ins[name].dtype == torch.float16
+        assert stand_ins[name].untyped_storage().nbytes() == 2   # one element, whatever the shape
         assert p.data_ptr() == before[name] and p.dtype == torch.float32   # the model untouched
     assert {n: b.data_ptr() for n, b in shell.named_buffers()} == \
         {n: b.data_ptr() for n, b in module.named_buffers()}        # buffers shared, not copied

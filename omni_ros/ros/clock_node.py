@@ -17,7 +17,7 @@ from omni_ros.msg import FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.parameters import CLOCK_NODE_PARAMETERS, declare_all
 from omni_ros.ros.conversions import ns_to_stamp
-from omni_ros.ros.runner import end_process, run_node
+from omni_ros.ros.runner import node_main
 
 
 class OmniFlowClock(Node):
@@ -52,12 +52,7 @@ class OmniFlowClock(Node):
 
 
 def main(args=None) -> int:
-    """The console script: run the node until Ctrl-C or SIGTERM, then end the process at once
-    (`end_process`). With `args`, run it and return its exit status instead."""
-    code = run_node(OmniFlowClock, args if args is not None else sys.argv)
-    if args is None:
-        end_process(code)
-    return code
+    return node_main(OmniFlowClock, args)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,7 @@ from omni_ros.ros.parameters import SPECS_BY_NAME, check_value, declare_all, fie
 from omni_ros.ros.diagnostics import NodeHealth
 from omni_ros.ros.memory import release_memory
 from omni_ros.ros.node_parts import barge_in_from, session_from
-from omni_ros.ros.runner import (StartupError, end_process, freeze_startup_objects, resolved_topics,
-                                  run_node)
+from omni_ros.ros.runner import StartupError, freeze_startup_objects, node_main, resolved_topics
 from omni_ros.ros.sensor_inputs import LOG_THROTTLE_SEC, CameraInput, MicInput, ThrottledLog
 
 CLOCK_AGREEMENT_NS = 60 * NS_PER_S   # a first tick further from this node's clock: another time base
@@ -293,12 +292,7 @@ class OmniNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    """The console script: run the node until Ctrl-C or SIGTERM, then end the process at once
-    (`end_process`). With `args`, run it and return its exit status instead."""
-    code = run_node(OmniNode, args if args is not None else sys.argv)
-    if args is None:
-        end_process(code)
-    return code
+    return node_main(OmniNode, args)
 
 
 if __name__ == "__main__":

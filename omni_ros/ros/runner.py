@@ -219,6 +219,15 @@ def end_process(code: int) -> None:
     os._exit(code)
 
 
+def node_main(node_factory: Callable[[], object], args=None) -> int:
+    """A node's `main`: as a console script (no `args`), run it until Ctrl-C or SIGTERM, then end
+    the process at once (`end_process`); with `args`, run it and return its exit status."""
+    code = run_node(node_factory, args if args is not None else sys.argv)
+    if args is None:
+        end_process(code)
+    return code
+
+
 ERROR_LOG_PERIOD_SEC = 5.0
 
 

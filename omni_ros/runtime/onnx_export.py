@@ -122,7 +122,7 @@ _ALIGN = 4096
 
 
 def _weight_shell(module: nn.Module) -> nn.Module:
-    """The module tree of `module` without its weights: every parameter a one-element placeholder
+    """The module tree of `module` without its weights: every parameter a one-element stand-in
     (the traced call supplies the real shapes, see `_WeightsAsInputs`), every buffer the real one.
     The tree is copied without its tensors (deepcopy with every tensor pre-assigned)."""
     memo = {id(t): nn.Parameter(torch.zeros(1, dtype=t.dtype), requires_grad=False)
@@ -155,7 +155,7 @@ class _WeightsAsInputs(nn.Module):
                 owner._parameters[leaf] = weight
 
 
-def weight_placeholders(module: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+def weight_stand_ins(module: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     """Every weight of `module` as a zero-stride view of one element of `dtype` (its integer
     weights keep their dtype): real tensors of the full shapes that cost a few bytes each."""
     return {name: torch.zeros(1, dtype=dtype if p.is_floating_point() else p.dtype).expand(p.shape)
@@ -176,7 +176,7 @@ def export_graph_streamed(model, name: str, path, dtype: torch.dtype = torch.flo
     For graphs whose weights do not fit in memory twice over (the released LLM step: 16.4 GB in
     float16), and for float16 ONNX (what TensorRT builds strongly typed engines from). The graph
     is traced over a weight shell (`_weight_shell`) with the weights as named graph inputs
-    (`_WeightsAsInputs`, zero-stride placeholders); each input that is a weight then becomes an
+    (`_WeightsAsInputs`, zero-stride stand-ins); each input that is a weight then becomes an
     initializer whose bytes go, converted from the loaded model one tensor at a time, into
     `<graph>.onnx.data` (4 KiB aligned, so onnxruntime can map it). Peak memory is the loaded model
     plus one tensor. Constant folding is left to the runtime. Returns the data file's path."""
@@ -190,17 +190,17 @@ def export_graph_streamed(model, name: str, path, dtype: torch.dtype = torch.flo
     real = spec.build(model).eval()
     if name in CONV_AS_2D:
         real = convs_as_2d(real)
-    placeholders = weight_placeholders(real, dtype)
-    wrapper = _WeightsAsInputs(_weight_shell(real), len(spec.inputs), list(placeholders), dtype)
+    stand_ins = weight_stand_ins(real, dtype)
+    wrapper = _WeightsAsInputs(_weight_shell(real), len(spec.inputs), list(stand_ins), dtype)
     example = G.model_example_inputs(name, model, sizes)
     args = tuple(example[k].to(dtype) if example[k].is_floating_point() else example[k]
-                 for k in spec.inputs) + tuple(placeholders.values())
+                 for k in spec.inputs) + tuple(stand_ins.values())
     with tempfile.TemporaryDirectory(prefix=f".{name}_", dir=path.parent) as tmp:
         traced = Path(tmp) / path.name
-        named = G.GraphSpec(spec.name, spec.build, [*spec.inputs, *placeholders], spec.outputs, spec.dynamic)
+        named = G.GraphSpec(spec.name, spec.build, [*spec.inputs, *stand_ins], spec.outputs, spec.dynamic)
         _trace(wrapper, named, args, traced, opset_version=OPSET, do_constant_folding=False)
         proto = onnx.load(str(traced))
-    del wrapper, placeholders
+    del wrapper, stand_ins
     weights = dict(real.named_parameters())
     data_name = path.name + ".data"
     data_path = path.with_name(data_name)
