@@ -98,6 +98,10 @@ def messages(folder: Path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def cancels(folder: Path):
+    return [m for m in messages(folder) if m["type"] == "response.cancel"]
+
+
 def node_args(port, checkpoint, key_file: Path):
     return ["-p", "backend:=vllm_omni", "-p", f"model_path:={checkpoint}",
             "-p", f"vllm_omni_url:=ws://127.0.0.1:{port}/v1/duplex",
@@ -134,9 +138,19 @@ def fleet(ros_env, tiny_checkpoint, tmp_path_factory):
             spoke = feed.run(12, until=lambda: len(client.speech) >= 3)
             assert spoke, "no speech came: " + (folder / "omni_node.log").read_text()[-2000:]
             phases["barge_in"] = time.monotonic()
-            feed.say(synthesize_float("Stop! Wait a moment please. Stop talking.", voice="en-us+f3",
-                                      sample_rate=MIC_RATE) * 0.9)
-            feed.run(4)
+            voice = synthesize_float("Stop! Wait a moment please. Stop talking.", voice="en-us+f3",
+                                     sample_rate=MIC_RATE) * 0.9
+            # A barge-in applied just after the unit that ended the server's turn has no response
+            # left to cancel (the flow mutes the speech still playing): the person tries again
+            # over the next turn, at most three times.
+            run["attempts"] = 0
+            while run["attempts"] < 3 and not cancels(folder):
+                if run["attempts"]:
+                    heard = len(client.speech)
+                    feed.run(12, until=lambda: len(client.speech) >= heard + 3)
+                run["attempts"] += 1
+                feed.say(voice)
+                feed.run(4)
             # 2. a slow server: every answer comes after its window has ended
             phases["slow"] = time.monotonic()
             (folder / "delay").write_text("1.6")
@@ -195,8 +209,9 @@ def test_barge_in_cancels_the_servers_response(fleet):
     client = fleet["client"]
     interrupted = [s for s in client.states if s.state == DuplexState.INTERRUPTED]
     assert interrupted, "the person's voice over the robot's speech must interrupt it"
-    cancels = [m for m in messages(fleet["folder"]) if m["type"] == "response.cancel"]
-    assert cancels and cancels[0].get("response_id", "").startswith("resp_"), cancels
+    sent = cancels(fleet["folder"])
+    assert sent and sent[0].get("response_id", "").startswith("resp_"), \
+        f"no response.cancel in {fleet['attempts']} barge-ins: " + fleet["logs"][2].read_text()[-2000:]
 
 
 def test_a_slow_server_triggers_the_overload_policy(fleet):
