@@ -310,9 +310,21 @@ class EchoPath:
         self.size = int(seconds * RATE)
         self._data = np.zeros(self.size, np.float64)
         self._owner = np.full(self.size, -1, np.int64)
+        self._end: Optional[int] = None     # grid index after the last chunk played
 
-    def add(self, first: int, samples: np.ndarray) -> None:
-        """`samples` published from grid index `first` on."""
+    def add(self, first: int, samples: np.ndarray) -> int:
+        """`samples` published at grid index `first`: played from there, or right after the
+        previous chunk when it comes within the loudspeaker's queue continuity (it plays its
+        queue without gaps, whatever the publishing jitter; the rule omni_node's reference
+        buffer assumes, flow/echo.playout_start). Returns where it was played."""
+        from omni_ros.flow.echo import PLAYOUT_CONTINUITY_MS, playout_start
+        first = playout_start(first, self._end, int(round(PLAYOUT_CONTINUITY_MS * RATE / 1000)))
+        self._end = first + len(samples)
+        self.overlap_add(first, samples)
+        return first
+
+    def overlap_add(self, first: int, samples: np.ndarray) -> None:
+        """Add `samples` played from grid index `first` (a correction to what was played)."""
         heard = convolve(np.asarray(samples, np.float64) * self.gain, self.rir)
         idx = first + self.latency + np.arange(heard.shape[0])
         slots = idx % self.size
@@ -325,6 +337,55 @@ class EchoPath:
         idx = first + np.arange(n)
         slots = idx % self.size
         return np.where(self._owner[slots] == idx, self._data[slots], 0.0).astype(np.float32)
+
+
+class StreamResampler:
+    """24 kHz speech chunks to the 16 kHz stream a loudspeaker's driver plays: one polyphase
+    resampling (scipy's resample_poly, 2/3) over the whole stretch of back-to-back chunks, as a
+    driver resamples its stream, not each chunk on its own (whose edges, filtered against
+    silence, are not the robot's voice and which no linear echo canceller can model).
+
+    A chunk's last few output samples depend on the next chunk's first input samples; they are
+    given at once as if silence followed, and corrected by `play` when the next chunk comes
+    (tens of ms before the loudspeaker reaches them). `play` returns the additions to make:
+    (index in the stretch's 16 kHz samples, samples), the first the new chunk's output."""
+
+    UP, DOWN = 2, 3
+    CONTEXT = 96          # input samples before the new ones fed again: the filter's support
+
+    def __init__(self) -> None:
+        self._tail = np.zeros(0, np.float64)    # the stretch's last input samples
+        self._tail_start = 0                    # their index in the stretch's input
+        self._given = np.zeros(0, np.float64)   # outputs given without the next input yet
+        self._given_start = 0
+        self.samples_in = 0
+
+    def play(self, chunk24: np.ndarray):
+        from scipy.signal import resample_poly
+        x = np.concatenate([self._tail, np.asarray(chunk24, np.float64)])
+        start = self._tail_start                       # a multiple of DOWN
+        self.samples_in += len(chunk24)
+        y = resample_poly(x, self.UP, self.DOWN)       # output j is stretch output start*2/3 + j
+        first_out = start * self.UP // self.DOWN
+        additions = []
+        if self._given.shape[0]:
+            lo = self._given_start - first_out
+            fixed = y[lo:lo + self._given.shape[0]]
+            additions.append((self._given_start, fixed - self._given[:fixed.shape[0]]))
+            new_from = self._given_start + self._given.shape[0]
+        else:
+            new_from = first_out
+        total_out = self.samples_in * self.UP // self.DOWN
+        new = y[new_from - first_out:total_out - first_out]
+        additions.append((new_from, new))
+        # The outputs near the end, filtered against the silence that may not follow.
+        settled = max(new_from, total_out - self.CONTEXT * self.UP // self.DOWN)
+        self._given = y[settled - first_out:total_out - first_out].copy()
+        self._given_start = settled
+        keep_from = max(0, (self.samples_in - 2 * self.CONTEXT) // self.DOWN * self.DOWN)
+        self._tail = x[keep_from - start:]
+        self._tail_start = keep_from
+        return additions
 
 
 class Scene:

@@ -122,6 +122,17 @@ def full_grid() -> List[Condition]:
     return g
 
 
+def in_target_envelope(c: Condition) -> bool:
+    """Whether issue #16's targets cover the condition: SNR down to 10 dB, RT60 up to 0.6 s,
+    `echo_delay_ms` within 10 ms of the speaker's latency."""
+    return c.snr_db >= 10.0 and c.rt60 <= 0.6 + 1e-9 and abs(c.latency_ms - c.echo_delay_ms) <= 10.0
+
+
+def target_grid() -> List[Condition]:
+    """The full grid's conditions inside the targets' envelope."""
+    return [c for c in full_grid() if in_target_envelope(c)]
+
+
 def reduced_grid() -> List[Condition]:
     names = {"base", "rt60_0.8", "speaker_5cm", "person_3m", "babble_5dB", "fan_10dB",
              "latency_40_told_60", "latency_80_told_80", "onset_short", "robot_speech",
@@ -147,6 +158,7 @@ class ConditionResult:
     cpu_ms_per_speech_s: float = float("nan")
     summary: Dict[str, float] = field(default_factory=dict)
     late_echo_ms: float = 0.0     # echo that reached the driver after its mic chunk went out
+    erle_db: float = float("nan")  # the node's echo canceller at the end (barge_in_erle_db)
     block_false: int = 0          # ...of the false barge-ins, those in the continuous echo block
     block_speech_s: float = 0.0   # (the rest came in the trials' tails, as the robot restarted)
 
@@ -174,13 +186,14 @@ class ConditionResult:
                 f"{self.false_per_10min():.1f} (block: {self.block_false} in "
                 f"{self.block_speech_s:.0f} s)", f"{self.cpu_ms_per_speech_s / 10:.2f} %",
                 f"{self.summary.get('rt60_measured', '?')} s / "
-                f"{self.summary.get('echo_to_person_db', '?')} dB", f"{self.late_echo_ms:.0f}",
-                "yes" if ok else "**no**"]
+                f"{self.summary.get('echo_to_person_db', '?')} dB", f"{self.erle_db:.1f}",
+                f"{self.late_echo_ms:.0f}", "yes" if ok else "**no**"]
 
 
 HEADER = ["condition", "detected", "stop latency median / p95 / max (s)",
           "false barge-ins (echo-only speech) per 10 min", "detector CPU per s of speech",
-          "RT60 measured / echo-to-person at mic", "late echo (ms)", "meets targets"]
+          "RT60 measured / echo-to-person at mic", "canceller ERLE (dB)", "late echo (ms)",
+          "meets targets"]
 
 
 def table(results: Sequence[ConditionResult]) -> str:
@@ -241,6 +254,9 @@ def make_room_driver():
     from omni_ros.ros import qos
     from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
     from omni_ros.ros.diagnostics import values_of
+    from omni_ros.flow.units import sample_index
+    from omni_ros.flow.echo import PLAYOUT_CONTINUITY_MS
+    CONTINUITY = int(round(PLAYOUT_CONTINUITY_MS * RATE / 1000))
 
     class RoomDriver(Node):
         def __init__(self):
@@ -261,29 +277,40 @@ def make_room_driver():
             self.next_ns = None
             self.published_until = 0            # grid index: mic published up to here
             self.late_echo = 0                  # echo samples due before they arrived
+            self.loudspeaker = None             # this stretch's resampler (acoustics.StreamResampler)
+            self.stretch_start = 0              # grid index where the stretch began playing
+            self.stretch_end: Optional[int] = None
 
         def _diagnostics(self, m):
             v = values_of([m], "omni_node")
             if "barge_ins" in v:
                 with self.lock:
                     self.diag.append((stamp_to_ns(m.header.stamp), int(v["barge_ins"]),
-                                      int(v.get("barge_in_cpu_us", 0))))
+                                      int(v.get("barge_in_cpu_us", 0)),
+                                      float(v.get("barge_in_erle_db", "nan"))))
 
         def _speech(self, m):
             pcm = s16le_to_float(bytes(m.audio.data))
             stamp = stamp_to_ns(m.header.stamp)
-            pcm16 = soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE)
             with self.lock:
                 self.speech.append((stamp, pcm.shape[0] / OUTPUT_SAMPLE_RATE, time.monotonic()))
-                if self.scene is not None:
-                    first = stamp * RATE // NS + self.scene.echo.latency
-                    self.late_echo += int(np.clip(self.published_until - first, 0, pcm16.shape[0]))
-                    self.scene.echo.add(stamp * RATE // NS, pcm16)
-                else:
-                    self.calibration.append(pcm16)
+                if self.scene is None:
+                    self.calibration.append(soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE))
+                    return
+                # The loudspeaker plays back to back what comes within its queue's continuity
+                # (flow/echo.playout_start), resampled as one stream per stretch.
+                first = sample_index(stamp, RATE)
+                if self.stretch_end is None or abs(first - self.stretch_end) > CONTINUITY:
+                    self.loudspeaker, self.stretch_start = A.StreamResampler(), first
+                for j, samples in self.loudspeaker.play(pcm):
+                    at = self.stretch_start + j
+                    self.scene.echo.overlap_add(at, samples)
+                    due = at + self.scene.echo.latency
+                    self.late_echo += int(np.clip(self.published_until - due, 0, samples.shape[0]))
+                self.stretch_end = self.stretch_start + self.loudspeaker.samples_in * RATE // OUTPUT_SAMPLE_RATE
 
         def mic_chunk(self, start_ns, n):
-            first = start_ns * RATE // NS
+            first = sample_index(start_ns, RATE)
             with self.lock:
                 scene, person = self.scene, self.person
                 if scene is None:
@@ -313,7 +340,7 @@ def make_room_driver():
                     self.mic.publish(m)
                     self.next_ns += step
                     with self.lock:
-                        self.published_until = self.next_ns * RATE // NS
+                        self.published_until = sample_index(self.next_ns, RATE)
                 if done():
                     return True
                 time.sleep(0.004)
@@ -397,6 +424,7 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     rng = np.random.default_rng(c.seed())
     with driver.lock:
         driver.scene, driver.person = scene, None
+        driver.stretch_end = None            # a new room: its loudspeaker starts afresh
         late0 = driver.late_echo
     driver.feed(1.5)                       # the echo path fills; the canceller adapts
     clock = driver.get_clock()
@@ -430,6 +458,7 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
         diag, speech = list(driver.diag), list(driver.speech)
         driver.scene, driver.person = None, None
         result.late_echo_ms = (driver.late_echo - late0) * 1000 / RATE
+        result.erle_db = diag[-1][3] if diag else float("nan")
     for k, onset_ns, end_ns, text, voice in trial_spans:
         detected = _count(diag, onset_ns - 100_000_000, end_ns + 300_000_000) > 0
         stop = _stop_after(speech, onset_ns, end_ns, c.chunk_ms / 1000)

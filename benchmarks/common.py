@@ -32,6 +32,21 @@ def machine() -> str:
     return text
 
 
+def prefer_this_tree() -> None:
+    """Import omni_ros from the tree this benchmark lives in, not from the editable install's
+    redirect (which points at the checkout that was installed): a benchmark copied into a git
+    worktree of another commit then measures that commit's code."""
+    import sys
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not type(f).__module__.startswith("_editable")]
+    if str(ROOT) in sys.path:
+        sys.path.remove(str(ROOT))
+    sys.path.insert(0, str(ROOT))     # before site-packages, where the install has its own copy
+    # An omni_ros already imported through the redirect finds its submodules through it only.
+    for name in [n for n in sys.modules if n == "omni_ros" or n.startswith("omni_ros.")]:
+        del sys.modules[name]
+
+
 def append_result(name: str, title: str, body: str) -> Path:
     """Print a dated section and append it to benchmarks/results/<name>.md."""
     text = (f"\n## {title}: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"

@@ -268,3 +268,199 @@ def test_a_hold_ends_by_itself_when_the_mic_stops(vad, voices):
     now = time.monotonic()
     assert detector.holds_speech(now)
     assert not detector.holds_speech(now + (detector.min_speech_frames + 2) * 512 / RATE)
+
+
+def room_echo(robot, gain, delay=80, seed=3):
+    """The robot's voice through a short reverberant path (a direct sound and 60 ms of decaying
+    reflections), `gain` times louder at the mic than the reference, over a room's noise floor
+    45 dB under the echo (a mic is never digitally silent)."""
+    rng = np.random.default_rng(seed)
+    taps = np.zeros(delay + 960)
+    taps[delay] = 1.0
+    taps[delay + 1:] += 0.3 * rng.standard_normal(959) * np.exp(-np.arange(959) / 240.0)
+    echo = gain * np.convolve(robot, taps)[:robot.shape[0]]
+    floor = np.sqrt(np.mean(echo ** 2)) * 10 ** (-45 / 20)
+    return (echo + rng.normal(0, floor, echo.shape[0])).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def long_robot(voices):
+    robot, _ = voices
+    return np.concatenate([robot, robot[::-1] * 0.8, robot])   # ~19 s of speech-like sound
+
+
+def test_fdaf_cancels_an_echo_louder_than_its_reference(long_robot):
+    """A loudspeaker next to the mic makes the echo louder than the reference (here 4x); the
+    canceller still learns it (a Geigel double-talk detector took that for the person)."""
+    near = room_echo(long_robot, 4.0)
+    aec = FdafEchoCanceller()
+    far = np.concatenate([long_robot[aec.lead:], np.zeros(aec.lead, np.float32)])
+    n = near.shape[0] // aec.block * aec.block
+    out = aec.process(near[:n], far[:n])
+    late = slice(6 * RATE, n)
+    erle = 10 * np.log10(np.mean(near[late] ** 2) / np.mean(out[late] ** 2))
+    assert erle > 20, erle
+    assert aec.restarts == 0
+
+
+def test_fdaf_double_talk_does_not_spoil_the_cancelling(long_robot, voices):
+    """While a person talks over the robot the adapting filter is disturbed, but the output
+    keeps cancelling the echo: the person comes through, the echo stays down."""
+    _, person = voices
+    echo = room_echo(long_robot, 2.0)
+    talk = np.zeros_like(echo)
+    at = 8 * RATE
+    loud = np.tile(person, 3)[:4 * RATE] * 2.0
+    talk[at:at + loud.shape[0]] = loud
+    aec = FdafEchoCanceller()
+    far = np.concatenate([long_robot[aec.lead:], np.zeros(aec.lead, np.float32)])
+    n = echo.shape[0] // aec.block * aec.block
+    out = aec.process((echo + talk)[:n], far[:n])
+    during = slice(at + RATE // 2, at + loud.shape[0])
+    residual_echo = out[during] - talk[during]
+    erle = 10 * np.log10(np.mean(echo[during] ** 2) / np.mean(residual_echo ** 2))
+    assert erle > 15, erle     # the echo under the person is still cancelled
+
+
+def test_reference_chunks_play_back_to_back_whatever_their_stamp_jitter():
+    """Chunks published with a few hundred microseconds (or a few ms) of jitter are played by
+    the loudspeaker without gaps; the reference follows the loudspeaker, not the stamps. A chunk
+    stamped well after the last one ended starts a new stretch at its stamp."""
+    ref = ReferenceBuffer(seconds=4.0)
+    chunk = 3200
+    parts = [np.full(chunk, k + 1, np.float32) for k in range(4)]
+    jitter_ns = [0, -600_000, 700_000, 4_000_000]      # -0.6 ms, +0.7 ms, +4 ms
+    for k, (part, j) in enumerate(zip(parts, jitter_ns)):
+        ref.add(NS + k * 200_000_000 + j, part)
+    first = ref.index(NS)
+    assert np.array_equal(ref.get(first, 4 * chunk), np.concatenate(parts))
+    later = NS + 4 * 200_000_000 + 500_000_000         # 0.5 s after the last chunk ended
+    ref.add(later, parts[0])
+    assert np.all(ref.get(first + 4 * chunk, ref.index(later) - first - 4 * chunk) == 0)
+    assert np.array_equal(ref.get(ref.index(later), chunk), parts[0])
+
+
+def run_live(detector, mic, robot, start_ns=5 * NS, chunk=3200):
+    """As omni_node does: the robot's speech pushed chunk by chunk as it is played (a chunk
+    ahead of the mic), the mic in 20 ms chunks; the stamps of triggered onsets, in s."""
+    hits, pushed = [], 0
+    for i in range(0, mic.shape[0], 320):
+        while pushed < min(i + chunk, robot.shape[0]):
+            detector.push_reference(start_ns + pushed * NS // RATE, robot[pushed:pushed + chunk])
+            pushed += chunk
+        onset = detector.push_mic(start_ns + i * NS // RATE, mic[i:i + 320])
+        if onset is not None:
+            hits.append((onset - start_ns) / NS)
+    return hits
+
+
+def test_a_person_well_under_the_echo_is_heard(long_robot, voices, vad):
+    """The robot's echo 15 dB louder at the mic than the person (its loudspeaker near the mic,
+    the person a metre or two away): once the canceller has learnt the echo path, the person
+    stops the robot within a few frames of their voice."""
+    _, person = voices
+    echo = room_echo(long_robot, 2.0)
+    person_level = np.sqrt(np.mean(echo ** 2)) * 10 ** (-15 / 20) / np.sqrt(np.mean(person[np.abs(person) > 0.01] ** 2))
+    mic = echo.copy()
+    at = 6 * RATE
+    mic[at:at + person.shape[0]] += person_level * person
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    hits = run_live(detector, mic[:at + person.shape[0]], long_robot)
+    voiced = 6.0 + np.argmax(np.abs(person) > 0.02) / RATE
+    assert hits and voiced - 0.1 <= hits[0] <= voiced + 0.35, (hits, voiced)
+    assert detector.diagnostic_values()["armed"]
+
+
+def test_the_echo_alone_arms_barge_in_and_never_triggers_it(long_robot, vad):
+    """Before the canceller has learnt the echo path nothing counts as a person (barge-in is
+    not armed); the robot's own echo, however loud, then never triggers it."""
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    assert not detector.diagnostic_values()["armed"]
+    mic = room_echo(long_robot, 4.0)
+    assert run_live(detector, mic, long_robot) == []
+    assert detector.diagnostic_values()["armed"]
+    assert detector.counters.frames_echo_gated > 0.8 * detector.counters.frames_scored
+
+
+def test_the_vad_starts_fresh_each_time_the_robot_starts_speaking(voices):
+    """The VAD's memory of the last stretch (perhaps a person's speech seconds ago) is not
+    carried into the next time the robot speaks."""
+    robot, _ = voices
+    resets = []
+
+    class CountingVad:
+        def __call__(self, frame):
+            return 0.0
+
+        def reset(self):
+            resets.append(1)
+
+    detector = BargeInDetector(CountingVad(), None)
+    detector.push_reference(5 * NS, robot[:RATE])           # the robot speaks 1 s...
+    run(detector, np.zeros(3 * RATE, np.float32))
+    detector.push_reference(8 * NS, robot[:RATE])           # ...and again 3 s later
+    run(detector, np.zeros(2 * RATE, np.float32), start_ns=8 * NS)
+    assert len(resets) == 2
+
+
+def steady_tone(seconds, level=0.05, hz=440.0):
+    t = np.arange(int(seconds * RATE)) / RATE
+    noise = np.random.default_rng(5).normal(0, 1e-3, t.shape[0])
+    return (level * np.sin(2 * np.pi * hz * t) + noise).astype(np.float32)
+
+
+def robot_after_silence(detector, mic, robot, silent):
+    """`silent` samples of mic with the robot silent, then the robot speaking: onsets in s."""
+    assert run(detector, mic[:silent]) == []
+    start = 5 * NS + silent * NS // RATE
+    return [silent / RATE + t for t in run_live(detector, mic[silent:], robot, start_ns=start)]
+
+
+def test_a_steady_tone_without_echo_never_triggers(long_robot, vad):
+    """A hum or a beep in the room and no echo of the robot (a headset, a loudspeaker far off):
+    the canceller, trying to explain the tone with the robot's voice, leaves that voice's rhythm
+    in its output, which silero takes for speech. The echo is found inaudible, so the mic itself,
+    at its floor, is what counts: no barge-in."""
+    silent = 2 * RATE
+    mic = steady_tone(silent / RATE + long_robot.shape[0] / RATE)
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    assert robot_after_silence(detector, mic, long_robot, silent) == []
+    values = detector.diagnostic_values()
+    assert values["armed"] and values["frames_vad"] < 0.05 * values["frames_scored"], values
+
+
+def test_without_echo_a_person_over_a_tone_triggers(long_robot, voices, vad):
+    """Inaudible echo arms barge-in without the canceller: a person talking over the tone, as
+    loud as a person a metre away, stops the robot."""
+    _, person = voices
+    silent = 2 * RATE
+    mic = steady_tone(silent / RATE + long_robot.shape[0] / RATE)
+    at = silent + 5 * RATE
+    mic[at:at + person.shape[0]] += 0.5 * person
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    hits = robot_after_silence(detector, mic[:at + person.shape[0]], long_robot, silent)
+    voiced = at / RATE + np.argmax(np.abs(person) > 0.02) / RATE
+    assert hits and voiced - 0.1 <= hits[0] <= voiced + 0.35, (hits, voiced)
+
+
+def test_a_gap_in_the_echo_does_not_disarm(long_robot, voices, vad):
+    """The loudspeaker drops 150 ms of the robot's voice (an underrun) while the reference goes
+    on: the canceller's estimate then stands in a silent mic. That says nothing of how well it
+    cancels, so barge-in stays armed and the person right after is heard."""
+    _, person = voices
+    echo = room_echo(long_robot, 1.0)
+    gap = 6 * RATE
+    echo[gap:gap + int(0.15 * RATE)] = np.random.default_rng(1).normal(0, 1e-4, int(0.15 * RATE))
+    person_level = np.sqrt(np.mean(echo ** 2)) * 10 ** (-6 / 20) / np.sqrt(np.mean(person[np.abs(person) > 0.01] ** 2))
+    at = gap + int(0.3 * RATE)
+    mic = echo.copy()
+    mic[at:at + person.shape[0]] += person_level * person
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    hits = run_live(detector, mic[:at + person.shape[0]], long_robot)
+    voiced = at / RATE + np.argmax(np.abs(person) > 0.02) / RATE
+    assert hits and voiced - 0.1 <= hits[0] <= voiced + 0.35, (hits, voiced)

@@ -5,12 +5,18 @@ published speech (the far-end reference, stamped on the ROS clock when it was pu
 cancelled from the mic signal by an echo canceller of flow/echo.py.
 
 The strategy in full: reference and mic are aligned by stamp (mic sample at t is compared with
-the reference published at t - echo_delay, the speaker latency and the sound's flight); the
-canceller removes the linear echo, taking the mic as one gap-free stream; each 32 ms frame of the
-residual whose power shows it is mostly echo is ruled out there (no VAD run: the cheap common case
-while the robot speaks alone), the VAD scores the others; `min_speech_ms` of consecutive frames
-above the threshold while the robot is speaking is a barge-in, reported with the onset's stamp.
-Without a reference in the frame (the robot silent) nothing is cancelled and nothing triggers.
+the reference played at t - echo_delay, the speaker latency and the sound's flight; the
+reference buffer lays chunks back to back as the loudspeaker plays them); the canceller removes
+the linear echo, taking the mic as one gap-free stream; each 32 ms frame whose residual does not
+stand above what the canceller leaves of the robot's voice (its echo estimate times the residual
+ratio of the robot's own frames, an upper quantile learnt as it speaks, and above the floor) is
+ruled out there (no VAD run: the cheap common case while the robot speaks alone), the VAD scores
+the others, from a fresh state each time the robot starts speaking; `min_speech_ms` of
+consecutive frames above the threshold while the robot is speaking is a barge-in, reported with
+the onset's stamp. Until the canceller has learnt the echo path nothing triggers (barge-in is not
+armed), nor without a reference in the frame (the robot silent). Where the robot's voice does not
+reach the mic at all (a headset, a far loudspeaker, an array that cancels its own echo), the mic
+itself is judged against its floor and goes to the VAD, not the canceller's output.
 
 The VAD is any callable scoring a 512-sample frame; omni_node passes flow/vad.py's VoiceActivity,
 silero-vad's ONNX model run in onnxruntime. No ROS and no torch here.
@@ -30,6 +36,18 @@ from .units import samples_to_ns
 
 FRAME = 512                 # silero-vad's frame at 16 kHz (32 ms)
 ECHO_TAIL_FRAMES = 4        # how far back (128 ms) a frame's echo can come from in the reference
+CONVERGED_ERLE_DB = 6.0     # the canceller has learnt the echo path: barge-in is armed
+RESIDUAL_QUANTILE = 0.9     # the share of echo frames whose residual the expected one covers
+RESIDUAL_STEP_DB = 1.0      # the quantile tracker's step per frame
+RESIDUAL_DECAY_DB = 3.84    # per 32 ms frame: 60 dB in 0.5 s, a reverberant room's decay
+RESIDUAL_DECAY = 10.0 ** (-RESIDUAL_DECAY_DB / 10.0)
+NOISE_RISE_DB = 0.3         # per frame (9 dB/s): how fast the residual floor follows a rise
+NOISE_MARGIN_DB = 6.0       # a person's frame stands this far above the floor
+MIC_FLOOR_RISE_DB = 0.1     # per frame (3 dB/s): how fast the mic's floor follows a rise
+ECHO_AUDIBLE_DB = 6.0       # a frame of the robot's voice carries its echo this far above it
+INAUDIBLE_SHARE = 0.2       # ...and echo is inaudible when fewer than this share of them do
+AUDIBLE_SHARE = 0.5         # ...and audible again when more than this share do
+ECHO_SHARE_STEP = 0.05      # the audible share's smoothing per frame of the robot's voice
 
 
 @dataclass
@@ -39,7 +57,7 @@ class BargeInCounters(Counters):
     speech_frames: int = 0          # ...of which above the threshold
     triggers: int = 0
     reference_samples: int = 0
-    double_talk_blocks: int = 0
+    canceller_restarts: int = 0     # the canceller diverged and started afresh
     frames_echo_gated: int = 0      # ...of which mostly echo after cancelling: VAD not run
     frames_vad: int = 0             # ...of which scored by the VAD
     cpu_us: int = 0                 # CPU time in push_mic (cancelling and VAD), microseconds
@@ -55,29 +73,68 @@ class BargeInDetector:
     """
 
     def __init__(self, vad: Callable[[np.ndarray], float], echo_canceller=None,
-                 threshold: float = 0.5, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
-                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 6.0,
+                 threshold: float = 0.3, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
+                 reference_hangover_ms: float = 300.0, residual_gate_db: float = -3.0,
+                 fresh_vad_per_turn: bool = True,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.vad = vad
         self.canceller = echo_canceller
         self.threshold = float(threshold)
         self.sample_rate = int(sample_rate)
+        self.fresh_vad_per_turn = bool(fresh_vad_per_turn)
         self.set_min_speech_ms(min_speech_ms)
         self.echo_delay = int(round(echo_delay_ms * sample_rate / 1000.0))
         self.hangover = int(round(reference_hangover_ms * sample_rate / 1000.0))
-        self.residual_gate = 10.0 ** (-float(residual_gate_db) / 10.0)
+        self.residual_gate_db = float(residual_gate_db)
         self.reference = ReferenceBuffer(sample_rate=sample_rate)
         self.counters = BargeInCounters()
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_first: Optional[int] = None   # grid index of _pending[0]
         self._mic = np.zeros(0, dtype=np.float32)     # cancelled, not yet framed: raw mic...
-        self._clean = np.zeros(0, dtype=np.float32)   # ...and the canceller's output
+        self._clean = np.zeros(0, dtype=np.float32)   # ...the canceller's output...
+        self._echo = np.zeros(0, dtype=np.float32)    # ...and its echo estimate (zeros: none)
         self._frame_first = 0                         # grid index of _mic[0] and _clean[0]
         self._run = 0                                 # consecutive speech frames
         self._onset: Optional[int] = None
         self._run_began = 0.0                         # time.monotonic() of the run's first frame
-        self._erle_db = 0.0
+        self._erle_db = 0.0                           # what the canceller removes of the echo
+        self._residual_db = 0.0                       # residual / echo estimate, upper quantile
+        self._frame_powers = (0.0, 0.0, 0.0, 0.0)     # mic, residual, echo estimate, reference
+        self._far_peak_db = -120.0                    # the reference's recent peak
+        self._decaying_echo = 0.0                     # the echo estimate, held and decaying
+        self._noise_db = 0.0                          # the residual's floor
+        self._watching = False                        # the robot spoke in the last frame
+        self._converged = False                       # ERLE passed CONVERGED_ERLE_DB
+        self._inaudible = False                       # the robot's echo is not heard at all
+        self._mic_floor_db: Optional[float] = None    # the mic's floor while the robot is silent
+        self._audible_share = 1.0                     # robot frames carrying audible echo
+        self._restarts_seen = 0                       # canceller restarts already disarmed for
+        reset = getattr(vad, "reset", None)
+        self._vad_reset = reset if callable(reset) else (lambda: None)
         self.last_probability = 0.0
+
+    def diagnostic_values(self) -> dict:
+        """The counters, and how far the canceller has learnt the echo path: its echo return
+        loss enhancement (`erle_db`), the residual it leaves against its echo estimate
+        (`residual_db`), and whether barge-in is `armed`."""
+        values = self.counters.snapshot()
+        values.update(erle_db=round(float(self._erle_db), 1),
+                      residual_db=round(float(self._residual_db), 1),
+                      armed=self.armed)
+        return values
+
+    @property
+    def armed(self) -> bool:
+        """Whether a person's voice can trigger: the canceller has learnt the echo path (its
+        ERLE, measured on frames that carry the robot's echo, passed CONVERGED_ERLE_DB), or the
+        robot's voice is not audible in the mic at all (a loudspeaker far away, a headset, a
+        microphone array that cancels echo itself: under INAUDIBLE_SHARE of the robot's frames
+        stand ECHO_AUDIBLE_DB above the mic's floor while it is silent; the mic itself then goes
+        to the VAD, against that floor, not the canceller's output, in which a canceller
+        following a steady tone or hum leaves the robot's speech rhythm). Once converged it
+        stays armed, through double talk and gaps in the echo, until the canceller diverges and
+        starts afresh."""
+        return self._converged or self._inaudible
 
     def set_min_speech_ms(self, min_speech_ms: float) -> None:
         """How long a person must be heard before it is a barge-in (whole VAD frames, at least one)."""
@@ -106,13 +163,15 @@ class BargeInDetector:
         return now - self._run_began < limit
 
     def reset(self) -> None:
+        """Forget the robot's speech and the run being decided (omni/reset). What the canceller
+        has learnt is kept: the echo path is the room's, not the conversation's, and barge-in
+        stays armed."""
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_first = None
-        self._mic = self._clean = np.zeros(0, dtype=np.float32)
+        self._mic = self._clean = self._echo = np.zeros(0, dtype=np.float32)
         self._run, self._onset = 0, None
+        self._watching = False
         self.reference.clear()
-        if self.canceller is not None:
-            self.canceller.reset()
         reset = getattr(self.vad, "reset", None)
         if callable(reset):
             reset()
@@ -135,7 +194,7 @@ class BargeInDetector:
         if self._pending_first is None or first != self._pending_first + self._pending.shape[0]:
             # A gap or a jump in the mic timeline: start the frames afresh from this chunk.
             self._pending, self._pending_first = samples, first
-            self._mic = self._clean = np.zeros(0, dtype=np.float32)
+            self._mic = self._clean = self._echo = np.zeros(0, dtype=np.float32)
             self._frame_first = first
         else:
             self._pending = np.concatenate([self._pending, samples])
@@ -146,58 +205,153 @@ class BargeInDetector:
             mic, start = self._pending[:whole], self._pending_first
             self._pending = self._pending[whole:]
             self._pending_first += whole
-            clean = mic
-            if self.canceller is not None and (self.robot_speaking_at(start)
-                                               or self.robot_speaking_at(start + whole - 1)):
+            clean, echo = mic, None
+            if self.canceller is not None:
+                # The canceller hears the mic as one stream, the robot silent or not (silence in
+                # the reference costs it a transform and keeps its history in step with time).
                 far = self.reference.get(start - self.echo_delay + self.canceller.lead, whole)
                 clean = self.canceller.process(mic, far).astype(np.float32, copy=False)
-                self.counters.double_talk_blocks = getattr(self.canceller, "double_talk_blocks", 0)
+                echo = getattr(self.canceller, "echo_estimate", None)
+                self.counters.canceller_restarts = getattr(self.canceller, "restarts", 0)
+            if echo is None or echo.shape[0] != whole:
+                echo = np.zeros(whole, dtype=np.float32)
             self._mic = np.concatenate([self._mic, mic])
             self._clean = np.concatenate([self._clean, clean])
+            self._echo = np.concatenate([self._echo, echo])
         # ...and the VAD scores the cancelled stream in its 32 ms frames.
         onset = None
         while self._clean.shape[0] >= FRAME:
-            hit = self._frame(self._mic[:FRAME], self._clean[:FRAME], self._frame_first)
-            self._mic, self._clean = self._mic[FRAME:], self._clean[FRAME:]
+            hit = self._frame(self._mic[:FRAME], self._clean[:FRAME], self._echo[:FRAME],
+                              self._frame_first)
+            self._mic, self._clean, self._echo = (self._mic[FRAME:], self._clean[FRAME:],
+                                                  self._echo[FRAME:])
             self._frame_first += FRAME
             if hit is not None and onset is None:
                 onset = hit
         return onset
 
-    def _echo_like(self, mic: np.ndarray, clean: np.ndarray, far: np.ndarray) -> bool:
-        """Whether a frame's residual is mostly echo (decided before, and instead of, the VAD).
+    def _echo_like(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
+                   far: np.ndarray) -> bool:
+        """Whether a frame's residual is the robot's own echo (decided before, and instead of,
+        the VAD), against the residual echo this canceller leaves.
 
-        The canceller leaves -20..-30 dB of the echo, which silero still hears as speech; a
-        person talking keeps the residual near the mic level. Until the canceller has converged
-        (ERLE < 6 dB) the person must also be louder than the reference itself: than its
-        loudest frame within the echo tail, where the echo in this frame comes from."""
+        The residual echo expected in a frame is the canceller's echo estimate for it (or, for a
+        canceller that gives none, the reference's loudest frame within the echo tail) times
+        the ratio of residual to estimate seen in the frames that were echo (`_residual_db`, an
+        upper quantile, so that most echo frames fall under it). A person adds power the
+        estimate does not explain: a frame goes to the VAD when its residual is
+        `residual_gate_db` above the expected. How much louder than the person the robot's echo
+        is at the mic does not matter, only how much of it the canceller leaves. Until barge-in
+        is armed (`armed`: the first second or two the robot speaks after a start) every frame
+        with the robot's voice in it counts as echo; where the robot's echo is inaudible, the
+        mic is judged against its own floor instead."""
         mic_power = float(np.dot(mic, mic)) / mic.shape[0] + 1e-12
         clean_power = float(np.dot(clean, clean)) / clean.shape[0] + 1e-12
         frames = far.reshape(-1, FRAME)
         far_power = float(np.max(np.einsum("ij,ij->i", frames, frames))) / FRAME
-        echo_like = clean_power < self.residual_gate * mic_power
-        if self._erle_db < 6.0 and far_power > 1e-7:
-            echo_like = echo_like or mic_power < far_power
-        if echo_like and far_power > 1e-7:
-            # Echo-only frames show how much of the echo the canceller removes (ERLE).
-            self._erle_db = 0.9 * self._erle_db + 0.1 * 10.0 * np.log10(mic_power / clean_power)
-        return echo_like
+        echo_power = float(np.dot(echo, echo)) / echo.shape[0]
+        if echo_power <= 0.0:          # no estimate from this canceller: the reference's level
+            echo_power = far_power
+        # The residual does not stop with the echo estimate: at the end of a phrase it dies away
+        # like the room's reverberation, so the estimate it is measured against decays no
+        # faster than RESIDUAL_DECAY_DB per frame from its recent peak.
+        self._decaying_echo = max(echo_power, self._decaying_echo * RESIDUAL_DECAY)
+        echo_power = self._decaying_echo
+        self._frame_powers = (mic_power, clean_power, echo_power, far_power)
+        clean_db = 10.0 * np.log10(clean_power)
+        # The residual's floor (the room's noise and what the canceller cannot go under), falling
+        # at once and rising slowly, as minimum statistics do.
+        self._noise_db = min(clean_db, self._noise_db + NOISE_RISE_DB)
+        if max(echo_power, far_power) < 1e-10:
+            return False               # nothing of the robot in this frame to mistake
+        if not self.armed:
+            return True
+        if self._inaudible:
+            # No echo to cancel: the mic as it is goes to the VAD when it stands above its floor.
+            return 10.0 * np.log10(mic_power) < self._mic_floor_db + NOISE_MARGIN_DB
+        if clean_power > 2.0 * mic_power:
+            # The residual louder than the mic itself: the canceller's own echo estimate where the
+            # echo has already stopped (the end of a phrase), not a person, who adds to the mic.
+            return True
+        if clean_db < self._noise_db + NOISE_MARGIN_DB:
+            return True                # at the floor: nothing a person's voice would make
+        expected_db = 10.0 * np.log10(echo_power) + self._residual_db
+        return clean_db < expected_db + self.residual_gate_db
 
-    def _frame(self, mic: np.ndarray, clean: np.ndarray, start: int) -> Optional[int]:
+    def _learn_echo(self) -> None:
+        """A frame that was echo (gated, or scored well below the threshold) updates what the
+        canceller removes (ERLE) and leaves (the residual-to-estimate ratio's upper quantile)."""
+        mic_power, clean_power, echo_power, far_power = self._frame_powers
+        if max(echo_power, far_power) < 1e-10:
+            return
+        restarts = getattr(self.canceller, "restarts", 0)
+        if restarts != self._restarts_seen:            # the canceller starts afresh: so does ERLE
+            self._restarts_seen = restarts
+            self._converged, self._erle_db = False, 0.0
+        if clean_power > mic_power:
+            # The residual louder than the mic: the canceller's estimate where the echo is not
+            # (a gap in the loudspeaker's playing, the end of a phrase). It says nothing of how
+            # well the echo is cancelled.
+            return
+        # The reference's recent peak, held and decaying slowly: frames of the robot's voice far
+        # under it (its pauses) say nothing of how much echo the canceller removes.
+        far_db = 10.0 * np.log10(far_power + 1e-12)
+        self._far_peak_db = max(far_db, self._far_peak_db - 0.02)
+        if far_db > self._far_peak_db - 20.0:
+            # Only frames in which the echo stands above the mic's floor measure ERLE: a tone or
+            # a hum the canceller partly follows is not the robot's echo.
+            mic_db = 10.0 * np.log10(mic_power)
+            audible = self._mic_floor_db is None or mic_db > self._mic_floor_db + ECHO_AUDIBLE_DB
+            self._audible_share += ECHO_SHARE_STEP * (float(audible) - self._audible_share)
+            if audible:
+                self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+            if self._erle_db >= CONVERGED_ERLE_DB:
+                self._converged = True
+            if self._audible_share < INAUDIBLE_SHARE:
+                self._inaudible = True
+            elif self._audible_share > AUDIBLE_SHARE:
+                self._inaudible = False
+        if echo_power < 1e-10:
+            return
+        ratio_db = 10.0 * np.log10(clean_power / echo_power)
+        # Stochastic quantile tracking: up by (1 - q) steps, down by q steps, so that a fraction
+        # q of the echo frames lies under the estimate; bounded steps, so that an outlier frame
+        # moves it by at most RESIDUAL_STEP_DB.
+        q = RESIDUAL_QUANTILE
+        step = RESIDUAL_STEP_DB * ((1.0 - q) if ratio_db < self._residual_db else -q)
+        self._residual_db -= step
+
+    def _frame(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
+               start: int) -> Optional[int]:
         if not self.robot_speaking_at(start):
             self._run, self._onset = 0, None
+            self._watching = False
+            if self.canceller is not None:
+                # The mic's floor with the robot silent (noise, hum, a tone): falls at once,
+                # rises slowly, so a person talking to a silent robot barely moves it.
+                mic_db = 10.0 * np.log10(float(np.dot(mic, mic)) / mic.shape[0] + 1e-12)
+                floor = self._mic_floor_db
+                self._mic_floor_db = mic_db if floor is None else min(mic_db, floor + MIC_FLOOR_RISE_DB)
             return None
+        if not self._watching and self.fresh_vad_per_turn:
+            # The robot starts speaking: the VAD watches this stretch from a fresh state, not
+            # from where the last one (seconds ago, perhaps a person's speech) left it.
+            self._vad_reset()
+        self._watching = True
         self.counters.frames_scored += 1
         tail = ECHO_TAIL_FRAMES * FRAME
         far = self.reference.get(start - self.echo_delay - tail, tail + FRAME)
-        if self.canceller is not None and self._echo_like(mic, clean, far):
+        gated = self.canceller is not None and self._echo_like(mic, clean, echo, far)
+        if gated:
             # Echo: no person's speech to look for, so the VAD is not run at all (most frames
             # while the robot speaks alone end here, at the cost of a few means).
             self.counters.frames_echo_gated += 1
             p = 0.0
         else:
-            p = float(self.vad(clean))
+            p = float(self.vad(mic if self._inaudible else clean))
             self.counters.frames_vad += 1
+        if self.canceller is not None and (gated or p < 0.5 * self.threshold):
+            self._learn_echo()
         self.last_probability = p
         if p < self.threshold:
             self._run, self._onset = 0, None

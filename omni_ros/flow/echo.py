@@ -3,12 +3,13 @@ ROS clock, removed from the microphone signal.
 
 * `ReferenceBuffer`: the far-end signal on the 16 kHz sample grid of the ROS clock, a bounded ring
   read back by stamp.
-* `FdafEchoCanceller`: a partitioned-block frequency-domain NLMS filter (our own numpy code) with
-  a Geigel double-talk detector that freezes adaptation while the person talks; it models an
-  echo path up to `tail_ms` long.
-* `WebRtcEchoCanceller`: the WebRTC audio-processing module's AEC3, used when the optional
-  `aec_audio_processing` package is installed.
-* `make_echo_canceller`: picks one by name (the `echo_canceller` parameter).
+* `FdafEchoCanceller`: a partitioned-block frequency-domain NLMS filter (our own numpy code) in
+  two filters, one adapting and one cancelling, so that double talk cannot spoil the output and
+  no double-talk threshold is needed; it models an echo path from 32 ms before `echo_delay_ms`
+  to `tail_ms` after it.
+* `WebRtcEchoCanceller`: the WebRTC audio-processing module's AEC3 (the `aec_audio_processing`
+  package), on request: its suppressor attenuates a person talking over a loud echo.
+* `make_echo_canceller`: picks one by name (the `echo_canceller` parameter; auto is fdaf).
 
 A canceller takes mic and reference blocks already aligned by its user; `lead` says how many
 samples of reference it wants ahead of the mic. No ROS here.
@@ -26,11 +27,29 @@ from .units import sample_index
 ECHO_CANCELLERS = ("auto", "fdaf", "webrtc", "none")
 
 
+PLAYOUT_CONTINUITY_MS = 30.0   # a chunk stamped this close to the previous one's end follows it
+
+
+def playout_start(first: int, previous_end: Optional[int], continuity: int) -> int:
+    """Where a chunk stamped at grid index `first` starts playing: right after the previous chunk
+    when its stamp is within `continuity` samples of that chunk's end (a loudspeaker plays its
+    queue without gaps, whatever the publishing jitter), else at its stamp (a new stretch)."""
+    if previous_end is not None and abs(first - previous_end) <= continuity:
+        return previous_end
+    return first
+
+
 class ReferenceBuffer:
-    """The far-end (robot speech) signal on the 16 kHz sample grid of the ROS clock, bounded."""
+    """The far-end (robot speech) signal on the 16 kHz sample grid of the ROS clock, bounded.
+
+    Chunks are laid where the loudspeaker plays them (`playout_start`): back to back while they
+    come within PLAYOUT_CONTINUITY_MS of each other, so that the publisher's stamp jitter (a
+    fraction of a millisecond to tens of them) does not shift the reference against the echo by
+    a few samples at every chunk, which a linear canceller cannot follow above 1 kHz."""
 
     def __init__(self, seconds: float = 8.0, sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.sample_rate = int(sample_rate)
+        self.continuity = int(round(PLAYOUT_CONTINUITY_MS * sample_rate / 1000.0))
         self.size = int(seconds * sample_rate)
         self._data = np.zeros(self.size, dtype=np.float32)
         self._owner = np.full(self.size, -1, dtype=np.int64)   # grid index held by each slot
@@ -44,7 +63,8 @@ class ReferenceBuffer:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if samples.shape[0] == 0:
             return
-        first = self.index(stamp_ns) + max(0, samples.shape[0] - self.size)   # keeps the newest
+        first = playout_start(self.index(stamp_ns), self.newest_end, self.continuity)
+        first += max(0, samples.shape[0] - self.size)                        # keeps the newest
         samples = samples[-self.size:]
         idx = np.arange(first, first + samples.shape[0])
         self._data[idx % self.size] = samples
@@ -69,61 +89,144 @@ class ReferenceBuffer:
         self.newest_end = None
 
 
+CONSTRAINED_PER_BLOCK = 4   # partitions of the FDAF kept causal per block, in turn
+
+
 class FdafEchoCanceller:
-    """Partitioned-block frequency-domain adaptive filter (overlap-save NLMS) with a Geigel
-    double-talk detector. `process(near, far)` takes blocks of `block` samples."""
+    """Partitioned-block frequency-domain NLMS (overlap-save), in two filters: a background
+    filter that adapts on every block and a foreground filter that cancels, taking the
+    background's weights whenever they have cancelled more of the recent mic than its own.
 
-    lead = 0   # samples of reference given ahead of the mic: none, it models a zero-delay echo
+    Double talk (the person speaking over the robot) disturbs the background's adaptation, but it
+    cannot reach the output: the background's error then carries the person too, so it is not
+    better than the foreground's and nothing is copied. No double-talk threshold is needed, so
+    the canceller works whatever the loudspeaker-to-mic gain (a loudspeaker near the mic makes
+    the echo louder than the reference itself, which a Geigel detector takes for double talk).
 
-    def __init__(self, block: int = 256, tail_ms: float = 128.0, step: float = 0.5,
-                 sample_rate: int = INPUT_SAMPLE_RATE, geigel: float = 0.8) -> None:
+    `process(near, far)` takes blocks of `block` samples, the reference given `lead` samples
+    ahead of the mic (so an `echo_delay_ms` up to `lead_ms` too long is still causal), and models
+    an echo path `tail_ms` long beyond the lead. `echo_estimate` holds the foreground's echo
+    estimate for the samples of the last call (the residual gate of flow/bargein.py uses it)."""
+
+    def __init__(self, block: int = 256, tail_ms: float = 256.0, lead_ms: float = 32.0,
+                 step: float = 0.3, proportionate: bool = True,
+                 sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.block = int(block)
-        self.partitions = max(1, int(round(tail_ms * sample_rate / 1000.0 / block)))
+        self.proportionate = bool(proportionate)
+        self.lead = int(round(lead_ms * sample_rate / 1000.0))
+        span = self.lead + tail_ms * sample_rate / 1000.0
+        self.partitions = max(1, int(np.ceil(span / self.block)))
         self.step = float(step)
-        self.geigel = float(geigel)
         self.reset()
 
     def reset(self) -> None:
         B, P = self.block, self.partitions
-        self._weights = np.zeros((P, B + 1), dtype=np.complex128)
-        self._spectra = np.zeros((P, B + 1), dtype=np.complex128)
-        self._previous_far = np.zeros(B, dtype=np.float64)
-        self._power = np.full(B + 1, 1e-6)
-        self._far_peaks = np.zeros(P + 1)
-        self.double_talk_blocks = 0
+        # single precision throughout: a canceller leaving -40 dB needs no more, at half the cost
+        self._filters = np.zeros((2, P, B + 1), dtype=np.complex64)
+        self._foreground, self._background = self._filters[0], self._filters[1]   # views
+        self._spectra = np.zeros((P, B + 1), dtype=np.complex64)
+        self._far_energy = np.zeros((P, B + 1), dtype=np.float32)   # |X|^2 of each partition
+        self._energy = np.zeros(B + 1, dtype=np.float32)
+        self._silent = True                         # no reference in the filter's whole span
+        self._blocks = 0
+        self._previous_far = np.zeros(B, dtype=np.float32)
+        self._zeros = np.zeros(B, dtype=np.float32)
+        self._floor = 1e-6                          # slow mean of the far energy per bin
+        self._error_bg = self._error_fg = 0.0       # smoothed error energies of both filters
+        self._near = 0.0                            # ...and of the mic
+        self._near_slow = self._error_slow = 0.0    # the same over about 0.3 s
+        self.echo_estimate = np.zeros(0, dtype=np.float32)
+        self.copies = 0                             # background -> foreground
+        self.restarts = 0                           # divergences caught
+        self._constrain_order = np.array_split(np.arange(P), max(1, P // CONSTRAINED_PER_BLOCK))
+        self._constrain_next = 0
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         """Cancel `far`'s echo from `near`; both a whole number of blocks long."""
         B = self.block
-        return np.concatenate([self._process_block(near[i:i + B], far[i:i + B])
-                               for i in range(0, len(near), B)] or [np.zeros(0, np.float32)])
+        pairs = [self._process_block(near[i:i + B], far[i:i + B]) for i in range(0, len(near), B)]
+        if not pairs:
+            self.echo_estimate = np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float32)
+        self.echo_estimate = np.concatenate([p[1] for p in pairs]).astype(np.float32)
+        return np.concatenate([p[0] for p in pairs]).astype(np.float32)
 
-    def _process_block(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+    def _process_block(self, near: np.ndarray, far: np.ndarray):
         B = self.block
-        near = np.asarray(near, dtype=np.float64)
-        far = np.asarray(far, dtype=np.float64)
+        near = np.asarray(near, dtype=np.float32)
+        far = np.asarray(far, dtype=np.float32)
+        if self._silent and not far.any():
+            return near, self._zeros          # the robot silent for a whole filter span: idle
         X = np.fft.rfft(np.concatenate([self._previous_far, far]))
         self._previous_far = far
-        self._spectra = np.roll(self._spectra, 1, axis=0)
+        self._spectra[1:] = self._spectra[:-1]
         self._spectra[0] = X
-        self._far_peaks = np.roll(self._far_peaks, 1)
-        self._far_peaks[0] = np.max(np.abs(far)) if far.size else 0.0
-        echo = np.fft.irfft(np.sum(self._weights * self._spectra, axis=0), n=2 * B)[B:]
-        error = near - echo
-        far_peak = float(np.max(self._far_peaks))
-        if far_peak < 1e-4:
-            return near.astype(np.float32)    # no reference: nothing to cancel, nothing to learn
-        self._power = 0.9 * self._power + 0.1 * (np.abs(X) ** 2)
-        if np.max(np.abs(near)) > self.geigel * far_peak and np.max(np.abs(near)) > 4 * np.max(np.abs(echo)) + 1e-3:
-            self.double_talk_blocks += 1     # the person talks: do not learn from it
-        else:
-            E = np.fft.rfft(np.concatenate([np.zeros(B), error]))
-            gradient = self.step * np.conj(self._spectra) * E / (self._power * self.partitions + 1e-8)
-            # Constrain each partition to a causal B-tap filter (overlap-save gradient constraint).
-            taps = np.fft.irfft(gradient, n=2 * B, axis=1)
-            taps[:, B:] = 0.0
-            self._weights += np.fft.rfft(taps, axis=1)
-        return error.astype(np.float32)
+        new = X.real ** 2 + X.imag ** 2
+        self._energy += new - self._far_energy[-1]     # |X|^2 summed over the partitions
+        self._far_energy[1:] = self._far_energy[:-1]
+        self._far_energy[0] = new
+        self._blocks += 1
+        if self._blocks % 256 == 0:                    # the running sum's rounding, cleared
+            self._energy = self._far_energy.sum(axis=0)
+        energy = np.maximum(self._energy, 0.0)
+        if float(energy.max()) < 1e-8:
+            # No reference in the filter's span: nothing to cancel, nothing to learn.
+            self._silent = not far.any()
+            if self._silent:
+                self._spectra[:] = 0.0
+                self._far_energy[:] = 0.0
+                self._energy[:] = 0.0
+            return near, self._zeros
+        self._silent = False
+        # Both filters' echo estimates in one inverse transform.
+        both = np.fft.irfft(np.einsum("fpk,pk->fk", self._filters, self._spectra), n=2 * B)[:, B:]
+        fg, bg = both[0], both[1]
+        error_fg, error_bg = near - fg, near - bg
+        self._floor = 0.99 * self._floor + 0.01 * float(energy.mean())
+        E = np.fft.rfft(np.concatenate([self._zeros, error_bg]))
+        gain = (self.step * E) / (energy + 1e-3 * self._floor + 1e-10)
+        update = self._spectra.conj() * gain
+        if self.proportionate and self._error_fg > 0.03 * self._near:
+            # Until the echo is down 15 dB, proportionate steps: partitions holding more of the
+            # echo path (the direct sound, the early reflections) adapt faster than the near-empty
+            # late ones (IPNLMS-like: half of the step spread evenly, half by each partition's
+            # share of the weights). Converged, even steps leave less misadjustment behind.
+            norms = np.sqrt(np.einsum("pk,pk->p", self._background.real, self._background.real)
+                            + np.einsum("pk,pk->p", self._background.imag, self._background.imag))
+            share = 0.5 + 0.5 * self.partitions * norms / (float(norms.sum()) + 1e-6)
+            update *= share[:, None].astype(np.float32)
+        self._background += update
+        # Each partition is kept a causal B-tap filter, a few partitions per block in turn (the
+        # alternately constrained update: a fraction of the transforms, the same convergence).
+        picked = self._constrain_order[self._constrain_next]
+        self._constrain_next = (self._constrain_next + 1) % len(self._constrain_order)
+        taps = np.fft.irfft(self._background[picked], n=2 * B, axis=1)
+        taps[:, B:] = 0.0
+        self._background[picked] = np.fft.rfft(taps, axis=1)
+        # Which filter cancels more of the recent mic (about 50 ms of memory)?
+        near_energy = float(np.dot(near, near))
+        self._near = 0.7 * self._near + 0.3 * near_energy
+        self._error_fg = 0.7 * self._error_fg + 0.3 * float(np.dot(error_fg, error_fg))
+        self._error_bg = 0.7 * self._error_bg + 0.3 * float(np.dot(error_bg, error_bg))
+        if self._error_bg < 0.8 * self._error_fg:
+            self._foreground[:] = self._background
+            self._error_fg = self._error_bg
+            self.copies += 1
+        elif self._error_bg > 8.0 * self._error_fg + 1e-9:
+            # The background wandered off in double talk: start it again from the foreground.
+            self._background[:] = self._foreground
+            self._error_bg = self._error_fg
+        # Over about a third of a second, does cancelling add more than it removes? Then the
+        # filters diverged: start afresh and let this block's mic through as it is.
+        self._near_slow = 0.95 * self._near_slow + 0.05 * near_energy
+        self._error_slow = 0.95 * self._error_slow + 0.05 * float(np.dot(error_fg, error_fg))
+        if self._error_slow > 2.0 * self._near_slow + 1e-9:
+            self._filters[:] = 0.0
+            self._error_fg = self._error_bg = self._near
+            self._error_slow = self._near_slow
+            self.restarts += 1
+            return near, self._zeros
+        return error_fg, fg
 
 
 class WebRtcEchoCanceller:
@@ -141,7 +244,6 @@ class WebRtcEchoCanceller:
                                   enable_vad=False)
         self._ap.set_stream_format(sample_rate, 1, sample_rate, 1)
         self._ap.set_reverse_stream_format(sample_rate, 1)
-        self.double_talk_blocks = 0
 
     def reset(self) -> None:
         pass
@@ -158,16 +260,16 @@ class WebRtcEchoCanceller:
         return self._ap.process_stream(near16)
 
 
-def make_echo_canceller(kind: str = "auto", tail_ms: float = 128.0):
-    """'fdaf' | 'webrtc' | 'none' | 'auto' (webrtc when installed, else fdaf) -> canceller or None."""
+def make_echo_canceller(kind: str = "auto", tail_ms: float = 256.0):
+    """'fdaf' | 'webrtc' | 'none' | 'auto' (fdaf) -> canceller or None.
+
+    auto is the linear fdaf canceller: barge-in needs the person at full level in the residual,
+    and AEC3's echo suppressor, made for calls, attenuates the near end while the echo is loud
+    (benchmarks/results/barge_in_rooms.md)."""
     if kind not in ECHO_CANCELLERS:
         raise ValueError(f"echo_canceller must be one of {ECHO_CANCELLERS}, got {kind!r}")
     if kind == "none":
         return None
-    if kind in ("webrtc", "auto"):
-        try:
-            return WebRtcEchoCanceller()
-        except Exception:  # noqa: BLE001 - not installed or not working here
-            if kind == "webrtc":
-                raise
+    if kind == "webrtc":
+        return WebRtcEchoCanceller()
     return FdafEchoCanceller(tail_ms=tail_ms)

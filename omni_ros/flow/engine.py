@@ -334,7 +334,7 @@ class FlowEngine:
         values.update({f"loop_{k}": v for k, v in self.runner.counters.snapshot().items()})
         values.update({f"speech_{k}": v for k, v in self.pacer.counters.snapshot().items()})
         if self.barge_in is not None:
-            values.update({f"barge_in_{k}": v for k, v in self.barge_in.counters.snapshot().items()})
+            values.update({f"barge_in_{k}": v for k, v in self.barge_in.diagnostic_values().items()})
         values["overload_policy"] = self.runner.params.overload_policy
         values.update(self.session.diagnostic_values())
         values.update(self.recent.values())

@@ -221,23 +221,30 @@ OMNI_NODE_PARAMETERS = (
                   "the robot (voice activity on the echo-cancelled microphone, chunk by chunk)."),
     ParameterSpec("barge_in_threshold", code_default(BargeInDetector, "threshold"),
                   "silero-vad probability above which a 32 ms mic "
-                  "frame counts as the person speaking (barge-in).", (0.0, 1.0), dynamic=True),
+                  "frame counts as the person speaking (barge-in); the VAD scores only frames the "
+                  "residual-echo gate lets through.", (0.0, 1.0), dynamic=True),
     ParameterSpec("barge_in_min_speech_ms", code_default(BargeInDetector, "min_speech_ms"),
                   "Consecutive speech needed for a barge-in; "
                   "speech output waits while a shorter run of speech frames is being decided.",
                   (32, 2000), dynamic=True),
     ParameterSpec("echo_canceller", code_default(make_echo_canceller, "kind"),
                   "Echo canceller removing the robot's own speech "
-                  "from the mic before barge-in detection: webrtc (aec-audio-processing), fdaf "
-                  "(built in), auto (webrtc if installed, else fdaf), none.",
+                  "from the mic before barge-in detection: fdaf (built in: a linear two-filter "
+                  "canceller whose output keeps the person at full level), webrtc (WebRTC AEC3 "
+                  "from aec-audio-processing; its echo suppressor also attenuates a person "
+                  "talking over a loud echo), auto (fdaf), none.",
                   choices=("auto", "webrtc", "fdaf", "none")),
     ParameterSpec("echo_delay_ms", code_default(BargeInDetector, "echo_delay_ms"),
                   "Bulk delay from publishing speech to hearing it in "
-                  "the mic (speaker latency); the canceller models up to 128 ms beyond it.",
+                  "the mic (speaker latency); the fdaf canceller models the echo from 32 ms "
+                  "before it to 256 ms after it.",
                   (0.0, 2000.0)),
     ParameterSpec("residual_echo_gate_db", code_default(BargeInDetector, "residual_gate_db"),
-                  "A mic frame counts as the person only if "
-                  "the echo canceller removed less than this much of its power.", (0.0, 60.0)),
+                  "A mic frame goes to the VAD only if its "
+                  "residual after echo cancelling is within this many dB of the residual echo "
+                  "the canceller leaves (the 90th percentile of the robot's own frames, learnt "
+                  "as it speaks) or above it; lower lets quieter voices through, higher keeps "
+                  "more of the robot's own residual out.", (-30.0, 30.0)),
     EXECUTOR_PARAMETER,
 )
 
