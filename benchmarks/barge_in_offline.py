@@ -180,6 +180,23 @@ class Timeline:
                 self.events.append((self.now, o))
 
 
+class TenVoiceActivity:
+    """TEN VAD (`ten-vad`, 16 ms hops) scoring a 32 ms frame: the higher of its two hops. For the
+    comparison with silero only; it needs libc++ (apt libc++1)."""
+
+    def __init__(self) -> None:
+        from ten_vad import TenVad
+        self._make = lambda: TenVad(256)
+        self.reset()
+
+    def reset(self) -> None:
+        self._vad = self._make()
+
+    def __call__(self, frame: np.ndarray) -> float:
+        pcm = np.clip(np.asarray(frame, dtype=np.float32) * 32767.0, -32768, 32767).astype(np.int16)
+        return max(self._vad.process(np.ascontiguousarray(pcm[i:i + 256]))[0] for i in (0, 256))
+
+
 def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, trials: int,
                   echo_seconds: float, warmup: float = 4.0) -> Outcome:
     from omni_ros.flow.bargein import BargeInDetector
@@ -197,7 +214,8 @@ def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, t
     # mic_echo=0 with echo_canceller=none: a mic without the robot's echo, the bound a perfect
     # canceller would give (what the VAD makes of the person in that room and noise).
     mic_echo = float(options.pop("mic_echo", 1.0))
-    detector = BargeInDetector(VoiceActivity(), canceller, echo_delay_ms=c.echo_delay_ms, **options)
+    vad = TenVoiceActivity() if options.pop("vad", "silero") == "ten" else VoiceActivity()
+    detector = BargeInDetector(vad, canceller, echo_delay_ms=c.echo_delay_ms, **options)
     rng = np.random.default_rng(c.seed())
     chunk = RATE * c.chunk_ms // 1000
     line = Timeline(scene, voice, detector, chunk, phase=int(rng.integers(0, chunk)), mic_echo=mic_echo)
