@@ -96,3 +96,56 @@ def test_run_node_freezes_what_startup_made(ros_env):
     frozen, startup_tracked, later_tracked, after_exit = done.stdout.split()[:4]
     assert int(frozen) > 50000 and int(after_exit) == 0
     assert startup_tracked == "False" and later_tracked == "True"
+
+
+BUSY_CHILD = """
+import sys, time
+from rclpy.node import Node
+from omni_ros.ros.runner import run_node
+
+calls = {"began": 0, "ended": 0}
+
+def factory():
+    node = Node("busy_probe")
+    node.declare_parameter("executor", sys.argv[1])
+    def busy():                     # the main thread is inside this callback most of the time
+        calls["began"] += 1
+        if calls["began"] == 1:
+            print("spinning", flush=True)
+        t = time.monotonic()
+        while time.monotonic() - t < 0.05:
+            pass
+        calls["ended"] += 1
+    node.create_timer(0.01, busy)
+    return node
+
+code = run_node(factory, sys.argv[:1])
+print("callbacks", calls["began"], calls["ended"], flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("kind", ["events", "single"])
+def test_ctrl_c_while_a_callback_runs_ends_spinning_after_it(ros_env, kind):
+    """A SIGINT whose handler runs inside a callback (the main thread's next bytecode while it
+    spins) lets that callback finish and ends spinning after it: exit 0, no callback cut short,
+    and no executor report of a failed callback (the events executor logged a KeyboardInterrupt
+    raised there as FATAL `Exception in 'timers' callback` with its stack)."""
+    import signal
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", BUSY_CHILD, kind], env=ros_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert child.stdout.readline().strip() == "spinning"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGINT)
+        out, _ = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out
+    assert "Exception in" not in out and "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    began, ended = (int(n) for n in out.split("callbacks")[1].split()[:2])
+    assert began == ended >= 3, out

@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -80,9 +80,13 @@ INFRASTRUCTURE_TOPICS = frozenset({"/parameter_events", "/rosout"})
 
 
 class StopSignals:
-    """SIGINT and SIGTERM for a node process: the first raises KeyboardInterrupt in the main
-    thread (which ends spinning, or building the node, through run_node's cleanup); the rest are
-    ignored, as is any once the shutdown has begun. A signal the process ignores (a background
+    """SIGINT and SIGTERM for a node process: the first ends it through run_node's cleanup; the
+    rest are ignored, as is any once the shutdown has begun. While the node is being built (or
+    its model loaded) the first raises KeyboardInterrupt in the main thread; once it spins, it
+    only asks spinning to stop (`stop_requested`): Python runs a signal handler in the main
+    thread at its next bytecode, which while spinning is most often inside a callback, and an
+    exception raised there is reported by the executor as the callback's failure (rclpy's
+    events executor logs it as FATAL with its stack) before it ends the spin. A signal the process ignores (a background
     job's SIGINT) stays ignored. Only the main thread can install signal handlers; elsewhere
     this does nothing, and rclpy's own handlers stay in charge (`active` is False).
 
@@ -93,6 +97,8 @@ class StopSignals:
     def __init__(self) -> None:
         self.received = 0
         self.shutting_down = False
+        self.spinning = False           # set by run_node around spinning
+        self.stop_requested = False     # a signal came while spinning: spinning ends
         self.previous = {}
 
     @property
@@ -113,6 +119,9 @@ class StopSignals:
     def on_signal(self, signum, frame) -> None:
         self.received += 1
         if self.received == 1 and not self.shutting_down:
+            if self.spinning:
+                self.stop_requested = True
+                return
             raise KeyboardInterrupt
 
     def restore(self) -> None:
@@ -177,7 +186,8 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
         freeze_startup_objects()
         executor = make_executor(node)
         executor.add_node(node)
-        spin_resiliently(executor, node)
+        stop.spinning = True
+        spin_resiliently(executor, node, until=lambda: stop.stop_requested)
     except StartupError as error:
         stop.shutting_down = True
         name = startup_name(node_factory, node, error)
@@ -186,7 +196,7 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        stop.shutting_down = True
+        stop.shutting_down, stop.spinning = True, False
         if executor is not None:
             executor.shutdown(timeout_sec=5.0)
         if node is not None:
@@ -247,13 +257,14 @@ def make_executor(node):
     return SingleThreadedExecutor(context=node.context)
 
 
-def spin_resiliently(executor, node) -> None:
+def spin_resiliently(executor, node, until: Optional[Callable[[], bool]] = None) -> None:
     """`executor.spin()`, except that an exception from one step is reported and spinning goes
-    on. A `StartupError` from a callback (a node that cannot go on) ends it: run_node reports it."""
+    on. A `StartupError` from a callback (a node that cannot go on) ends it: run_node reports it.
+    Spinning also ends, after the step under way, once `until()` holds (a stop signal)."""
     failures = 0
     last_logged = float("-inf")
     hook = getattr(node, "on_executor_error", None)
-    while executor.context.ok():
+    while executor.context.ok() and not (until is not None and until()):
         try:
             executor.spin_once(timeout_sec=0.5)
         except ExternalShutdownException:
