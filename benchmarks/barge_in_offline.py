@@ -185,12 +185,11 @@ class TenVoiceActivity:
     comparison with silero only; it needs libc++ (apt libc++1)."""
 
     def __init__(self) -> None:
-        from ten_vad import TenVad
-        self._make = lambda: TenVad(256)
         self.reset()
 
     def reset(self) -> None:
-        self._vad = self._make()
+        from ten_vad import TenVad
+        self._vad = TenVad(256)
 
     def __call__(self, frame: np.ndarray) -> float:
         pcm = np.clip(np.asarray(frame, dtype=np.float32) * 32767.0, -32768, 32767).astype(np.int16)

@@ -86,9 +86,10 @@ class StopSignals:
     only asks spinning to stop (`stop_requested`): Python runs a signal handler in the main
     thread at its next bytecode, which while spinning is most often inside a callback, and an
     exception raised there is reported by the executor as the callback's failure (rclpy's
-    events executor logs it as FATAL with its stack) before it ends the spin. A signal the process ignores (a background
-    job's SIGINT) stays ignored. Only the main thread can install signal handlers; elsewhere
-    this does nothing, and rclpy's own handlers stay in charge (`active` is False).
+    events executor logs it as FATAL with its stack) before it ends the spin. A signal the
+    process ignores (a background job's SIGINT) stays ignored. Only the main thread can install
+    signal handlers; elsewhere this does nothing, and rclpy's own handlers stay in charge
+    (`active` is False).
 
     rclpy's handlers are left out where these are active: on a signal they shut the context
     down from a thread of their own, so whatever the main thread is doing at that moment (a node
@@ -97,7 +98,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.received = 0
         self.shutting_down = False
-        self.spinning = False           # set by run_node around spinning
+        self.spinning = False           # set by run_node once the node spins
         self.stop_requested = False     # a signal came while spinning: spinning ends
         self.previous = {}
 
@@ -196,7 +197,7 @@ def run_node(node_factory: Callable[[], object], args: Sequence[str]) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        stop.shutting_down, stop.spinning = True, False
+        stop.shutting_down = True
         if executor is not None:
             executor.shutdown(timeout_sec=5.0)
         if node is not None:
