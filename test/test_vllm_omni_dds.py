@@ -134,9 +134,15 @@ def fleet(ros_env, tiny_checkpoint, tmp_path_factory):
             feed = Feeder(client)
             phases = run["phases"]
             phases["start"] = time.monotonic()
-            # 1. normal: the robot speaks; then a person talks over it (barge-in)
-            spoke = feed.run(12, until=lambda: len(client.speech) >= 3)
-            assert spoke, "no speech came: " + (folder / "omni_node.log").read_text()[-2000:]
+            # 1. normal: the robot speaks; then a person talks over it (barge-in). The person waits
+            # until the detector says it is armed: with no echo of the robot in this mic (the
+            # feeder plays a tone, not the robot), it arms once it has heard the robot speak for a
+            # second or two with nothing but the tone, and a voice over that stretch holds it off.
+            def armed() -> bool:
+                return values_of(client.diagnostics[-3:], "omni_node").get("barge_in_armed") == "True"
+
+            spoke = feed.run(30, until=lambda: len(client.speech) >= 3 and armed())
+            assert spoke, "no speech, or barge-in never armed: " + (folder / "omni_node.log").read_text()[-2000:]
             phases["barge_in"] = time.monotonic()
             voice = synthesize_float("Stop! Wait a moment please. Stop talking.", voice="en-us+f3",
                                      sample_rate=MIC_RATE) * 0.9
@@ -147,7 +153,7 @@ def fleet(ros_env, tiny_checkpoint, tmp_path_factory):
             while run["attempts"] < 3 and not cancels(folder):
                 if run["attempts"]:
                     heard = len(client.speech)
-                    feed.run(12, until=lambda: len(client.speech) >= heard + 3)
+                    feed.run(20, until=lambda: len(client.speech) >= heard + 3 and armed())
                 run["attempts"] += 1
                 feed.say(voice)
                 feed.run(4)
@@ -208,7 +214,9 @@ def test_states_text_and_speech_flow(fleet):
 def test_barge_in_cancels_the_servers_response(fleet):
     client = fleet["client"]
     interrupted = [s for s in client.states if s.state == DuplexState.INTERRUPTED]
-    assert interrupted, "the person's voice over the robot's speech must interrupt it"
+    detector = {k: v for k, v in values_of(client.diagnostics, "omni_node").items() if k.startswith("barge_in")}
+    assert interrupted, (f"the person's voice over the robot's speech must interrupt it ({fleet['attempts']} "
+                         f"tries); the detector: {detector}")
     sent = cancels(fleet["folder"])
     assert sent and sent[0].get("response_id", "").startswith("resp_"), \
         f"no response.cancel in {fleet['attempts']} barge-ins: " + fleet["logs"][2].read_text()[-2000:]
