@@ -192,7 +192,8 @@ class TenVoiceActivity:
         self._vad = TenVad(256)
 
     def __call__(self, frame: np.ndarray) -> float:
-        pcm = np.clip(np.asarray(frame, dtype=np.float32) * 32767.0, -32768, 32767).astype(np.int16)
+        from omni_ros.flow.audio import float_to_s16le
+        pcm = np.frombuffer(float_to_s16le(frame), dtype="<i2").astype(np.int16)
         return max(self._vad.process(np.ascontiguousarray(pcm[i:i + 256]))[0] for i in (0, 256))
 
 

@@ -82,13 +82,12 @@ def missed_and_false(results):
 
 def test_most_interruptions_stop_the_robot_and_its_echo_does_not(ci_room):
     """Where barge-in stands in the CI room over DDS: at least 5 of the 8 interruptions stop
-    the robot, and its echo, 17 dB louder at the mic than the person, stops it at most twice
-    in the 80 s. Runs so far stopped 5-8 of 8 with 0-2 false barge-ins
+    the robot, and its echo, 17 dB louder at the mic than the person, stops it at most twice in
+    the 80 s. Runs so far stopped 5-8 of 8 with 0-2 false barge-ins
     (benchmarks/results/barge_in_rooms.md; the misses and slow stops are silero scoring this
     quiet a voice under the threshold; issue #16 asks for every one and at most one false
-    barge-in in 10 minutes); before
-    the linear two-filter canceller and the residual gate measured against the canceller's own
-    residual, 0-1 of these 8 did."""
+    barge-in in 10 minutes). Before the linear two-filter canceller and the residual gate
+    measured against the canceller's own residual, 0-1 of these 8 did."""
     results, table = ci_room
     missed, false = missed_and_false(results)
     trials = sum(len(r.trials) for r in results)
