@@ -8,15 +8,17 @@ The strategy in full: reference and mic are aligned by stamp (mic sample at t is
 the reference played at t - echo_delay, the speaker latency and the sound's flight; the
 reference buffer lays chunks back to back as the loudspeaker plays them); the canceller removes
 the linear echo, taking the mic as one gap-free stream; each 32 ms frame whose residual does not
-stand above what the canceller leaves of the robot's voice (its echo estimate times the residual
-ratio of the robot's own frames, an upper quantile learnt as it speaks, and above the floor) is
-ruled out there (no VAD run: the cheap common case while the robot speaks alone), the VAD scores
-the others, from a fresh state each time the robot starts speaking; `min_speech_ms` of
-consecutive frames above the threshold while the robot is speaking is a barge-in, reported with
-the onset's stamp. Until the canceller has learnt the echo path nothing triggers (barge-in is not
-armed), nor without a reference in the frame (the robot silent). Where the robot's voice does not
-reach the mic at all (a headset, a far loudspeaker, an array that cancels its own echo), the mic
-itself is judged against its floor and goes to the VAD, not the canceller's output.
+stand above what the canceller leaves of the robot's voice in at least two of its frequency
+bands (its echo estimate there times the residual ratio of the robot's own frames, an upper
+quantile learnt band by band as it speaks, and above the floor) is ruled out there (no VAD run:
+the cheap common case while the robot speaks alone), the VAD scores the others with the expected
+residual echo taken out of each band, from a fresh state each time the robot starts speaking;
+`min_speech_ms` of consecutive frames above the threshold while the robot is speaking is a
+barge-in, reported with the onset's stamp. Until the canceller has learnt the echo path nothing
+triggers (barge-in is not armed), nor without a reference in the frame (the robot silent). Where
+the robot's voice does not reach the mic at all (a headset, a far loudspeaker, an array that
+cancels its own echo), the mic itself is judged against its floor and goes to the VAD, not the
+canceller's output.
 
 The VAD is any callable scoring a 512-sample frame; omni_node passes flow/vad.py's VoiceActivity,
 silero-vad's ONNX model run in onnxruntime. No ROS and no torch here.
@@ -48,6 +50,15 @@ ECHO_AUDIBLE_DB = 6.0       # a frame of the robot's voice carries its echo this
 INAUDIBLE_SHARE = 0.2       # ...and echo is inaudible when fewer than this share of them do
 AUDIBLE_SHARE = 0.5         # ...and audible again when more than this share do
 ECHO_SHARE_STEP = 0.05      # the audible share's smoothing per frame of the robot's voice
+# The residual gate's bands: rfft bins of a 512-sample frame (31.25 Hz each) from 62 Hz to 8 kHz,
+# two bins wide at the bottom, about a quarter of an octave from 1 kHz up.
+BAND_EDGES = np.array([2, 4, 6, 8, 10, 12, 15, 18, 22, 26, 31, 37, 44, 52, 62, 74, 88, 105,
+                       125, 149, 177, 211, 257])
+BANDS = BAND_EDGES.shape[0] - 1
+BAND_OF_BIN = np.concatenate([[BANDS, BANDS],                   # below 62 Hz: in no band
+                              np.repeat(np.arange(BANDS), np.diff(BAND_EDGES))])
+GATE_BANDS = 2              # a person's voice stands over the expected residual in this many bands
+SUPPRESSION_FLOOR = 0.1     # the least gain the residual-echo suppressor leaves a band (-20 dB)
 
 
 @dataclass
@@ -74,7 +85,7 @@ class BargeInDetector:
 
     def __init__(self, vad: Callable[[np.ndarray], float], echo_canceller=None,
                  threshold: float = 0.3, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
-                 reference_hangover_ms: float = 300.0, residual_gate_db: float = -3.0,
+                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 6.0,
                  fresh_vad_per_turn: bool = True,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.vad = vad
@@ -86,6 +97,13 @@ class BargeInDetector:
         self.echo_delay = int(round(echo_delay_ms * sample_rate / 1000.0))
         self.hangover = int(round(reference_hangover_ms * sample_rate / 1000.0))
         self.residual_gate_db = float(residual_gate_db)
+        self._gate = 10.0 ** (self.residual_gate_db / 10.0)
+        self._window = np.hanning(FRAME).astype(np.float32)
+        self._band_residual_db = np.zeros(BANDS)      # per band: residual / estimate, quantile
+        self._band_echo = np.zeros(BANDS)             # ...the echo estimate, held and decaying
+        self._band_noise_db = np.zeros(BANDS)         # ...the residual's floor
+        self._band_powers = (np.zeros(BANDS), np.zeros(BANDS))  # ...this frame's residual, echo
+        self._vad_input: Optional[np.ndarray] = None  # the residual with its echo suppressed
         self.reference = ReferenceBuffer(sample_rate=sample_rate)
         self.counters = BargeInCounters()
         self._pending = np.zeros(0, dtype=np.float32)
@@ -98,7 +116,6 @@ class BargeInDetector:
         self._onset: Optional[int] = None
         self._run_began = 0.0                         # time.monotonic() of the run's first frame
         self._erle_db = 0.0                           # what the canceller removes of the echo
-        self._residual_db = 0.0                       # residual / echo estimate, upper quantile
         self._frame_powers = (0.0, 0.0, 0.0, 0.0)     # mic, residual, echo estimate, reference
         self._far_peak_db = -120.0                    # the reference's recent peak
         self._decaying_echo = 0.0                     # the echo estimate, held and decaying
@@ -116,10 +133,10 @@ class BargeInDetector:
     def diagnostic_values(self) -> dict:
         """The counters, and how far the canceller has learnt the echo path: its echo return
         loss enhancement (`erle_db`), the residual it leaves against its echo estimate
-        (`residual_db`), and whether barge-in is `armed`."""
+        (`residual_db`, the median over its bands), and whether barge-in is `armed`."""
         values = self.counters.snapshot()
         values.update(erle_db=round(float(self._erle_db), 1),
-                      residual_db=round(float(self._residual_db), 1),
+                      residual_db=round(float(np.median(self._band_residual_db)), 1),
                       armed=self.armed)
         return values
 
@@ -233,35 +250,49 @@ class BargeInDetector:
     def _echo_like(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
                    far: np.ndarray) -> bool:
         """Whether a frame's residual is the robot's own echo (decided before, and instead of,
-        the VAD), against the residual echo this canceller leaves.
+        the VAD), against the residual echo this canceller leaves, band by band.
 
-        The residual echo expected in a frame is the canceller's echo estimate for it (or, for a
+        The residual echo expected in a band is the canceller's echo estimate there (or, for a
         canceller that gives none, the reference's loudest frame within the echo tail) times
-        the ratio of residual to estimate seen in the frames that were echo (`_residual_db`, an
-        upper quantile, so that most echo frames fall under it). A person adds power the
-        estimate does not explain: a frame goes to the VAD when its residual is
-        `residual_gate_db` above the expected. How much louder than the person the robot's echo
-        is at the mic does not matter, only how much of it the canceller leaves. Until barge-in
-        is armed (`armed`: the first second or two the robot speaks after a start) every frame
-        with the robot's voice in it counts as echo; where the robot's echo is inaudible, the
-        mic is judged against its own floor instead."""
+        the ratio of residual to estimate seen there in the frames that were echo (an upper
+        quantile, so that most echo frames fall under it). A person's voice shows in the bands
+        where what the canceller leaves of the robot's voice is weak (between its harmonics and
+        formants), even where the whole frame's residual is mostly echo: a frame goes to the VAD
+        when GATE_BANDS bands stand `residual_gate_db` over the expected residual and over their
+        floor, and the VAD hears the residual with the expected echo taken out of each band.
+        Until barge-in is armed (`armed`: the first second or two the robot speaks after a
+        start) every frame with the robot's voice in it counts as echo; where the robot's echo
+        is inaudible, the mic is judged against its own floor instead."""
         mic_power = float(np.dot(mic, mic)) / mic.shape[0] + 1e-12
         clean_power = float(np.dot(clean, clean)) / clean.shape[0] + 1e-12
         frames = far.reshape(-1, FRAME)
-        far_power = float(np.max(np.einsum("ij,ij->i", frames, frames))) / FRAME
+        far_powers = np.einsum("ij,ij->i", frames, frames)
+        far_power = float(np.max(far_powers)) / FRAME
         echo_power = float(np.dot(echo, echo)) / echo.shape[0]
-        if echo_power <= 0.0:          # no estimate from this canceller: the reference's level
+        if echo_power <= 0.0 and far_power > 0.0:
+            # No estimate from this canceller: the reference's loudest frame in the echo tail.
+            echo = frames[int(np.argmax(far_powers))]
             echo_power = far_power
         # The residual does not stop with the echo estimate: at the end of a phrase it dies away
         # like the room's reverberation, so the estimate it is measured against decays no
-        # faster than RESIDUAL_DECAY_DB per frame from its recent peak.
+        # faster than RESIDUAL_DECAY_DB per frame from its recent peak (the frame's, and below
+        # each band's).
         self._decaying_echo = max(echo_power, self._decaying_echo * RESIDUAL_DECAY)
         echo_power = self._decaying_echo
         self._frame_powers = (mic_power, clean_power, echo_power, far_power)
         clean_db = 10.0 * np.log10(clean_power)
         # The residual's floor (the room's noise and what the canceller cannot go under), falling
-        # at once and rising slowly, as minimum statistics do.
+        # at once and rising slowly, as minimum statistics do; the same band by band.
         self._noise_db = min(clean_db, self._noise_db + NOISE_RISE_DB)
+        spectrum = np.fft.rfft(clean * self._window)
+        residual = np.bincount(BAND_OF_BIN, spectrum.real ** 2 + spectrum.imag ** 2)[:BANDS]
+        residual += 1e-12
+        estimate = np.fft.rfft(echo * self._window)
+        estimate = np.bincount(BAND_OF_BIN, estimate.real ** 2 + estimate.imag ** 2)[:BANDS]
+        self._band_echo = np.maximum(estimate, self._band_echo * RESIDUAL_DECAY)
+        self._band_powers = (residual, self._band_echo)
+        self._band_noise_db = np.minimum(10.0 * np.log10(residual),
+                                         self._band_noise_db + NOISE_RISE_DB)
         if max(echo_power, far_power) < 1e-10:
             return False               # nothing of the robot in this frame to mistake
         if not self.armed:
@@ -275,12 +306,22 @@ class BargeInDetector:
             return True
         if clean_db < self._noise_db + NOISE_MARGIN_DB:
             return True                # at the floor: nothing a person's voice would make
-        expected_db = 10.0 * np.log10(echo_power) + self._residual_db
-        return clean_db < expected_db + self.residual_gate_db
+        expected = self._band_echo * 10.0 ** (self._band_residual_db / 10.0)
+        floor = 10.0 ** ((self._band_noise_db + NOISE_MARGIN_DB) / 10.0)
+        voiced = (residual > self._gate * expected) & (residual > floor)
+        if int(np.count_nonzero(voiced)) < GATE_BANDS:
+            return True
+        # What the VAD hears: the residual less the expected echo in each band (a Wiener-like
+        # gain), so that the robot's residual under the person's voice does not score as speech.
+        gain = np.append(np.clip(1.0 - expected / residual, SUPPRESSION_FLOOR, 1.0), 1.0)
+        gain = gain[BAND_OF_BIN]
+        self._vad_input = np.fft.irfft(np.fft.rfft(clean) * gain, n=FRAME).astype(np.float32)
+        return False
 
     def _learn_echo(self) -> None:
         """A frame that was echo (gated, or scored well below the threshold) updates what the
-        canceller removes (ERLE) and leaves (the residual-to-estimate ratio's upper quantile)."""
+        canceller removes (ERLE) and leaves (the residual-to-estimate ratio's upper quantile in
+        each band)."""
         mic_power, clean_power, echo_power, far_power = self._frame_powers
         if max(echo_power, far_power) < 1e-10:
             return
@@ -311,15 +352,16 @@ class BargeInDetector:
                 self._inaudible = True
             elif self._audible_share > AUDIBLE_SHARE:
                 self._inaudible = False
-        if echo_power < 1e-10:
-            return
-        ratio_db = 10.0 * np.log10(clean_power / echo_power)
-        # Stochastic quantile tracking: up by (1 - q) steps, down by q steps, so that a fraction
-        # q of the echo frames lies under the estimate; bounded steps, so that an outlier frame
-        # moves it by at most RESIDUAL_STEP_DB.
+        # Stochastic quantile tracking, band by band: up by q steps, down by (1 - q) steps, so
+        # that a fraction q of the echo frames lies under the estimate; bounded steps, so that an
+        # outlier frame moves it by at most RESIDUAL_STEP_DB. Bands without the robot's voice
+        # (no echo estimate, not even decaying) say nothing of it.
+        residual, estimate = self._band_powers
+        live = estimate > 1e-12
+        ratio_db = 10.0 * np.log10(residual[live] / estimate[live])
         q = RESIDUAL_QUANTILE
-        step = RESIDUAL_STEP_DB * ((1.0 - q) if ratio_db < self._residual_db else -q)
-        self._residual_db -= step
+        self._band_residual_db[live] += RESIDUAL_STEP_DB * np.where(
+            ratio_db > self._band_residual_db[live], q, q - 1.0)
 
     def _frame(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
                start: int) -> Optional[int]:
@@ -348,7 +390,10 @@ class BargeInDetector:
             self.counters.frames_echo_gated += 1
             p = 0.0
         else:
-            p = float(self.vad(mic if self._inaudible else clean))
+            heard = mic if self._inaudible else clean
+            if self._vad_input is not None:
+                heard, self._vad_input = self._vad_input, None
+            p = float(self.vad(heard))
             self.counters.frames_vad += 1
         if self.canceller is not None and (gated or p < 0.5 * self.threshold):
             self._learn_echo()

@@ -240,11 +240,12 @@ OMNI_NODE_PARAMETERS = (
                   "before it to 256 ms after it.",
                   (0.0, 2000.0)),
     ParameterSpec("residual_echo_gate_db", code_default(BargeInDetector, "residual_gate_db"),
-                  "A mic frame goes to the VAD only if its "
-                  "residual after echo cancelling is within this many dB of the residual echo "
-                  "the canceller leaves (the 90th percentile of the robot's own frames, learnt "
-                  "as it speaks) or above it; lower lets quieter voices through, higher keeps "
-                  "more of the robot's own residual out.", (-30.0, 30.0)),
+                  "A mic frame goes to the VAD only if, in at "
+                  "least two of its frequency bands, its residual after echo cancelling stands "
+                  "this many dB above the residual echo the canceller leaves there (the 90th "
+                  "percentile of the robot's own frames, learnt as it speaks); lower lets "
+                  "quieter voices through, higher keeps more of the robot's own residual out.",
+                  (-30.0, 30.0)),
     EXECUTOR_PARAMETER,
 )
 
