@@ -452,6 +452,26 @@ def test_without_echo_a_person_over_a_tone_triggers(long_robot, voices, vad):
     assert hits and voiced - 0.1 <= hits[0] <= voiced + 0.35, (hits, voiced)
 
 
+def test_an_echo_that_becomes_audible_is_learnt_not_taken_for_a_person(long_robot, vad):
+    """The robot speaks with its loudspeaker muted (the echo found inaudible, the mic itself
+    judged), then the loudspeaker comes on: the robot's own voice, speech to the VAD, is in the
+    mic. The canceller cancels it, which a person's voice it could not be: barge-in arms afresh on
+    the echo, and the robot does not keep interrupting itself (at most the first frames, before
+    there is any evidence)."""
+    silent, muted = 1 * RATE, 4 * RATE
+    noise = np.random.default_rng(1).normal(0, 1e-4, silent + muted).astype(np.float32)
+    mic = np.concatenate([noise[:silent], room_echo(long_robot, 1.0)])
+    mic[:silent + muted] = noise
+    vad.reset()
+    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+    hits = robot_after_silence(detector, mic, long_robot, silent)
+    unmuted = (silent + muted) / RATE
+    assert all(unmuted <= h < unmuted + 0.2 for h in hits), hits
+    values = detector.diagnostic_values()
+    assert values["armed"] and values["erle_db"] > 10.0, values
+    assert values["frames_vad"] < 0.2 * values["frames_scored"], values
+
+
 def test_a_gap_in_the_echo_does_not_disarm(long_robot, voices, vad):
     """The loudspeaker drops 150 ms of the robot's voice (an underrun) while the reference goes
     on: the canceller's estimate then stands in a silent mic. That says nothing of how well it

@@ -148,7 +148,8 @@ class BargeInDetector:
         microphone array that cancels echo itself: under INAUDIBLE_SHARE of the robot's frames
         stand ECHO_AUDIBLE_DB above the mic's floor while it is silent; the mic itself then goes
         to the VAD, against that floor, not the canceller's output, in which a canceller
-        following a steady tone or hum leaves the robot's speech rhythm). Once converged it
+        following a steady tone or hum leaves the robot's speech rhythm; if the echo becomes
+        audible later, `_echo_heard_again` arms it afresh on the canceller). Once converged it
         stays armed, through double talk and gaps in the echo, until the canceller diverges and
         starts afresh."""
         return self._converged or self._inaudible
@@ -363,6 +364,26 @@ class BargeInDetector:
         self._band_residual_db[live] += RESIDUAL_STEP_DB * np.where(
             ratio_db > self._band_residual_db[live], q, q - 1.0)
 
+    def _echo_heard_again(self) -> None:
+        """Where the robot's voice was inaudible, the mic goes to the VAD as it is; once that
+        voice does reach the mic (a loudspeaker unmuted or turned up, a headset taken off), its
+        frames score as speech there and are never learnt as echo, and the robot would keep
+        interrupting itself. The canceller tells its echo from a person: it cancels the robot's
+        voice, not theirs. So the frames the VAD took for speech, where the mic stands over its
+        floor, still measure ERLE; once the canceller removes CONVERGED_ERLE_DB of them, the echo
+        is audible, and barge-in arms afresh on it as at a start (every frame of the robot's voice
+        counted as echo until the canceller's ERLE, measured anew, passes CONVERGED_ERLE_DB)."""
+        mic_power, clean_power, echo_power, far_power = self._frame_powers
+        if max(echo_power, far_power) < 1e-10 or clean_power > mic_power:
+            return
+        if 10.0 * np.log10(mic_power) < self._mic_floor_db + ECHO_AUDIBLE_DB:
+            return
+        self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+        if self._erle_db >= CONVERGED_ERLE_DB:
+            self._inaudible, self._audible_share = False, 1.0
+            self._converged, self._erle_db = False, 0.0
+            self._band_residual_db[:] = 0.0   # what was learnt of a silent mic says nothing
+
     def _frame(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
                start: int) -> Optional[int]:
         if not self.robot_speaking_at(start):
@@ -397,6 +418,8 @@ class BargeInDetector:
             self.counters.frames_vad += 1
         if self.canceller is not None and (gated or p < 0.5 * self.threshold):
             self._learn_echo()
+        elif self._inaudible and self.canceller is not None:
+            self._echo_heard_again()
         self.last_probability = p
         if p < self.threshold:
             self._run, self._onset = 0, None
