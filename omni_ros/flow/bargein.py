@@ -103,7 +103,6 @@ class BargeInDetector:
         self._band_echo = np.zeros(BANDS)             # ...the echo estimate, held and decaying
         self._band_noise_db = np.zeros(BANDS)         # ...the residual's floor
         self._band_powers = (np.zeros(BANDS), np.zeros(BANDS))  # ...this frame's residual, echo
-        self._vad_input: Optional[np.ndarray] = None  # the residual with its echo suppressed
         self.reference = ReferenceBuffer(sample_rate=sample_rate)
         self.counters = BargeInCounters()
         self._pending = np.zeros(0, dtype=np.float32)
@@ -248,10 +247,11 @@ class BargeInDetector:
                 onset = hit
         return onset
 
-    def _echo_like(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
-                   far: np.ndarray) -> bool:
-        """Whether a frame's residual is the robot's own echo (decided before, and instead of,
-        the VAD), against the residual echo this canceller leaves, band by band.
+    def _vad_frame(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
+                   far: np.ndarray) -> Optional[np.ndarray]:
+        """What the VAD should hear of a frame, or None where the frame's residual is the
+        robot's own echo (decided before, and instead of, the VAD), against the residual echo
+        this canceller leaves, band by band.
 
         The residual echo expected in a band is the canceller's echo estimate there (or, for a
         canceller that gives none, the reference's loudest frame within the echo tail) times
@@ -295,29 +295,29 @@ class BargeInDetector:
         self._band_noise_db = np.minimum(10.0 * np.log10(residual),
                                          self._band_noise_db + NOISE_RISE_DB)
         if max(echo_power, far_power) < 1e-10:
-            return False               # nothing of the robot in this frame to mistake
+            # nothing of the robot in this frame to mistake
+            return mic if self._inaudible else clean
         if not self.armed:
-            return True
+            return None
         if self._inaudible:
             # No echo to cancel: the mic as it is goes to the VAD when it stands above its floor.
-            return 10.0 * np.log10(mic_power) < self._mic_floor_db + NOISE_MARGIN_DB
+            return None if 10.0 * np.log10(mic_power) < self._mic_floor_db + NOISE_MARGIN_DB else mic
         if clean_power > 2.0 * mic_power:
             # The residual louder than the mic itself: the canceller's own echo estimate where the
             # echo has already stopped (the end of a phrase), not a person, who adds to the mic.
-            return True
+            return None
         if clean_db < self._noise_db + NOISE_MARGIN_DB:
-            return True                # at the floor: nothing a person's voice would make
+            return None                # at the floor: nothing a person's voice would make
         expected = self._band_echo * 10.0 ** (self._band_residual_db / 10.0)
         floor = 10.0 ** ((self._band_noise_db + NOISE_MARGIN_DB) / 10.0)
         voiced = (residual > self._gate * expected) & (residual > floor)
         if int(np.count_nonzero(voiced)) < GATE_BANDS:
-            return True
+            return None
         # What the VAD hears: the residual less the expected echo in each band (a Wiener-like
         # gain), so that the robot's residual under the person's voice does not score as speech.
         gain = np.append(np.clip(1.0 - expected / residual, SUPPRESSION_FLOOR, 1.0), 1.0)
         gain = gain[BAND_OF_BIN]
-        self._vad_input = np.fft.irfft(np.fft.rfft(clean) * gain, n=FRAME).astype(np.float32)
-        return False
+        return np.fft.irfft(np.fft.rfft(clean) * gain, n=FRAME).astype(np.float32)
 
     def _learn_echo(self) -> None:
         """A frame that was echo (gated, or scored well below the threshold) updates what the
@@ -346,7 +346,7 @@ class BargeInDetector:
             audible = self._mic_floor_db is None or mic_db > self._mic_floor_db + ECHO_AUDIBLE_DB
             self._audible_share += ECHO_SHARE_STEP * (float(audible) - self._audible_share)
             if audible:
-                self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+                self._measure_erle(mic_power, clean_power)
             if self._erle_db >= CONVERGED_ERLE_DB:
                 self._converged = True
             if self._audible_share < INAUDIBLE_SHARE:
@@ -364,6 +364,10 @@ class BargeInDetector:
         self._band_residual_db[live] += RESIDUAL_STEP_DB * np.where(
             ratio_db > self._band_residual_db[live], q, q - 1.0)
 
+    def _measure_erle(self, mic_power: float, clean_power: float) -> None:
+        """One frame's echo return loss enhancement into its running mean."""
+        self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+
     def _echo_heard_again(self) -> None:
         """Where the robot's voice was inaudible, the mic goes to the VAD as it is; once that
         voice does reach the mic (a loudspeaker unmuted or turned up, a headset taken off), its
@@ -378,7 +382,7 @@ class BargeInDetector:
             return
         if 10.0 * np.log10(mic_power) < self._mic_floor_db + ECHO_AUDIBLE_DB:
             return
-        self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+        self._measure_erle(mic_power, clean_power)
         if self._erle_db >= CONVERGED_ERLE_DB:
             self._inaudible, self._audible_share = False, 1.0
             self._converged, self._erle_db = False, 0.0
@@ -404,16 +408,14 @@ class BargeInDetector:
         self.counters.frames_scored += 1
         tail = ECHO_TAIL_FRAMES * FRAME
         far = self.reference.get(start - self.echo_delay - tail, tail + FRAME)
-        gated = self.canceller is not None and self._echo_like(mic, clean, echo, far)
+        heard = clean if self.canceller is None else self._vad_frame(mic, clean, echo, far)
+        gated = heard is None
         if gated:
             # Echo: no person's speech to look for, so the VAD is not run at all (most frames
             # while the robot speaks alone end here, at the cost of a few means).
             self.counters.frames_echo_gated += 1
             p = 0.0
         else:
-            heard = mic if self._inaudible else clean
-            if self._vad_input is not None:
-                heard, self._vad_input = self._vad_input, None
             p = float(self.vad(heard))
             self.counters.frames_vad += 1
         if self.canceller is not None and (gated or p < 0.5 * self.threshold):
