@@ -13,12 +13,12 @@ speech_chunk_ms, robot voice); the robot's voice is the tiny model's speech ("mo
 speech ("speech": the model still decides when to speak, its samples are replaced by espeak-ng
 speech in the node process: a test double for the model's speech only).
 
-Per condition: detection rate (the node counted a barge-in between the person's onset and the
-end of the phrase + 0.3 s), stop latency from the person's onset at the mic (first 10 ms frame
+Per condition: detection rate (omni_node published a barge-in on omni/barge_in whose onset lies
+between 100 ms before the person's onset and 300 ms after the phrase), stop latency from the person's onset at the mic (first 10 ms frame
 within 30 dB of the phrase's loudest, fricatives included, plus the direct path's flight) to the
 last speech chunk published before the robot's voice stopped (the first gap in its chunks; a
 restart after it is not counted), false barge-ins per 10 minutes of echo-only speech (barge-ins
-the node counted while the robot spoke and nobody else did, per the speech published then), and
+whose onset lies where the robot spoke and nobody else did, per the speech published then), and
 the barge-in detector's CPU (`barge_in_cpu_us`: canceller + gate + VAD) per second of speech.
 Results are appended to benchmarks/results/barge_in_rooms.md.
 """
@@ -160,7 +160,7 @@ class ConditionResult:
     late_echo_ms: float = 0.0     # echo that reached the driver after its mic chunk went out
     erle_db: float = float("nan")  # the node's echo canceller at the end (barge_in_erle_db)
     block_false: int = 0          # ...of the false barge-ins, those in the continuous echo block
-    block_speech_s: float = 0.0   # (the rest came in the trials' tails, as the robot restarted)
+    block_speech_s: float = 0.0   # (the rest: before each trial and in its tail, as the robot restarts)
 
     @property
     def detected(self) -> int:
@@ -250,6 +250,7 @@ def make_room_driver():
     from rclpy.node import Node
 
     from omni_ros.flow.audio import float_to_s16le, s16le_to_float
+    from omni_ros.msg import BargeIn
     from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
     from omni_ros.ros import qos
     from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
@@ -264,6 +265,7 @@ def make_room_driver():
             self.lock = threading.Lock()
             self.speech: List[tuple] = []       # (stamp_ns, seconds, monotonic received)
             self.diag: List[tuple] = []         # (stamp_ns, barge_ins, barge_in_cpu_us)
+            self.onsets: List[int] = []         # omni/barge_in: each barge-in's onset stamp
             self.calibration: List[np.ndarray] = []
             self.scene: Optional[A.Scene] = None
             self.person = None                  # (first grid index, samples)
@@ -274,6 +276,7 @@ def make_room_driver():
             self.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, qos.OUTPUT)
             self.create_subscription(AudioDataStamped, "speech/audio_stamped", self._speech,
                                      qos.SPEECH)
+            self.create_subscription(BargeIn, "omni/barge_in", self._barge_in, qos.OUTPUT)
             self.next_ns = None
             self.published_until = 0            # grid index: mic published up to here
             self.late_echo = 0                  # echo samples due before they arrived
@@ -288,6 +291,10 @@ def make_room_driver():
                     self.diag.append((stamp_to_ns(m.header.stamp), int(v["barge_ins"]),
                                       int(v.get("barge_in_cpu_us", 0)),
                                       float(v.get("barge_in_erle_db", "nan"))))
+
+        def _barge_in(self, m):
+            with self.lock:
+                self.onsets.append(stamp_to_ns(m.header.stamp))
 
         def _speech(self, m):
             pcm = s16le_to_float(bytes(m.audio.data))
@@ -387,6 +394,14 @@ def _counter_at(diag: List[tuple], t_ns: int, column: int) -> Optional[int]:
     return None
 
 
+def _onsets_in(onsets: Sequence[int], a_ns: int, b_ns: int) -> int:
+    """Barge-ins whose onset lies in [a_ns, b_ns). Counted by onset, not by the counter in
+    /diagnostics, which is sampled every 0.25 s: an interval's counter difference takes in the
+    barge-ins decided up to a diagnostics period beyond its ends, such as a person's quick
+    detection just after an echo-only stretch, or misses one decided before the first sample."""
+    return sum(a_ns <= t < b_ns for t in onsets)
+
+
 def _count(diag, a_ns: int, b_ns: int, column: int = 1) -> int:
     va, vb = _counter_at(diag, a_ns, column), _counter_at(diag, b_ns, column)
     if va is None or vb is None:
@@ -429,14 +444,16 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     driver.feed(1.5)                       # the echo path fills; the canceller adapts
     clock = driver.get_clock()
     cond_start = clock.now().nanoseconds
-    echo_spans = []
+    echo_spans = []           # echo only: before each trial, its tail, the block at the end
     trial_spans = []
+    quiet_since = cond_start
     for k in range(trials):
         wanted = 1.0 + float(rng.uniform(0.0, 0.6))    # interrupt 1.0-1.6 s into its speech
         if not driver.feed_until(lambda: driver.speaking_for() >= wanted, 30.0):
             raise RuntimeError("the robot did not speak for 30 s")
         wet, onset, text, voice = scene.person(k)
         start_ns = clock.now().nanoseconds + 40_000_000
+        echo_spans.append((quiet_since, start_ns - 100_000_000))
         first = start_ns * RATE // NS
         with driver.lock:
             driver.person = (first, wet)
@@ -448,26 +465,27 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
             driver.person = None
         tail_start = clock.now().nanoseconds + 500_000_000
         driver.feed(2.5)                   # the robot may speak again: echo only
-        echo_spans.append((tail_start, clock.now().nanoseconds))
+        quiet_since = clock.now().nanoseconds
+        echo_spans.append((tail_start, quiet_since))
     a = clock.now().nanoseconds
     driver.feed(echo_seconds)
     echo_spans.append((a, clock.now().nanoseconds))
     cond_end = clock.now().nanoseconds
     driver.feed(0.8)                       # diagnostics after the last interval
     with driver.lock:
-        diag, speech = list(driver.diag), list(driver.speech)
+        diag, speech, onsets = list(driver.diag), list(driver.speech), list(driver.onsets)
         driver.scene, driver.person = None, None
         result.late_echo_ms = (driver.late_echo - late0) * 1000 / RATE
         result.erle_db = diag[-1][3] if diag else float("nan")
     for k, onset_ns, end_ns, text, voice in trial_spans:
-        detected = _count(diag, onset_ns - 100_000_000, end_ns + 300_000_000) > 0
+        detected = _onsets_in(onsets, onset_ns - 100_000_000, end_ns + 300_000_000) > 0
         stop = _stop_after(speech, onset_ns, end_ns, c.chunk_ms / 1000)
         result.trials.append(TrialResult(detected, stop if detected else None, text, voice))
         log(f"  trial {k}: {'stopped' if detected else 'TALKED ON'}"
             + (f" {stop:.3f} s" if detected and stop is not None else "") + f"  {voice}: {text}")
-    result.false_barge_ins = sum(_count(diag, s, e) for s, e in echo_spans)
+    result.false_barge_ins = sum(_onsets_in(onsets, s, e) for s, e in echo_spans)
     result.echo_speech_s = sum(_speech_seconds(speech, s, e) for s, e in echo_spans)
-    result.block_false = _count(diag, *echo_spans[-1])
+    result.block_false = _onsets_in(onsets, *echo_spans[-1])
     result.block_speech_s = _speech_seconds(speech, *echo_spans[-1])
     cpu_us = _count(diag, cond_start, cond_end, column=2)
     spoken = _speech_seconds(speech, cond_start, cond_end)

@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image
 
 from graph import REPO, appender, spinning, start_node, stop, wait_until
 from omni_ros.flow.echo import ReferenceBuffer
-from omni_ros.msg import DuplexState, FlowTick
+from omni_ros.msg import BargeIn, DuplexState, FlowTick
 from omni_ros.ros import qos
 from omni_ros.ros.conversions import ns_to_stamp, rgb_to_image, stamp_to_ns
 from omni_ros.tools.scene_player import synthesize_float
@@ -44,6 +44,7 @@ class Robot(Node):
             rclpy.parameter.Parameter("use_sim_time", value=use_sim_time)])
         self.lock = threading.Lock()
         self.states, self.speech, self.diagnostics, self.ticks = [], [], [], []
+        self.barge_ins = []
         self.echo_gain = echo_gain
         self.heard = ReferenceBuffer(seconds=30.0)     # robot speech by publish stamp, 16 kHz
         self.person = None                             # (start_ns, samples)
@@ -57,6 +58,8 @@ class Robot(Node):
         self.create_subscription(DiagnosticArray, "/diagnostics", appender(self.lock, self.diagnostics),
                                  qos.OUTPUT)
         self.create_subscription(FlowTick, "omni_flow/tick", appender(self.lock, self.ticks), qos.TICK)
+        self.create_subscription(BargeIn, "omni/barge_in", appender(self.lock, self.barge_ins),
+                                 qos.OUTPUT)
         self.create_subscription(AudioDataStamped, "speech/audio_stamped", self._on_speech,
                                  qos.SPEECH)
 
@@ -161,6 +164,7 @@ def test_own_echo_does_not_trigger_barge_in(barge_in_run):
     spoke_before = [t for t, _ in robot.speech if t < onset_ns]
     assert len(spoke_before) >= 5, "the robot must have spoken (its echo was in the mic)"
     assert DuplexState.INTERRUPTED not in [s.state for s in before], files[1].read_text()[-3000:]
+    assert not [b for b in robot.barge_ins if stamp_to_ns(b.header.stamp) < onset_ns - 100_000_000]
 
 
 def test_person_speaking_stops_speech_within_one_chunk(barge_in_run):
@@ -178,6 +182,12 @@ def test_person_speaking_stops_speech_within_one_chunk(barge_in_run):
     assert DuplexState.LISTENING in states[index + 1:], "later units listen"
     values = robot.values()
     assert int(values["barge_ins"]) >= 1
+    # omni/barge_in says when the person started: the first message's stamp is the onset's
+    # 32 ms frame (the onset here is where the voice passes 0.02, a few ms into its first frame).
+    onsets = [stamp_to_ns(b.header.stamp) for b in robot.barge_ins]
+    assert onsets, "no omni/barge_in message"
+    assert abs(onsets[0] - onset_ns) <= 64_000_000, (onsets[0] - onset_ns) / 1e9
+    assert robot.barge_ins[0].window_index == onsets[0] // int(WINDOW_SEC * NS)
     # Speech the robot still had queued at the onset is dropped, and units it computes while the
     # person talks are muted. (Whether anything was queued at that instant depends on timing.)
     assert int(values["speech_chunks_dropped_barge_in"]) + int(values["loop_units_suppressed"]) >= 1

@@ -38,6 +38,8 @@ class EngineOutputs(Protocol):
 
     def publish_report(self, report: UnitReport) -> None: ...
     def publish_alert(self, alert: Alert, window_index: int) -> None: ...
+    def publish_barge_in(self, onset_ns: int, window_index: int, dropped: int) -> None:
+        """A person started talking over the robot at onset_ns (the mic's clock)."""
     def publish_speech(self, chunk: SpeechChunk) -> int:
         """Publish one chunk; returns its stamp (ns, the microphone's clock)."""
     def log_error(self, text: str) -> None: ...
@@ -203,6 +205,7 @@ class FlowEngine:
         self.runner.interrupt(onset_ns // self.params.window_ns)
         self.counters.barge_ins += 1
         self.counters.speech_chunks_dropped_barge_in += dropped
+        self.outputs.publish_barge_in(onset_ns, onset_ns // self.params.window_ns, dropped)
         return onset_ns, dropped
 
     def put_tick(self, tick: Any) -> None:

@@ -25,7 +25,7 @@ from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
 from omni_ros.flow.unit_runner import INTERRUPTED, SPEAKING, RunnerParams, UnitReport
 from omni_ros.flow.units import NS_PER_S, seconds_to_ns
 from omni_ros.flow.vad import VoiceActivity
-from omni_ros.msg import DuplexState, FlowTick, OmniText, ProactiveAlert
+from omni_ros.msg import BargeIn, DuplexState, FlowTick, OmniText, ProactiveAlert
 from omni_ros.ros import audio_flavours, qos
 from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
 from omni_ros.ros.parameters import SPECS_BY_NAME, check_value, declare_all, fields_of
@@ -110,6 +110,7 @@ class OmniNode(LifecycleNode):
                   "speech_info": (audio_flavours.AudioInfo, "speech/audio_info", qos.AUDIO_INFO),
                   "text": (OmniText, "omni/text", qos.OUTPUT), "state": (DuplexState, "omni/state", qos.OUTPUT),
                   "alerts": (ProactiveAlert, "omni/alerts", qos.alerts(s["alert_history"])),
+                  "barge_in": (BargeIn, "omni/barge_in", qos.OUTPUT),
                   "diagnostics": (DiagnosticArray, "/diagnostics", qos.OUTPUT)}
         self._pubs = {key: self.create_publisher(*args) for key, args in topics.items()}
         self._pubs["speech_info"].publish(audio_flavours.speech_info(
@@ -264,6 +265,11 @@ class OmniNode(LifecycleNode):
         if found.evidence_stamp_ns is not None:
             alert.evidence_stamp = ns_to_stamp(found.evidence_stamp_ns)
         self._pubs["alerts"].publish(alert)
+
+    def publish_barge_in(self, onset_ns: int, window_index: int, dropped: int) -> None:
+        message = BargeIn(window_index=int(window_index), speech_chunks_dropped=int(dropped))
+        message.header.stamp = ns_to_stamp(onset_ns)
+        self._pubs["barge_in"].publish(message)
 
     def publish_speech(self, chunk) -> int:
         audio, stamped = audio_flavours.speech_messages(chunk.data_bytes, OUTPUT_SAMPLE_RATE)

@@ -61,7 +61,7 @@ def topic_specs() -> List[Tuple[TopicSpec, type]]:
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import CompressedImage, Image
 
-    from omni_ros.msg import DuplexState, FlowTick, OmniText, ProactiveAlert
+    from omni_ros.msg import BargeIn, DuplexState, FlowTick, OmniText, ProactiveAlert
     from omni_ros.ros import audio_flavours
 
     specs = [(TopicSpec("camera/image_raw", "input", "CAMERA"), Image),
@@ -74,6 +74,7 @@ def topic_specs() -> List[Tuple[TopicSpec, type]]:
               (TopicSpec("omni/state", "output", "OUTPUT"), DuplexState),
               (TopicSpec("omni/text", "output", "OUTPUT"), OmniText),
               (TopicSpec("omni/alerts", "output", "OUTPUT"), ProactiveAlert),
+              (TopicSpec("omni/barge_in", "output", "OUTPUT"), BargeIn),
               (TopicSpec("speech/audio_stamped", "output", "SPEECH"),
                audio_flavours.SPEECH_STAMPED_TYPE),
               (TopicSpec("speech/audio_info", "output", "AUDIO_INFO"), audio_flavours.AudioInfo),
