@@ -8,7 +8,10 @@ the same detector (omni_ros.flow.bargein.BargeInDetector with silero-vad and the
 omni_node would pick) the same room signals (benchmarks/acoustics.py) in process, without the
 node, clock or executor, so a condition takes seconds, and detector variants (`--variant
 NAME:key=value,...`, keyword arguments of BargeInDetector) are compared on identical signals in
-one run.
+one run. Two variant keys are the benchmark's own: `mic_echo=0` (a mic without the robot's echo)
+and `room_change=1` (the warm-up's loudspeaker-to-mic path is another room's, of the base
+condition's kind, and the condition's own takes over after it, under the canceller that learnt
+the first: the robot moved while speaking, as each condition's start over DDS does to omni_node).
 
 The timeline of a trial, on the 16 kHz grid: the robot publishes its speech in `chunk_ms` chunks
 (the reference, and `latency_ms` later its echo at the mic); 1.0-1.6 s into its speech the person
@@ -22,8 +25,8 @@ the person's onset and 300 ms after the phrase), the hold latency (the person's 
 of the first 32 ms frame of the run that became the barge-in: from then on omni_node holds its
 next speech chunk), the stop latency that implies (the onset to the start of the last chunk
 published, chunk boundaries at a seeded phase: what barge_in_rooms.py measures over DDS), false
-barge-ins per 10 minutes of echo-only speech (in the restarts and the echo block), and the
-detector's CPU per second of speech.
+barge-ins per 10 minutes of echo-only speech (before each trial, in the restarts and the echo
+block), and the detector's CPU per second of speech.
 
 The robot's voice: "model" is the tiny checkpoint's speech (its session forced to speak, cached
 under checkpoints/), "speech" is espeak-ng speech (acoustics.RobotSpeech).
@@ -214,6 +217,14 @@ def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, t
     # mic_echo=0 with echo_canceller=none: a mic without the robot's echo, the bound a perfect
     # canceller would give (what the VAD makes of the person in that room and noise).
     mic_echo = float(options.pop("mic_echo", 1.0))
+    # room_change=1: the warm-up's loudspeaker-to-mic path is another room's, of the base
+    # condition's kind; the condition's own path takes over after it, under the canceller that
+    # learnt the first (the robot moved, or turned towards a wall: what the DDS grid does to
+    # omni_node at every condition's start).
+    own_path = scene.echo.rir
+    if options.pop("room_change", 0.0):
+        b = Condition()
+        scene.echo.rir = A.Room(b.rt60, b.speaker_cm, b.person_m, seed=c.seed() + 1).speaker
     vad = TenVoiceActivity() if options.pop("vad", "silero") == "ten" else VoiceActivity()
     detector = BargeInDetector(vad, canceller, echo_delay_ms=c.echo_delay_ms, **options)
     rng = np.random.default_rng(c.seed())
@@ -221,18 +232,21 @@ def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, t
     line = Timeline(scene, voice, detector, chunk, phase=int(rng.integers(0, chunk)), mic_echo=mic_echo)
     out = Outcome(c.name, variant, trials=trials)
     line.run_until(T0 + int(warmup * RATE))       # the canceller learns the echo path
+    scene.echo.rir = own_path
     echo_spans: List[Tuple[int, int]] = []
     for k in range(trials):
         line.speaking = True
+        a, seen = line.now, len(line.events)
         line.run_until(line.now + int(rng.uniform(1.0, 1.6) * RATE))
         wet, onset, _, _ = scene.person(k)
         start = line.now + int(rng.integers(0, MIC_CHUNK))
         line.person = (start, wet)
         onset_at, end_at = start + onset, start + wet.shape[0]
-        seen = len(line.events)
         line.run_until(end_at + int(0.3 * RATE))
         hits = [(at, o) for at, o in line.events[seen:] if onset_at - RATE // 10 <= o <= end_at + int(0.3 * RATE)]
+        # echo only before the person: from the trial's start to 100 ms before the onset
         out.false += sum(1 for at, o in line.events[seen:] if o < onset_at - RATE // 10)
+        echo_spans.append((a, onset_at - RATE // 10))
         if hits:
             out.detected += 1
             _, o = hits[0]

@@ -81,15 +81,16 @@ def missed_and_false(results):
 
 
 def test_most_interruptions_stop_the_robot_and_its_echo_does_not(ci_room):
-    """Where barge-in stands in the CI room over DDS: at least 5 of the 8 interruptions stop
-    the robot, and its echo, 17 dB louder at the mic than the person, stops it at most twice in
-    the 80 s. Runs so far stopped 5-8 of 8 with 0-2 false barge-ins
-    (benchmarks/results/barge_in_rooms.md; the misses and slow stops are silero scoring this
-    quiet a voice under the threshold; issue #16 asks for every one and at most one false
-    barge-in in 10 minutes). Before the linear two-filter canceller and the residual gate
-    measured against the canceller's own residual, 0-1 of these 8 did."""
+    """Where barge-in stands in the CI room over DDS: at least 7 of the 8 interruptions stop
+    the robot, and its echo, 17 dB louder at the mic than the person, stops it at most once in
+    the 80 s, both counted by the onsets omni_node publishes on omni/barge_in. Runs of the band
+    gate so far stopped 8 of 8, with no false barge-in since they are counted by onset
+    (benchmarks/results/barge_in_rooms.md; slow stops are silero scoring this quiet a voice
+    under the threshold; issue #16 asks for every one and at most one false barge-in in 10
+    minutes). Before the linear two-filter canceller and the residual gate measured against
+    the canceller's own residual, 0-1 of these 8 did."""
     results, table = ci_room
     missed, false = missed_and_false(results)
     trials = sum(len(r.trials) for r in results)
-    assert len(missed) <= 3, f"{trials - len(missed)} of {trials} stopped the robot\n{table}"
-    assert false <= 2, f"{false} false barge-ins\n{table}"
+    assert len(missed) <= 1, f"{trials - len(missed)} of {trials} stopped the robot\n{table}"
+    assert false <= 1, f"{false} false barge-ins\n{table}"
