@@ -38,10 +38,16 @@ class Manager(Node):
         self.states: list = []
         self.create_subscription(DuplexState, "/omni/state", appender(self.lock, self.states), qos.OUTPUT)
 
-    def call(self, client, request, timeout=120.0):
+    def call(self, client, request, timeout=120.0, resend_after=None):
+        """The service's answer. `resend_after` (s), for a request that may be sent twice
+        (get_state): a request sent just as the client and server discover each other can be
+        lost over DDS, so it goes again when no answer came in that time."""
         future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
+        sent = start = time.monotonic()
+        while not future.done() and time.monotonic() < start + timeout:
+            if resend_after is not None and time.monotonic() - sent > resend_after:
+                client.remove_pending_request(future)
+                future, sent = client.call_async(request), time.monotonic()
             time.sleep(0.02)
         assert future.done(), f"{client.srv_name}: no answer in {timeout} s"
         return future.result()
@@ -51,7 +57,7 @@ class Manager(Node):
             transition=Transition(id=transition_id))).success)
 
     def state(self) -> int:
-        return int(self.call(self.get, GetState.Request()).current_state.id)
+        return int(self.call(self.get, GetState.Request(), resend_after=10.0).current_state.id)
 
     def count(self) -> int:
         with self.lock:
