@@ -14,9 +14,9 @@ speech ("speech": the model still decides when to speak, its samples are replace
 speech in the node process: a test double for the model's speech only).
 
 Per condition: detection rate (omni_node published a barge-in on omni/barge_in whose onset lies
-between 100 ms before the person's onset and 300 ms after the phrase), stop latency from the person's onset at the mic (first 10 ms frame
-within 30 dB of the phrase's loudest, fricatives included, plus the direct path's flight) to the
-last speech chunk published before the robot's voice stopped (the first gap in its chunks; a
+between 100 ms before the person's onset and 300 ms after the phrase), stop latency from the
+person's onset at the mic (first 10 ms frame within 30 dB of the phrase's loudest, fricatives
+included, plus the direct path's flight) to the last speech chunk published before the robot's voice stopped (the first gap in its chunks; a
 restart after it is not counted), false barge-ins per 10 minutes of echo-only speech (barge-ins
 whose onset lies where the robot spoke and nobody else did, per the speech published then), and
 the barge-in detector's CPU (`barge_in_cpu_us`: canceller + gate + VAD) as a share of the mic
@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -255,8 +255,8 @@ def make_room_driver():
     from rclpy.node import Node
 
     from omni_ros.flow.audio import float_to_s16le, s16le_to_float
-    from omni_ros.msg import BargeIn
     from omni_ros.flow.types import OUTPUT_SAMPLE_RATE
+    from omni_ros.msg import BargeIn
     from omni_ros.ros import qos
     from omni_ros.ros.conversions import ns_to_stamp, stamp_to_ns
     from omni_ros.ros.diagnostics import values_of
@@ -269,7 +269,7 @@ def make_room_driver():
             super().__init__("room_driver")
             self.lock = threading.Lock()
             self.speech: List[tuple] = []       # (stamp_ns, seconds, monotonic received)
-            self.diag: List[tuple] = []         # (stamp_ns, barge_ins, cpu_us, ERLE, mic samples)
+            self.diag: List[DiagRow] = []       # omni_node's barge-in detector, as published
             self.onsets: List[int] = []         # omni/barge_in: each barge-in's onset stamp
             self.calibration: List[np.ndarray] = []
             self.scene: Optional[A.Scene] = None
@@ -291,12 +291,11 @@ def make_room_driver():
 
         def _diagnostics(self, m):
             v = values_of([m], "omni_node")
-            if "barge_ins" in v:
+            if "barge_in_cpu_us" in v:
                 with self.lock:
-                    self.diag.append((stamp_to_ns(m.header.stamp), int(v["barge_ins"]),
-                                      int(v.get("barge_in_cpu_us", 0)),
-                                      float(v.get("barge_in_erle_db", "nan")),
-                                      int(v.get("barge_in_mic_samples", 0))))
+                    self.diag.append(DiagRow(stamp_to_ns(m.header.stamp), int(v["barge_in_cpu_us"]),
+                                             float(v.get("barge_in_erle_db", "nan")),
+                                             int(v.get("barge_in_mic_samples", 0))))
 
         def _barge_in(self, m):
             with self.lock:
@@ -392,11 +391,19 @@ def spin(node):
 
 
 # -- measuring -----------------------------------------------------------------------------------
-def _counter_at(diag: List[tuple], t_ns: int, column: int) -> Optional[int]:
+class DiagRow(NamedTuple):
+    """omni_node's barge-in detector in one /diagnostics message."""
+    stamp_ns: int
+    cpu_us: int          # barge_in_cpu_us: canceller + gate + VAD, cumulative
+    erle_db: float       # barge_in_erle_db
+    mic_samples: int     # barge_in_mic_samples, cumulative
+
+
+def _counter_at(diag: Sequence[DiagRow], t_ns: int, counter: str) -> Optional[int]:
     """The counter in the first diagnostics stamped at or after t_ns."""
     for row in diag:
-        if row[0] >= t_ns:
-            return row[column]
+        if row.stamp_ns >= t_ns:
+            return getattr(row, counter)
     return None
 
 
@@ -408,9 +415,9 @@ def _onsets_in(onsets: Sequence[int], a_ns: int, b_ns: int) -> int:
     return sum(a_ns <= t < b_ns for t in onsets)
 
 
-def _count(diag, a_ns: int, b_ns: int, column: int) -> int:
+def _count(diag: Sequence[DiagRow], a_ns: int, b_ns: int, counter: str) -> int:
     """A counter's rise over [a_ns, b_ns], from /diagnostics (sampled: for long intervals)."""
-    va, vb = _counter_at(diag, a_ns, column), _counter_at(diag, b_ns, column)
+    va, vb = _counter_at(diag, a_ns, counter), _counter_at(diag, b_ns, counter)
     if va is None or vb is None:
         raise RuntimeError("no /diagnostics from omni_node after the interval")
     return vb - va
@@ -483,7 +490,7 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
         diag, speech, onsets = list(driver.diag), list(driver.speech), list(driver.onsets)
         driver.scene, driver.person = None, None
         result.late_echo_ms = (driver.late_echo - late0) * 1000 / RATE
-        result.erle_db = diag[-1][3] if diag else float("nan")
+        result.erle_db = diag[-1].erle_db if diag else float("nan")
     for k, onset_ns, end_ns, text, voice in trial_spans:
         detected = _onsets_in(onsets, onset_ns - 100_000_000, end_ns + 300_000_000) > 0
         stop = _stop_after(speech, onset_ns, end_ns, c.chunk_ms / 1000)
@@ -494,10 +501,10 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     result.echo_speech_s = sum(_speech_seconds(speech, s, e) for s, e in echo_spans)
     result.block_false = _onsets_in(onsets, *echo_spans[-1])
     result.block_speech_s = _speech_seconds(speech, *echo_spans[-1])
-    cpu_us = _count(diag, cond_start, cond_end, column=2)
+    cpu_us = _count(diag, cond_start, cond_end, "cpu_us")
     spoken = _speech_seconds(speech, cond_start, cond_end)
     result.cpu_ms_per_speech_s = cpu_us / 1000 / max(spoken, 1e-9)
-    heard_s = _count(diag, cond_start, cond_end, column=4) / RATE
+    heard_s = _count(diag, cond_start, cond_end, "mic_samples") / RATE
     result.cpu_share = cpu_us / 1e6 / max(heard_s, 1e-9)
     return result
 

@@ -202,10 +202,11 @@ class FlowEngine:
             return None
         with self.pacer_lock:
             dropped = self.pacer.flush()
-        self.runner.interrupt(onset_ns // self.params.window_ns)
+        window = onset_ns // self.params.window_ns
+        self.runner.interrupt(window)
         self.counters.barge_ins += 1
         self.counters.speech_chunks_dropped_barge_in += dropped
-        self.outputs.publish_barge_in(onset_ns, onset_ns // self.params.window_ns, dropped)
+        self.outputs.publish_barge_in(onset_ns, window, dropped)
         return onset_ns, dropped
 
     def put_tick(self, tick: Any) -> None:
