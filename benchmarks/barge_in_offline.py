@@ -268,7 +268,6 @@ def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, t
         out.false += len(line.events) - seen
         echo_spans.append((a, line.now))
     a, seen = line.now, len(line.events)
-    cpu0 = detector.counters.cpu_us
     line.run_until(a + int(echo_seconds * RATE))
     out.false += len(line.events) - seen
     echo_spans.append((a, line.now))
@@ -276,7 +275,6 @@ def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, t
     out.cpu_s = detector.counters.cpu_us / 1e6
     out.speech_s = line.speech_samples / RATE
     out.erle_db = float(detector._erle_db)
-    del cpu0
     return out
 
 
@@ -301,6 +299,18 @@ def parse_variant(text: str) -> Tuple[str, Dict]:
         except ValueError:
             kwargs[key] = value
     return name, kwargs
+
+
+def select_grid(name: str, only: str = "") -> List[Condition]:
+    """barge_in_rooms' grid by name (ci, reduced, full, targets), cut to `only` (comma-separated
+    condition names) when given."""
+    import barge_in_rooms as rooms
+    grid = {"ci": lambda: rooms.CI_GRID, "reduced": rooms.reduced_grid, "full": rooms.full_grid,
+            "targets": rooms.target_grid}[name]()
+    if only:
+        names = set(only.split(","))
+        grid = [c for c in grid if c.name in names]
+    return grid
 
 
 def table(outcomes: Sequence[Outcome], conditions: Dict[str, Condition]) -> str:
@@ -335,7 +345,6 @@ def summary(outcomes: Sequence[Outcome]) -> str:
 
 
 def main() -> int:
-    import barge_in_rooms as rooms
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--grid", choices=("ci", "reduced", "full", "targets"), default="reduced")
     ap.add_argument("--only", default="", help="comma-separated condition names")
@@ -349,11 +358,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/results")
     args = ap.parse_args()
-    grid = {"ci": rooms.CI_GRID, "reduced": rooms.reduced_grid(), "full": rooms.full_grid(),
-            "targets": rooms.target_grid()}[args.grid]
-    if args.only:
-        names = set(args.only.split(","))
-        grid = [c for c in grid if c.name in names]
+    grid = select_grid(args.grid, args.only)
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
     checkpoint = Path(args.checkpoint)
     if any(c.robot_voice == "model" for c in grid):

@@ -124,12 +124,19 @@ class FdafEchoCanceller:
         # single precision throughout: a canceller leaving -40 dB needs no more, at half the cost
         self._filters = np.zeros((2, P, B + 1), dtype=np.complex64)
         self._foreground, self._background = self._filters[0], self._filters[1]   # views
-        self._spectra = np.zeros((P, B + 1), dtype=np.complex64)
-        self._far_energy = np.zeros((P, B + 1), dtype=np.float32)   # |X|^2 of each partition
+        # The reference's partition spectra and their |X|^2, newest first, in a ring written
+        # twice (at i and i + P) so that the newest P are one contiguous slice [head, head + P)
+        # whatever the head: no shifting of the whole history each block.
+        self._ring = np.zeros((2 * P, B + 1), dtype=np.complex64)
+        self._ring_energy = np.zeros((2 * P, B + 1), dtype=np.float32)
+        self._head = 0
+        self._products = np.zeros((2, P, B + 1), dtype=np.complex64)   # scratch
+        self._update = np.zeros((P, B + 1), dtype=np.complex64)          # scratch
         self._energy = np.zeros(B + 1, dtype=np.float32)
         self._silent = True                         # no reference in the filter's whole span
         self._blocks = 0
-        self._previous_far = np.zeros(B, dtype=np.float32)
+        self._far_frame = np.zeros(2 * B, dtype=np.float32)     # previous block, this block
+        self._error_frame = np.zeros(2 * B, dtype=np.float32)   # zeros, the background's error
         self._zeros = np.zeros(B, dtype=np.float32)
         self._floor = 1e-6                          # slow mean of the far energy per bin
         self._error_bg = self._error_fg = 0.0       # smoothed error energies of both filters
@@ -138,7 +145,8 @@ class FdafEchoCanceller:
         self.echo_estimate = np.zeros(0, dtype=np.float32)
         self.copies = 0                             # background -> foreground
         self.restarts = 0                           # divergences caught
-        self._constrain_order = np.array_split(np.arange(P), max(1, P // CONSTRAINED_PER_BLOCK))
+        self._constrain_order = [slice(int(part[0]), int(part[-1]) + 1) for part in
+                                 np.array_split(np.arange(P), max(1, P // CONSTRAINED_PER_BLOCK))]
         self._constrain_next = 0
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
@@ -152,61 +160,65 @@ class FdafEchoCanceller:
         return np.concatenate([p[0] for p in pairs]).astype(np.float32)
 
     def _process_block(self, near: np.ndarray, far: np.ndarray):
-        B = self.block
+        B, P = self.block, self.partitions
         near = np.asarray(near, dtype=np.float32)
         far = np.asarray(far, dtype=np.float32)
         if self._silent and not far.any():
             return near, self._zeros          # the robot silent for a whole filter span: idle
-        X = np.fft.rfft(np.concatenate([self._previous_far, far]))
-        self._previous_far = far
-        self._spectra[1:] = self._spectra[:-1]
-        self._spectra[0] = X
+        self._far_frame[B:] = far
+        X = np.fft.rfft(self._far_frame)
+        self._far_frame[:B] = far
+        head = self._head = (self._head - 1) % P
         new = X.real ** 2 + X.imag ** 2
-        self._energy += new - self._far_energy[-1]     # |X|^2 summed over the partitions
-        self._far_energy[1:] = self._far_energy[:-1]
-        self._far_energy[0] = new
+        self._energy += new - self._ring_energy[head + P]   # |X|^2 summed over the partitions
+        self._ring[head] = self._ring[head + P] = X
+        self._ring_energy[head] = self._ring_energy[head + P] = new
+        spectra = self._ring[head:head + P]
         self._blocks += 1
         if self._blocks % 256 == 0:                    # the running sum's rounding, cleared
-            self._energy = self._far_energy.sum(axis=0)
+            self._energy = self._ring_energy[:P].sum(axis=0)
         energy = np.maximum(self._energy, 0.0)
         if float(energy.max()) < 1e-8:
             # No reference in the filter's span: nothing to cancel, nothing to learn.
             self._silent = not far.any()
             if self._silent:
-                self._spectra[:] = 0.0
-                self._far_energy[:] = 0.0
+                self._ring[:] = 0.0
+                self._ring_energy[:] = 0.0
                 self._energy[:] = 0.0
             return near, self._zeros
         self._silent = False
         # Both filters' echo estimates in one inverse transform.
-        both = np.fft.irfft(np.einsum("fpk,pk->fk", self._filters, self._spectra), n=2 * B)[:, B:]
+        np.multiply(self._filters, spectra, out=self._products)
+        both = np.fft.irfft(self._products.sum(axis=1), n=2 * B)[:, B:]
         fg, bg = both[0], both[1]
         error_fg, error_bg = near - fg, near - bg
-        self._floor = 0.99 * self._floor + 0.01 * float(energy.mean())
-        E = np.fft.rfft(np.concatenate([self._zeros, error_bg]))
-        gain = (self.step * E) / (energy + 1e-3 * self._floor + 1e-10)
-        update = self._spectra.conj() * gain
+        self._floor = 0.99 * self._floor + 0.01 * float(energy.sum()) / energy.shape[0]
+        self._error_frame[B:] = error_bg
+        E = np.fft.rfft(self._error_frame)
+        E *= self.step / (energy + np.float32(1e-3 * self._floor + 1e-10))
+        update = np.conjugate(spectra, out=self._update)
+        update *= E
         if self.proportionate and self._error_fg > 0.03 * self._near:
             # Until the echo is down 15 dB, proportionate steps: partitions holding more of the
             # echo path (the direct sound, the early reflections) adapt faster than the near-empty
             # late ones (IPNLMS-like: half of the step spread evenly, half by each partition's
             # share of the weights). Converged, even steps leave less misadjustment behind.
-            norms = np.sqrt(np.einsum("pk,pk->p", self._background.real, self._background.real)
-                            + np.einsum("pk,pk->p", self._background.imag, self._background.imag))
-            share = 0.5 + 0.5 * self.partitions * norms / (float(norms.sum()) + 1e-6)
-            update *= share[:, None].astype(np.float32)
+            weights = self._background.view(np.float32)
+            norms = np.sqrt(np.einsum("pk,pk->p", weights, weights))
+            share = 0.5 + 0.5 * P * norms / (float(norms.sum()) + 1e-6)
+            update *= share[:, None]
         self._background += update
         # Each partition is kept a causal B-tap filter, a few partitions per block in turn (the
         # alternately constrained update: a fraction of the transforms, the same convergence).
         picked = self._constrain_order[self._constrain_next]
         self._constrain_next = (self._constrain_next + 1) % len(self._constrain_order)
         taps = np.fft.irfft(self._background[picked], n=2 * B, axis=1)
-        taps[:, B:] = 0.0
-        self._background[picked] = np.fft.rfft(taps, axis=1)
+        self._background[picked] = np.fft.rfft(taps[:, :B], n=2 * B, axis=1)
         # Which filter cancels more of the recent mic (about 50 ms of memory)?
         near_energy = float(np.dot(near, near))
+        fg_energy = float(np.dot(error_fg, error_fg))
         self._near = 0.7 * self._near + 0.3 * near_energy
-        self._error_fg = 0.7 * self._error_fg + 0.3 * float(np.dot(error_fg, error_fg))
+        self._error_fg = 0.7 * self._error_fg + 0.3 * fg_energy
         self._error_bg = 0.7 * self._error_bg + 0.3 * float(np.dot(error_bg, error_bg))
         if self._error_bg < 0.8 * self._error_fg:
             self._foreground[:] = self._background
@@ -219,7 +231,7 @@ class FdafEchoCanceller:
         # Over about a third of a second, does cancelling add more than it removes? Then the
         # filters diverged: start afresh and let this block's mic through as it is.
         self._near_slow = 0.95 * self._near_slow + 0.05 * near_energy
-        self._error_slow = 0.95 * self._error_slow + 0.05 * float(np.dot(error_fg, error_fg))
+        self._error_slow = 0.95 * self._error_slow + 0.05 * fg_energy
         if self._error_slow > 2.0 * self._near_slow + 1e-9:
             self._filters[:] = 0.0
             self._error_fg = self._error_bg = self._near
