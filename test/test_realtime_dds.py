@@ -246,13 +246,28 @@ def sim_run(ros_env, tiny_checkpoint, tmp_path_factory):
     node = start_node("omni_ros.ros.omni_node", node_args(tiny_checkpoint, *sim,
                       "-p", "input_silence_warn_sec:=0.6", "-p", "barge_in:=false"), ros_env,
                       logs / "omni_node.log")
-    sim_clock = SimClock()
     robot = Robot(use_sim_time=True)
     files = [logs / "clock.log", logs / "omni_node.log"]
     result = {}
+    sim_clock = None
     try:
-        with spinning(sim_clock), spinning(robot):
+        with spinning(robot):
             wait_until(lambda: robot.mic.get_subscription_count() > 0, 90, "omni_node", files)
+            # Ticks that reach omni_node before any /clock message (its sim clock still reads
+            # zero): dropped and counted, not taken for another time base.
+            early = robot.create_publisher(FlowTick, "omni_flow/tick", qos.TICK)
+            wait_until(lambda: early.get_subscription_count() >= 2, 30, "omni_node's tick subscription", files)
+            for k in range(3):
+                start_ns = 1000 * NS + k * int(WINDOW_SEC * NS)
+                end_ns = start_ns + int(WINDOW_SEC * NS)
+                tick = FlowTick(index=start_ns // int(WINDOW_SEC * NS), start=ns_to_stamp(start_ns),
+                                end=ns_to_stamp(end_ns), epoch=0)
+                tick.header.stamp = tick.end
+                early.publish(tick)
+            time.sleep(0.5)
+            robot.destroy_publisher(early)
+        sim_clock = SimClock()
+        with spinning(sim_clock), spinning(robot):
             robot.feed(1.5)
             images, audio = bad_messages(robot, robot.get_clock().now().nanoseconds)
             for message in images + audio:
@@ -269,11 +284,21 @@ def sim_run(ros_env, tiny_checkpoint, tmp_path_factory):
         sim_clock.running = False
         result["codes"] = stop([node, clock_node])
     finally:
-        sim_clock.running = False
         stop([node, clock_node])
         robot.destroy_node()
-        sim_clock.destroy_node()
+        if sim_clock is not None:
+            sim_clock.running = False
+            sim_clock.destroy_node()
     return robot, result, files
+
+
+def test_ticks_before_the_first_clock_message_are_dropped(sim_run):
+    robot, result, files = sim_run
+    values = result["values_after_burst"]
+    assert int(values["ticks_before_clock"]) == 3, values
+    assert "cannot start" not in files[1].read_text()
+    with robot.lock:
+        assert len(robot.states) >= 4, "units run once /clock came"
 
 
 def test_bad_input_burst_counted_and_one_state_per_window(sim_run):

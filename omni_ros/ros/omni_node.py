@@ -48,7 +48,9 @@ class OmniNode(LifecycleNode):
         super().__init__("omni_node", **kwargs)
         self.settings = declare_all(self)
         self.window_ns = seconds_to_ns(self.settings["window_sec"])
-        self.counters = {"ticks_received": 0, "ticks_wrong_window": 0, "executor_errors": 0}
+        self.counters = {"ticks_received": 0, "ticks_wrong_window": 0, "ticks_before_clock": 0,
+                         "executor_errors": 0}
+        self._clock_checked = False      # a tick was compared with this node's clock
         self.log = ThrottledLog(self.get_logger())
         self.health = NodeHealth()
         self.session = self.engine = self.camera = self.mic = None
@@ -182,8 +184,16 @@ class OmniNode(LifecycleNode):
             raise StartupError(f"omni_flow_clock announces {length_ns / NS_PER_S:.3f} s windows but "
                                f"this node's window_sec is {self.window_ns / NS_PER_S:.3f} s: start "
                                f"both with the same window_sec")
-        offset_ns = abs(self.get_clock().now().nanoseconds - stamp_to_ns(tick.end))
-        if self.counters["ticks_received"] == 1 and offset_ns > CLOCK_AGREEMENT_NS:
+        now_ns = self.get_clock().now().nanoseconds
+        if now_ns == 0:
+            # use_sim_time and no /clock message yet: this node's clock reads zero, so it can
+            # neither judge the tick's time base nor stamp its window; the tick is dropped
+            # (counted) and the first tick after /clock is the one compared.
+            self.counters["ticks_before_clock"] += 1
+            return
+        offset_ns = abs(now_ns - stamp_to_ns(tick.end))
+        first, self._clock_checked = not self._clock_checked, True
+        if first and offset_ns > CLOCK_AGREEMENT_NS:
             raise StartupError(f"omni_flow_clock's ticks are {offset_ns / NS_PER_S:.0f} s away from "
                                f"this node's clock: start both with the same use_sim_time "
                                f"(use_sim_time is {self.get_parameter('use_sim_time').value} here)")
