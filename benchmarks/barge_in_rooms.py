@@ -16,12 +16,13 @@ speech in the node process: a test double for the model's speech only).
 Per condition: detection rate (omni_node published a barge-in on omni/barge_in whose onset lies
 between 100 ms before the person's onset and 300 ms after the phrase), stop latency from the
 person's onset at the mic (first 10 ms frame within 30 dB of the phrase's loudest, fricatives
-included, plus the direct path's flight) to the last speech chunk published before the robot's voice stopped (the first gap in its chunks; a
-restart after it is not counted), false barge-ins per 10 minutes of echo-only speech (barge-ins
-whose onset lies where the robot spoke and nobody else did, per the speech published then), and
-the barge-in detector's CPU (`barge_in_cpu_us`: canceller + gate + VAD) as a share of the mic
-audio it heard (issue #16's "under 3 % of the window"; the canceller runs on every chunk, the gate
-and the VAD while the robot speaks) and per second of the robot's speech.
+included, plus the direct path's flight) to the last speech chunk published before the robot's
+voice stopped (the first gap in its chunks; a restart after it is not counted), false barge-ins
+per 10 minutes of echo-only speech (barge-ins whose onset lies where the robot spoke and nobody
+else did, per the speech published then), and the barge-in detector's CPU (`barge_in_cpu_us`:
+canceller + gate + VAD) as a share of the mic audio it heard (issue #16's "under 3 % of the
+window"; the canceller runs on every chunk, the gate and the VAD while the robot speaks) and per
+second of the robot's speech.
 Results are appended to benchmarks/results/barge_in_rooms.md.
 """
 from __future__ import annotations

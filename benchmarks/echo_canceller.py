@@ -32,22 +32,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # barge_in_offline sets the paths up and makes omni_ros this tree's (common.prefer_this_tree)
-from barge_in_offline import ROOT, parse_variant, robot_voice, select_grid  # noqa: E402
+from barge_in_offline import (MIC_CHUNK, NS, ROOT, T0, parse_variant,  # noqa: E402
+                              robot_voice, select_grid)
 import acoustics as A  # noqa: E402
 from acoustics import RATE, Condition  # noqa: E402
 
-MIC_CHUNK = RATE * 20 // 1000
 STRETCHES = ((0.0, 1.0), (1.0, 2.0), (2.0, 4.0))
 
 
-def signals(c: Condition, voice: np.ndarray, seconds: float,
-            room_change: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mic, reference on the mic's grid, noise at the mic) for `seconds` of the robot speaking
-    in `c`'s room, in its own chunks; the reference is what omni_node's reference buffer holds."""
+def signals(c: Condition, voice: np.ndarray, seconds: float, room_change: float):
+    """(mic, the reference buffer, noise at the mic) for `seconds` of the robot speaking in `c`'s
+    room, in its own chunks; the reference is laid in omni_node's own ReferenceBuffer, as the
+    detector's push_reference lays it, stamped T0 on (a positive stamp) for the mic's sample 0."""
+    from omni_ros.flow.echo import ReferenceBuffer
     scene = A.Scene(c, A.active_rms(voice))
     n = int(seconds * RATE)
     chunk = RATE * c.chunk_ms // 1000
-    reference = np.zeros(n + chunk, np.float32)
+    reference = ReferenceBuffer(seconds=seconds + 1.0)
     own_path = scene.echo.rir
     if room_change:
         b = Condition()
@@ -57,32 +58,27 @@ def signals(c: Condition, voice: np.ndarray, seconds: float,
         if room_change and first >= change:
             scene.echo.rir = own_path
         samples = voice[(first + np.arange(chunk)) % voice.shape[0]]
-        reference[first:first + chunk] = samples
+        reference.add((T0 + first) * NS // RATE, samples)
         scene.echo.add(first, samples)
     noise = scene.noise_at(0, n).astype(np.float32)
     mic = np.clip(scene.echo.get(0, n) + noise, -1.0, 1.0).astype(np.float32)
-    return mic, reference[:n], noise
+    return mic, reference, noise
 
 
-def run_variant(kwargs: Dict, mic: np.ndarray, reference: np.ndarray,
+def run_variant(kwargs: Dict, mic: np.ndarray, reference,
                 echo_delay_ms: float) -> Tuple[np.ndarray, float]:
     """The canceller's output and its CPU seconds, the mic fed in 20 ms chunks as omni_node's
-    detector feeds it (whole blocks, the remainder carried to the next chunk)."""
+    detector feeds it (whole blocks, the remainder carried to the next chunk; the reference read
+    back from `echo_delay_ms` before, `lead` ahead, as the detector reads it)."""
     from omni_ros.flow.echo import FdafEchoCanceller
     canceller = FdafEchoCanceller(**{k: int(v) if k == "block" else v for k, v in kwargs.items()})
-    # far[t] = reference[t - echo_delay + lead], as the detector reads its reference buffer
-    shift = int(round(echo_delay_ms * RATE / 1000)) - canceller.lead
-    far_all = np.zeros_like(reference)
-    if shift >= 0:
-        far_all[shift:] = reference[:reference.shape[0] - shift]
-    else:
-        far_all[:shift] = reference[-shift:]
+    delay = int(round(echo_delay_ms * RATE / 1000))
     out, done, cpu = [], 0, 0.0
     for end in range(MIC_CHUNK, mic.shape[0] + 1, MIC_CHUNK):
         whole = (end - done) - (end - done) % canceller.block
         if not whole:
             continue
-        far = far_all[done:done + whole]
+        far = reference.get(T0 + done - delay + canceller.lead, whole)
         started = time.thread_time()
         out.append(canceller.process(mic[done:done + whole], far))
         cpu += time.thread_time() - started

@@ -50,7 +50,6 @@ class OmniNode(LifecycleNode):
         self.window_ns = seconds_to_ns(self.settings["window_sec"])
         self.counters = {"ticks_received": 0, "ticks_wrong_window": 0, "ticks_before_clock": 0,
                          "executor_errors": 0}
-        self._clock_checked = False      # a tick was compared with this node's clock
         self.log = ThrottledLog(self.get_logger())
         self.health = NodeHealth()
         self.session = self.engine = self.camera = self.mic = None
@@ -186,13 +185,13 @@ class OmniNode(LifecycleNode):
                                f"both with the same window_sec")
         now_ns = self.get_clock().now().nanoseconds
         if now_ns == 0:
-            # use_sim_time and no /clock message yet: this node's clock reads zero, so it can
-            # neither judge the tick's time base nor stamp its window; the tick is dropped
-            # (counted) and the first tick after /clock is the one compared.
+            # use_sim_time and no /clock message yet (the clock node's rule too): this node's
+            # clock reads zero, so it can neither judge the tick's time base nor stamp its
+            # window; the tick is dropped (counted) and the first tick after /clock is compared.
             self.counters["ticks_before_clock"] += 1
             return
         offset_ns = abs(now_ns - stamp_to_ns(tick.end))
-        first, self._clock_checked = not self._clock_checked, True
+        first = self.counters["ticks_received"] - self.counters["ticks_before_clock"] == 1
         if first and offset_ns > CLOCK_AGREEMENT_NS:
             raise StartupError(f"omni_flow_clock's ticks are {offset_ns / NS_PER_S:.0f} s away from "
                                f"this node's clock: start both with the same use_sim_time "
