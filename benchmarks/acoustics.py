@@ -400,7 +400,6 @@ class Scene:
         self.c = c
         self.room = Room(c.rt60, c.speaker_cm, c.person_m, seed=c.seed(),
                          babble_talkers=6 if c.noise == "babble" else 0)
-        self.robot_gain = SPEECH_RMS / max(robot_rms, 1e-9) * 10 ** (c.robot_level_db / 20)
         # The person's level at the mic, for the SNR: a reference phrase through the room.
         probe = convolve(espeak(PHRASES["en"]["vowel"][0], "en-us+m3", 160), self.room.person)
         person_at_mic = active_rms(probe)
@@ -411,8 +410,14 @@ class Scene:
                               self.room.speaker)
         peak = max(float(np.max(np.abs(echo_probe))), float(np.max(np.abs(probe))))
         self.mic_gain = 0.5 / peak
-        self.echo = EchoPath(self.room.speaker, self.robot_gain * self.mic_gain, c.latency_ms)
+        self.echo = EchoPath(self.room.speaker, 1.0, c.latency_ms)
+        self.set_robot_rms(robot_rms)
         self.echo_to_person_db = 20 * np.log10(active_rms(echo_probe) / person_at_mic)
+
+    def set_robot_rms(self, robot_rms: float) -> None:
+        """The robot's speech level (active RMS of its published speech), which sets the echo's."""
+        self.robot_gain = SPEECH_RMS / max(robot_rms, 1e-9) * 10 ** (self.c.robot_level_db / 20)
+        self.echo.gain = self.robot_gain * self.mic_gain
 
     def person(self, trial: int) -> Tuple[np.ndarray, int, str, str]:
         """(the person's phrase at the mic, mic gain applied; the index of its onset at the mic

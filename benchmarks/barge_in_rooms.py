@@ -9,9 +9,11 @@ phrase through the person-to-mic RIR, plus the robot's own published speech thro
 loudspeaker-to-mic RIR, `latency_ms` after it was published, plus background noise at the SNR,
 in 20 ms chunks stamped on the ROS clock. omni_node is told `echo_delay_ms`, which may be wrong.
 One omni_node serves every condition with the same node parameters (echo_delay_ms,
-speech_chunk_ms, robot voice); the robot's voice is the tiny model's speech ("model"), or real
-speech ("speech": the model still decides when to speak, its samples are replaced by espeak-ng
-speech in the node process: a test double for the model's speech only).
+speech_chunk_ms, robot voice), hearing the robot from its first words on in the first
+condition's room while the robot's level is measured; the robot's voice is the tiny model's
+speech ("model"), or real speech ("speech": the model still decides when to speak, its samples
+are replaced by espeak-ng speech in the node process: a test double for the model's speech
+only).
 
 Per condition: detection rate (omni_node published a barge-in on omni/barge_in whose onset lies
 between 100 ms before the person's onset and 300 ms after the phrase), stop latency from the
@@ -273,6 +275,7 @@ def make_room_driver():
             self.diag: List[DiagRow] = []       # omni_node's barge-in detector, as published
             self.onsets: List[int] = []         # omni/barge_in: each barge-in's onset stamp
             self.calibration: List[np.ndarray] = []
+            self.calibrating = True             # the robot's speech level is being measured
             self.scene: Optional[A.Scene] = None
             self.person = None                  # (first grid index, samples)
             self.mic = self.create_publisher(AudioDataStamped, "mic/audio_stamped", qos.MIC_AUDIO)
@@ -307,8 +310,9 @@ def make_room_driver():
             stamp = stamp_to_ns(m.header.stamp)
             with self.lock:
                 self.speech.append((stamp, pcm.shape[0] / OUTPUT_SAMPLE_RATE, time.monotonic()))
-                if self.scene is None:
+                if self.calibrating:
                     self.calibration.append(soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE))
+                if self.scene is None:
                     return
                 # The loudspeaker plays back to back what comes within its queue's continuity
                 # (flow/echo.playout_start), resampled as one stream per stretch.
@@ -529,13 +533,26 @@ def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: in
             executor = spin(driver)
             log(f"omni_node: echo_delay_ms {key[0]:g}, speech_chunk_ms {key[1]}, robot voice "
                 f"{key[2]} (logs {graph.logs})")
+            warm = A.Scene(group[0], robot_rms=1.0)    # its level set once the robot speaks
             if not driver.feed_until(lambda: driver.mic.get_subscription_count() > 0, 180.0):
                 raise RuntimeError("omni_node did not subscribe\n" + graph.log_tail())
-            driver.feed(4.0)                 # warm-up; the robot's speech level is measured
+            # Warm-up: the robot's speech level is measured. The mic hears the robot from its
+            # first words on, in the group's first room at the level of those words: a mic that
+            # stayed silent while the robot spoke would tell omni_node that its loudspeaker is
+            # not heard at all, and the first room would then come as a loudspeaker switched on
+            # mid-speech, not as the room the robot has been talking in.
+            if not driver.feed_until(lambda: driver.robot_rms() > 1e-3, 30.0):
+                raise RuntimeError("the robot does not speak\n" + graph.log_tail())
+            warm.set_robot_rms(driver.robot_rms())
+            with driver.lock:
+                driver.scene, driver.stretch_end = warm, None
+            driver.feed(4.0)
             if not driver.feed_until(lambda: driver.speaking_for() > 1.0, 30.0):
                 raise RuntimeError("the robot does not speak\n" + graph.log_tail())
             driver.feed(2.0)
             rms = driver.robot_rms()
+            with driver.lock:
+                driver.calibrating = False
             log(f"  robot speech active RMS {20 * np.log10(max(rms, 1e-9)):.1f} dBFS")
             for c in group:
                 t0 = time.monotonic()

@@ -86,7 +86,7 @@ class BargeInDetector:
     def __init__(self, vad: Callable[[np.ndarray], float], echo_canceller=None,
                  threshold: float = 0.3, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
                  reference_hangover_ms: float = 300.0, residual_gate_db: float = 6.0,
-                 fresh_vad_per_turn: bool = True,
+                 vad_gain_db: float = 12.0, fresh_vad_per_turn: bool = True,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.vad = vad
         self.canceller = echo_canceller
@@ -94,6 +94,7 @@ class BargeInDetector:
         self.sample_rate = int(sample_rate)
         self.fresh_vad_per_turn = bool(fresh_vad_per_turn)
         self.set_min_speech_ms(min_speech_ms)
+        self.set_vad_gain_db(vad_gain_db)
         self.echo_delay = int(round(echo_delay_ms * sample_rate / 1000.0))
         self.hangover = int(round(reference_hangover_ms * sample_rate / 1000.0))
         self.residual_gate_db = float(residual_gate_db)
@@ -156,6 +157,16 @@ class BargeInDetector:
     def set_min_speech_ms(self, min_speech_ms: float) -> None:
         """How long a person must be heard before it is a barge-in (whole VAD frames, at least one)."""
         self.min_speech_frames = max(1, int(np.ceil(min_speech_ms * self.sample_rate / 1000.0 / FRAME)))
+
+    def set_vad_gain_db(self, gain_db: float) -> None:
+        """The gain on what the VAD hears. silero-vad's probability follows the level it hears:
+        a person at 2-3 m, 20 dB under the robot's echo at a mic whose gain keeps that echo from
+        clipping (about -40 dBFS), scores under the threshold for the first few hundred ms of
+        their phrase, where the same voice louder scores speech from its first frames. A fixed
+        gain (not one per frame: silero's recurrent state must hear one level throughout) lifts
+        the person and what the gate lets through of the robot's residual alike."""
+        self.vad_gain_db = float(gain_db)
+        self._vad_gain = np.float32(10.0 ** (self.vad_gain_db / 20.0))
 
     def push_reference(self, stamp_ns: int, samples_16k: np.ndarray) -> None:
         self.reference.add(stamp_ns, samples_16k)
@@ -416,7 +427,7 @@ class BargeInDetector:
             self.counters.frames_echo_gated += 1
             p = 0.0
         else:
-            p = float(self.vad(heard))
+            p = float(self.vad(heard * self._vad_gain if self.vad_gain_db else heard))
             self.counters.frames_vad += 1
         if self.canceller is not None and (gated or p < 0.5 * self.threshold):
             self._learn_echo()

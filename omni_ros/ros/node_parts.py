@@ -40,5 +40,6 @@ def barge_in_from(s: Mapping, logger) -> Optional[BargeInDetector]:
     logger.info(f"barge-in on: echo canceller {type(canceller).__name__}")
     return BargeInDetector(VoiceActivity(), canceller, threshold=s["barge_in_threshold"],
                            min_speech_ms=s["barge_in_min_speech_ms"],
+                           vad_gain_db=s["barge_in_vad_gain_db"],
                            echo_delay_ms=s["echo_delay_ms"],
                            residual_gate_db=s["residual_echo_gate_db"])

@@ -105,6 +105,7 @@ class OmniNode(LifecycleNode):
         if barge_in is not None:
             self.setters["barge_in_threshold"] = lambda v: setattr(barge_in, "threshold", v)
             self.setters["barge_in_min_speech_ms"] = barge_in.set_min_speech_ms
+            self.setters["barge_in_vad_gain_db"] = barge_in.set_vad_gain_db
         # outputs: audio_common_msgs of either flavour (ros-drivers or mgonzs13), see audio_flavours
         topics = {"speech": (audio_flavours.SPEECH_TYPE, "speech/audio", qos.SPEECH),
                   "speech_stamped": (audio_flavours.SPEECH_STAMPED_TYPE, "speech/audio_stamped", qos.SPEECH),

@@ -227,6 +227,12 @@ OMNI_NODE_PARAMETERS = (
                   "Consecutive speech needed for a barge-in; "
                   "speech output waits while a shorter run of speech frames is being decided.",
                   (32, 2000), dynamic=True),
+    ParameterSpec("barge_in_vad_gain_db", code_default(BargeInDetector, "vad_gain_db"),
+                  "Gain on what silero-vad hears for barge-in: silero scores a quiet voice "
+                  "(a person a few metres away at a mic set for the robot's own loud echo) as "
+                  "speech later than a loud one; higher stops the robot sooner for quiet "
+                  "persons at more risk of the robot's own residual scoring as speech.",
+                  (-20.0, 40.0), dynamic=True),
     ParameterSpec("echo_canceller", code_default(make_echo_canceller, "kind"),
                   "Echo canceller removing the robot's own speech "
                   "from the mic before barge-in detection: fdaf (built in: a linear two-filter "
