@@ -86,7 +86,7 @@ class BargeInDetector:
     def __init__(self, vad: Callable[[np.ndarray], float], echo_canceller=None,
                  threshold: float = 0.3, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
                  reference_hangover_ms: float = 300.0, residual_gate_db: float = 6.0,
-                 vad_gain_db: float = 12.0, fresh_vad_per_turn: bool = True,
+                 vad_gain_db: float = 0.0, fresh_vad_per_turn: bool = True,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.vad = vad
         self.canceller = echo_canceller
