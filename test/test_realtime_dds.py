@@ -48,6 +48,8 @@ class Robot(Node):
         self.echo_gain = echo_gain
         self.heard = ReferenceBuffer(seconds=30.0)     # robot speech by publish stamp, 16 kHz
         self.person = None                             # (start_ns, samples)
+        self.next_ns = None                            # the mic's next chunk
+        self.chunks = self.dropped = 0                 # mic chunks captured, of which lost
         self.mic = self.create_publisher(AudioDataStamped, "mic/audio_stamped", qos.MIC_AUDIO)
         self.camera = self.create_publisher(Image, "camera/image_raw", qos.CAMERA)
         info = self.create_publisher(AudioInfo, "mic/audio_info", qos.AUDIO_INFO)
@@ -98,22 +100,33 @@ class Robot(Node):
         audio += np.random.default_rng(start_ns % 2**32).normal(0, 1e-3, n).astype(np.float32)
         return audio
 
-    def feed(self, seconds: float, chunk_ms: int = 20, fps: float = 5.0) -> None:
-        """Real-time mic (each chunk published when its capture ends) and a few camera frames."""
+    def feed(self, seconds: float, chunk_ms: int = 20, fps: float = 5.0,
+             drop_every: int = 0) -> None:
+        """Real-time mic (each chunk published when its capture ends) and a few camera frames.
+        The mic goes on from the previous call's last chunk unless the clock jumped back or a
+        second passed; with `drop_every`, every so many chunks are lost (never published), as a
+        driver that cannot keep up loses them."""
         n = RATE * chunk_ms // 1000
         frame = np.zeros((48, 64, 3), np.uint8)
-        t0 = self.get_clock().now().nanoseconds
+        now = self.get_clock().now().nanoseconds
         start = time.monotonic()
-        next_ns, sent_frames = t0, 0
+        next_ns, sent_frames = now, 0
+        if self.next_ns is not None and 0 <= now - self.next_ns < NS:
+            next_ns = self.next_ns
         while time.monotonic() - start < seconds:
             now = self.get_clock().now().nanoseconds
             while next_ns + chunk_ms * 1_000_000 <= now:
-                message = AudioDataStamped()
-                message.header.stamp = ns_to_stamp(next_ns)
-                pcm = np.clip(self.mic_chunk(next_ns, n), -1, 1)
-                message.audio.data = (pcm * 32767).astype("<i2").tobytes()
-                self.mic.publish(message)
+                self.chunks += 1
+                if drop_every and self.chunks % drop_every == 0:
+                    self.dropped += 1
+                else:
+                    message = AudioDataStamped()
+                    message.header.stamp = ns_to_stamp(next_ns)
+                    pcm = np.clip(self.mic_chunk(next_ns, n), -1, 1)
+                    message.audio.data = (pcm * 32767).astype("<i2").tobytes()
+                    self.mic.publish(message)
                 next_ns += chunk_ms * 1_000_000
+                self.next_ns = next_ns
             if sent_frames / fps <= time.monotonic() - start:
                 self.camera.publish(rgb_to_image(frame, "rgb8", now, "camera"))
                 sent_frames += 1
@@ -145,6 +158,7 @@ def barge_in_run(ros_env, tiny_checkpoint, tmp_path_factory):
             wait_until(lambda: robot.mic.get_subscription_count() > 0, 90, "omni_node", files)
             robot.feed(4.0)                     # the robot talks; only its echo is in the mic
             wait_until(lambda: len(robot.speech) > 0, 10, "robot speech", files)
+            robot.feed(3.0, drop_every=7)       # ...and the mic driver loses a chunk in seven
             robot.feed(0.5)
             start_ns = robot.get_clock().now().nanoseconds + 200_000_000
             robot.person = (start_ns, person)
@@ -167,6 +181,17 @@ def test_own_echo_does_not_trigger_barge_in(barge_in_run):
     assert not [b for b in robot.barge_ins if stamp_to_ns(b.header.stamp) < onset_ns - 100_000_000]
 
 
+def test_lost_mic_chunks_restart_the_mic_timeline_at_their_stamps(barge_in_run):
+    """The chunks the mic lost while the robot talked (above: its echo did not trigger) were
+    each seen as a gap: the mic's timeline and the canceller started again at the next stamp."""
+    robot, _, _, _, _ = barge_in_run
+    values = robot.values()
+    assert robot.dropped >= 15
+    assert int(values["audio_gaps"]) == robot.dropped, values
+    assert int(values["audio_gap_ns"]) == robot.dropped * 20_000_000
+    assert int(values["barge_in_mic_gaps"]) == robot.dropped
+
+
 def test_person_speaking_stops_speech_within_one_chunk(barge_in_run):
     robot, onset_ns, end_ns, codes, files = barge_in_run
     states = [s.state for s in robot.states if stamp_to_ns(s.header.stamp) >= onset_ns]
@@ -182,11 +207,14 @@ def test_person_speaking_stops_speech_within_one_chunk(barge_in_run):
     assert DuplexState.LISTENING in states[index + 1:], "later units listen"
     values = robot.values()
     assert int(values["barge_ins"]) >= 1
-    # omni/barge_in says when the person started: the first message's stamp is the onset's
-    # 32 ms frame (the onset here is where the voice passes 0.02, a few ms into its first frame).
+    # omni/barge_in says when the person started, not when that was decided: the first
+    # message's stamp is the first 32 ms frame of the run of speech frames that made the
+    # barge-in. The onset here is where the voice first passes 0.02, in the "s" of "Stop"; the
+    # run begins there or, where the "s" and the "t"'s closure are not taken for speech, at the
+    # vowel (within four frames of it); deciding takes barge_in_min_speech_ms (64) more.
     onsets = [stamp_to_ns(b.header.stamp) for b in robot.barge_ins]
     assert onsets, "no omni/barge_in message"
-    assert abs(onsets[0] - onset_ns) <= 64_000_000, (onsets[0] - onset_ns) / 1e9
+    assert -64_000_000 <= onsets[0] - onset_ns <= 128_000_000, (onsets[0] - onset_ns) / 1e9
     assert robot.barge_ins[0].window_index == onsets[0] // int(WINDOW_SEC * NS)
     # Speech the robot still had queued at the onset is dropped, and units it computes while the
     # person talks are muted. (Whether anything was queued at that instant depends on timing.)

@@ -73,6 +73,8 @@ class BargeInCounters(Counters):
     frames_vad: int = 0             # ...of which scored by the VAD
     cpu_us: int = 0                 # CPU time in push_mic (cancelling and VAD), microseconds
     onsets: int = 0                 # runs of speech frames begun (speech held until decided)
+    mic_gaps: int = 0               # mic chunks not following on from the one before
+    reference_reread: int = 0       # speech chunks published after the canceller read their start
 
 
 
@@ -169,8 +171,21 @@ class BargeInDetector:
         self._vad_gain = np.float32(10.0 ** (self.vad_gain_db / 20.0))
 
     def push_reference(self, stamp_ns: int, samples_16k: np.ndarray) -> None:
-        self.reference.add(stamp_ns, samples_16k)
+        """The robot's speech as it is played (published), stamped on the mic's clock."""
+        first = self.reference.add(stamp_ns, samples_16k)
         self.counters.reference_samples += int(np.asarray(samples_16k).size)
+        resume = getattr(self.canceller, "resume", None)
+        if first is None or resume is None or self._pending_first is None:
+            return
+        # The canceller reads the reference `lead` ahead of the mic, so it has often read the
+        # start of a chunk published just now as silence: it rereads what it holds of the
+        # reference (the echo of those samples has not reached the mic yet). Otherwise the
+        # head of each new stretch of speech would go uncancelled into the residual.
+        read_until = self._pending_first - self.echo_delay + self.canceller.lead
+        if first < read_until:
+            history = self.canceller.history
+            resume(self.reference.get(read_until - history, history))
+            self.counters.reference_reread += 1
 
     def robot_speaking_at(self, grid_index: int) -> bool:
         end = self.reference.newest_end
@@ -220,10 +235,17 @@ class BargeInDetector:
         self.counters.mic_samples += samples.shape[0]
         first = self.reference.index(stamp_ns)
         if self._pending_first is None or first != self._pending_first + self._pending.shape[0]:
-            # A gap or a jump in the mic timeline: start the frames afresh from this chunk.
+            if self._pending_first is not None:
+                self.counters.mic_gaps += 1
+            # A gap or a jump in the mic timeline: start the frames afresh from this chunk, and
+            # the canceller's reference history from the reference just before it.
             self._pending, self._pending_first = samples, first
             self._mic = self._clean = self._echo = np.zeros(0, dtype=np.float32)
             self._frame_first = first
+            resume = getattr(self.canceller, "resume", None)
+            if resume is not None:
+                start = first - self.echo_delay + self.canceller.lead
+                resume(self.reference.get(start - self.canceller.history, self.canceller.history))
         else:
             self._pending = np.concatenate([self._pending, samples])
         # The canceller takes the mic as one gap-free stream in its own block size...

@@ -59,10 +59,12 @@ class ReferenceBuffer:
     def index(self, stamp_ns: int) -> int:
         return sample_index(stamp_ns, self.sample_rate)
 
-    def add(self, stamp_ns: int, samples: np.ndarray) -> None:
+    def add(self, stamp_ns: int, samples: np.ndarray) -> Optional[int]:
+        """Lay a chunk where the loudspeaker plays it; the grid index it starts at (None if
+        empty)."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if samples.shape[0] == 0:
-            return
+            return None
         first = playout_start(self.index(stamp_ns), self.newest_end, self.continuity)
         first += max(0, samples.shape[0] - self.size)                        # keeps the newest
         samples = samples[-self.size:]
@@ -71,6 +73,7 @@ class ReferenceBuffer:
         self._owner[idx % self.size] = idx
         end = first + samples.shape[0]
         self.newest_end = end if self.newest_end is None else max(self.newest_end, end)
+        return first
 
     def get(self, first: int, n: int) -> np.ndarray:
         """n samples from grid index `first` (zeros where nothing was published)."""
@@ -148,6 +151,31 @@ class FdafEchoCanceller:
         self._constrain_order = [slice(int(part[0]), int(part[-1]) + 1) for part in
                                  np.array_split(np.arange(P), max(1, P // CONSTRAINED_PER_BLOCK))]
         self._constrain_next = 0
+
+    @property
+    def history(self) -> int:
+        """How many samples of reference before a block its echo estimate uses."""
+        return self.partitions * self.block
+
+    def resume(self, far_before: np.ndarray) -> None:
+        """Go on after a gap in the mic stream: the reference spectra of the filter's span are
+        rebuilt from `far_before` (the `history` samples of reference just before the next
+        block, aligned as `process` takes it). The weights, the echo path, are kept: without
+        this the next blocks would be filtered with the reference from before the gap, as if
+        the gap had not been, and leave a burst of echo behind."""
+        B, P = self.block, self.partitions
+        far = np.zeros((P + 1) * B, dtype=np.float32)
+        given = np.asarray(far_before, dtype=np.float32).reshape(-1)[-P * B:]
+        far[far.shape[0] - given.shape[0]:] = given
+        # Block j's spectrum is that of (block j - 1, block j); newest first from ring[P].
+        frames = np.lib.stride_tricks.sliding_window_view(far, 2 * B)[::B][::-1]
+        spectra = np.fft.rfft(frames, axis=1)
+        self._ring[:P] = self._ring[P:] = spectra
+        self._ring_energy[:P] = self._ring_energy[P:] = spectra.real ** 2 + spectra.imag ** 2
+        self._energy = self._ring_energy[:P].sum(axis=0)
+        self._head = 0
+        self._far_frame[:B] = far[-B:]
+        self._silent = not far.any()
 
     def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
         """Cancel `far`'s echo from `near`; both a whole number of blocks long."""
