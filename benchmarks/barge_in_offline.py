@@ -151,7 +151,10 @@ class Timeline:
     def run_until(self, end: int) -> None:
         det = self.detector
         while self.now < end:
-            while self.next_chunk <= self.now:
+            # A chunk that starts during the next mic chunk is published (and played) before
+            # that mic chunk is captured, as over DDS: the reference and the loudspeaker both
+            # have it from its first sample.
+            while self.next_chunk < self.now + MIC_CHUNK:
                 if self.speaking:
                     n = self.chunk
                     idx = (self.voice_at + np.arange(n)) % self.voice.shape[0]

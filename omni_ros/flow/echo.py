@@ -155,7 +155,7 @@ class FdafEchoCanceller:
     @property
     def history(self) -> int:
         """How many samples of reference before a block its echo estimate uses."""
-        return self.partitions * self.block
+        return (self.partitions + 1) * self.block
 
     def resume(self, far_before: np.ndarray) -> None:
         """Go on after a gap in the mic stream: the reference spectra of the filter's span are
@@ -165,7 +165,7 @@ class FdafEchoCanceller:
         the gap had not been, and leave a burst of echo behind."""
         B, P = self.block, self.partitions
         far = np.zeros((P + 1) * B, dtype=np.float32)
-        given = np.asarray(far_before, dtype=np.float32).reshape(-1)[-P * B:]
+        given = np.asarray(far_before, dtype=np.float32).reshape(-1)[-(P + 1) * B:]
         far[far.shape[0] - given.shape[0]:] = given
         # Block j's spectrum is that of (block j - 1, block j); newest first from ring[P].
         frames = np.lib.stride_tricks.sliding_window_view(far, 2 * B)[::B][::-1]
