@@ -518,10 +518,11 @@ def test_fdaf_resumes_after_a_gap_in_the_mic(long_robot):
 
 
 def test_dropped_mic_chunks_neither_trigger_nor_deafen(long_robot, voices, vad):
-    """A mic driver that drops a 20 ms chunk now and then while the robot talks: the canceller
-    resumes from the reference at the next chunk's stamp, so the robot does not interrupt
-    itself, and a person talking later is still heard. Without the resume about one drop in four
-    triggered a false barge-in."""
+    """20 ms of mic missing now and then while the robot talks, the next chunk stamped where it
+    was heard (as omni_node's mic timeline gives it after a restart): the canceller resumes
+    from the reference at that stamp, so the robot does not interrupt itself, and a person
+    talking later is still heard. Without the resume about one gap in four triggered a false
+    barge-in."""
     _, person = voices
 
     def run_dropping(detector, mic, every=37, start_ns=5 * NS, chunk=3200):

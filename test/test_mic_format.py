@@ -58,38 +58,13 @@ def test_stamps_jittered_within_a_chunk_give_contiguous_output(rate, channels, c
     stream = AudioInputStream(rate, channels)
     buffer = WindowBuffer(NS_PER_S)
     outputs = play(stream, buffer, frames, jittered_stamps(samples_to_ns(frames, rate), 150))
-    assert stream.counters.resets == 0 and stream.counters.gaps == 0
+    assert stream.counters.resets == 0
     assert buffer.counters.samples_overlap == 0
     first = [sample_index(stamp, INPUT_SAMPLE_RATE) for stamp, _ in outputs]
     ends = [index + count for index, (_, count) in zip(first, outputs)]
     assert first[1:] == ends[:-1], "each output starts where the one before ended"
     assert first[0] == sample_index(CAPTURE_START_NS + samples_to_ns(frames, rate) // 2,
                                     INPUT_SAMPLE_RATE), "the timeline starts at the first stamp"
-
-
-@pytest.mark.parametrize("rate", [16000, 48000])
-@pytest.mark.parametrize("chunk_ms,lost", [(20, 1), (20, 2), (10, 4), (100, 1)])
-def test_a_dropped_chunk_leaves_its_hole_and_the_audio_after_keeps_its_time(rate, chunk_ms, lost):
-    """Chunks 0..9, `lost` chunks never delivered, then 10 more, each stamped at its capture
-    time with 1 ms of jitter: the stream restarts at the first chunk after the loss, so the
-    audio after it is stamped where it was heard (not pulled back over the hole, which would
-    shift it against the robot's speech for good); the loss is counted, nothing overlaps."""
-    frames = rate * chunk_ms // 1000
-    chunk_ns = samples_to_ns(frames, rate)
-    indices = list(range(10)) + list(range(10 + lost, 20 + lost))
-    jitter = np.random.default_rng(1).uniform(-1e6, 1e6, len(indices)).astype(np.int64)
-    jitter[0] = 0
-    stamps = [CAPTURE_START_NS + i * chunk_ns + j for i, j in zip(indices, jitter)]
-    stream = AudioInputStream(rate, 1)
-    buffer = WindowBuffer(NS_PER_S)
-    outputs = play(stream, buffer, frames, stamps, indices)
-    assert stream.counters.gaps == 1 and stream.counters.resets == 1
-    assert abs(stream.counters.gap_ns - lost * chunk_ns) <= 2_000_000
-    assert buffer.counters.samples_overlap == 0
-    # The resampler's tail from before the loss (48 kHz) is dropped at the restart and counted.
-    assert (stream.counters.samples_dropped_on_reset > 0) == (rate != INPUT_SAMPLE_RATE)
-    after = stamps[10]
-    assert [stamp for stamp, _ in outputs if stamp >= after][0] == after
 
 
 @pytest.mark.parametrize("chunk_ms,repeated", [(20, 10), (100, 2)])

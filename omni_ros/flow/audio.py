@@ -29,9 +29,6 @@ SUPPORTED_CHANNELS = (1, 2)
 SAMPLE_DTYPES = {"S16LE": np.dtype("<i2"), "F32LE": np.dtype("<f4")}
 _FORMAT_ALIASES = {"S16": "S16LE", "INT16": "S16LE", "F32": "F32LE", "FLOAT32": "F32LE"}
 DEFAULT_MAX_GAP_NS = 50_000_000
-# A chunk stamped this share of its own duration or more after where the timeline expects it
-# follows lost audio (a dropped chunk), not jitter: the stream restarts at its stamp.
-GAP_OF_CHUNK = 0.75
 
 
 class AudioFormatError(ValueError):
@@ -59,8 +56,6 @@ class AudioCounters(Counters):
     resets: int = 0                # stream restarted (gap, jump or format change)
     samples_dropped_on_reset: int = 0   # resampler tail discarded when the stream restarted
     duplicate_chunks: int = 0      # same stamp and bytes as the chunk before (re-delivered): dropped
-    gaps: int = 0                  # restarts after lost audio (a chunk or two): see GAP_OF_CHUNK
-    gap_ns: int = 0                # ...the time lost
 
 
 
@@ -72,11 +67,7 @@ class AudioInputStream:
     sample. Output stamps follow a continuous timeline anchored at the first chunk after each
     reset, so stamp jitter never makes output overlap or leave holes; a stamp that differs from
     the expected one by more than the chunk's own duration, and by more than `max_gap_ns`,
-    restarts the stream. So does a chunk stamped late by `GAP_OF_CHUNK` of its duration or
-    more (up to two chunks, or `max_gap_ns`): it comes after lost audio (the driver dropped a
-    chunk), and the new timeline starts at its stamp, leaving a hole where the lost audio was,
-    so that what follows keeps its true time (the echo canceller lines the mic up with the
-    robot's speech by these stamps; snapped over the hole, the mic would lag it for good).
+    restarts the stream.
     """
 
     def __init__(self, sample_rate: int, channels: int, sample_format: str = "S16LE",
@@ -195,13 +186,7 @@ class AudioInputStream:
         if self._anchor_ns is not None:   # jitter up to a chunk is snapped to the timeline
             expected_ns = self._anchor_ns + samples_to_ns(self._frames_in, self._rate)
             offset_ns = stamp_ns - expected_ns
-            duration_ns = samples_to_ns(mono.shape[0], self._rate)
-            if mono.shape[0] and GAP_OF_CHUNK * duration_ns <= offset_ns \
-                    <= max(self.max_gap_ns, 2 * duration_ns):
-                self.counters.gaps += 1            # a chunk or two lost: restart at this stamp
-                self.counters.gap_ns += offset_ns
-                self.reset()
-            elif abs(offset_ns) > self.max_gap_ns and not self._snaps(offset_ns, mono.shape[0]):
+            if abs(offset_ns) > self.max_gap_ns and not self._snaps(offset_ns, mono.shape[0]):
                 self.reset()
         if self._anchor_ns is None:
             resume_ns, self._resume_ns = self._resume_ns, None
