@@ -174,18 +174,29 @@ class BargeInDetector:
         """The robot's speech as it is played (published), stamped on the mic's clock."""
         first = self.reference.add(stamp_ns, samples_16k)
         self.counters.reference_samples += int(np.asarray(samples_16k).size)
-        resume = getattr(self.canceller, "resume", None)
-        if first is None or resume is None or self._pending_first is None:
+        if first is None or self.canceller is None or self._pending_first is None:
             return
         # The canceller reads the reference `lead` ahead of the mic, so it has often read the
         # start of a chunk published just now as silence: it rereads what it holds of the
         # reference (the echo of those samples has not reached the mic yet). Otherwise the
         # head of each new stretch of speech would go uncancelled into the residual.
-        read_until = self._pending_first - self.echo_delay + self.canceller.lead
-        if first < read_until:
-            history = self.canceller.history
-            resume(self.reference.get(read_until - history, history))
+        read_until = self._far_index(self._pending_first)
+        if first < read_until and self._resume_canceller(read_until):
             self.counters.reference_reread += 1
+
+    def _far_index(self, mic_index: int) -> int:
+        """The reference index the canceller reads with the mic sample at `mic_index`."""
+        return mic_index - self.echo_delay + self.canceller.lead
+
+    def _resume_canceller(self, far_first: int) -> bool:
+        """Rebuild the canceller's reference history up to `far_first` from the reference
+        buffer (False if this canceller keeps no history it can rebuild)."""
+        resume = getattr(self.canceller, "resume", None)
+        if resume is None:
+            return False
+        history = self.canceller.history
+        resume(self.reference.get(far_first - history, history))
+        return True
 
     def robot_speaking_at(self, grid_index: int) -> bool:
         end = self.reference.newest_end
@@ -242,10 +253,8 @@ class BargeInDetector:
             self._pending, self._pending_first = samples, first
             self._mic = self._clean = self._echo = np.zeros(0, dtype=np.float32)
             self._frame_first = first
-            resume = getattr(self.canceller, "resume", None)
-            if resume is not None:
-                start = first - self.echo_delay + self.canceller.lead
-                resume(self.reference.get(start - self.canceller.history, self.canceller.history))
+            if self.canceller is not None:
+                self._resume_canceller(self._far_index(first))
         else:
             self._pending = np.concatenate([self._pending, samples])
         # The canceller takes the mic as one gap-free stream in its own block size...
@@ -259,7 +268,7 @@ class BargeInDetector:
             if self.canceller is not None:
                 # The canceller hears the mic as one stream, the robot silent or not (silence in
                 # the reference costs it a transform and keeps its history in step with time).
-                far = self.reference.get(start - self.echo_delay + self.canceller.lead, whole)
+                far = self.reference.get(self._far_index(start), whole)
                 clean = self.canceller.process(mic, far).astype(np.float32, copy=False)
                 echo = getattr(self.canceller, "echo_estimate", None)
                 self.counters.canceller_restarts = getattr(self.canceller, "restarts", 0)

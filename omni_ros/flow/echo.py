@@ -164,8 +164,8 @@ class FdafEchoCanceller:
         this the next blocks would be filtered with the reference from before the gap, as if
         the gap had not been, and leave a burst of echo behind."""
         B, P = self.block, self.partitions
-        far = np.zeros((P + 1) * B, dtype=np.float32)
-        given = np.asarray(far_before, dtype=np.float32).reshape(-1)[-(P + 1) * B:]
+        far = np.zeros(self.history, dtype=np.float32)
+        given = np.asarray(far_before, dtype=np.float32).reshape(-1)[-self.history:]
         far[far.shape[0] - given.shape[0]:] = given
         # Block j's spectrum is that of (block j - 1, block j); newest first from ring[P].
         frames = np.lib.stride_tricks.sliding_window_view(far, 2 * B)[::B][::-1]
