@@ -356,27 +356,35 @@ def run_live(detector, mic, robot, start_ns=5 * NS, chunk=3200):
     return hits
 
 
-@pytest.mark.parametrize("under_db, at_s", [(15, 6.0), (20, 6.0), (20, 8.5), (20, 11.0)])
-def test_a_person_well_under_the_echo_is_heard(long_robot, voices, vad, under_db, at_s):
+@pytest.mark.parametrize("under_db", [15, 20])
+def test_a_person_well_under_the_echo_is_heard(long_robot, voices, vad, under_db):
     """The robot's echo 15-20 dB louder at the mic than the person (its loudspeaker near the
     mic, the person a metre or two away): once the canceller has learnt the echo path, the
     person stops the robot within a few frames of their voice, wherever in the robot's speech
-    they start. At 20 dB the whole frame's residual is mostly the robot's (a gate on the frame's
-    level heard the person at 8.5 s only 1.15 s after their onset); the person shows in the
-    bands between the robot's harmonics and formants."""
+    they start (12 onsets spread over 9.5 s of it). At 20 dB the whole frame's residual is
+    mostly the robot's; the person shows in the bands between the robot's harmonics and
+    formants. One onset of the 12 (7.7 s, where "Stop" falls on a loud stretch of the robot's
+    voice) is heard only after about a second, by this detector and by the one before the
+    echo-dying rule and the 8 dB gate alike: at most one is allowed, never a miss."""
     _, person = voices
     echo = room_echo(long_robot, 2.0)
     person_level = (np.sqrt(np.mean(echo ** 2)) * 10 ** (-under_db / 20)
                     / np.sqrt(np.mean(person[np.abs(person) > 0.01] ** 2)))
-    mic = echo.copy()
-    at = int(at_s * RATE)
-    mic[at:at + person.shape[0]] += person_level * person
-    vad.reset()
-    detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
-    hits = run_live(detector, mic[:at + person.shape[0]], long_robot)
-    voiced = at_s + np.argmax(np.abs(person) > 0.02) / RATE
-    assert hits and voiced - 0.1 <= hits[0] <= voiced + 0.35, (hits, voiced)
-    assert detector.diagnostic_values()["armed"]
+    delays = []
+    for at_s in np.linspace(6.0, 15.5, 12):
+        mic = echo.copy()
+        at = int(at_s * RATE)
+        mic[at:at + person.shape[0]] += person_level * person
+        vad.reset()
+        detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
+        hits = run_live(detector, mic[:at + person.shape[0]], long_robot)
+        voiced = at_s + np.argmax(np.abs(person) > 0.02) / RATE
+        assert hits and hits[0] >= voiced - 0.1, (at_s, hits, voiced)     # heard, not early
+        delays.append(hits[0] - voiced)
+        assert detector.diagnostic_values()["armed"]
+    delays = np.array(delays)
+    assert np.count_nonzero(delays > 0.35) <= 1, delays.round(3)
+    assert np.median(delays) <= 0.2, delays.round(3)
 
 
 def test_the_echo_alone_arms_barge_in_and_never_triggers_it(long_robot, vad):

@@ -10,8 +10,10 @@ reference buffer lays chunks back to back as the loudspeaker plays them); the ca
 the linear echo, taking the mic as one gap-free stream; each 32 ms frame whose residual does not
 stand above what the canceller leaves of the robot's voice in at least two of its frequency
 bands (its echo estimate there times the residual ratio of the robot's own frames, an upper
-quantile learnt band by band as it speaks, and above the floor) is ruled out there (no VAD run:
-the cheap common case while the robot speaks alone), the VAD scores the others with the expected
+quantile learnt band by band as it speaks, and above the floor), whose residual as a whole lies
+near its floor, or whose mic has fallen well under the echo estimated just before (the robot's
+voice stopping, its echo dying away) is ruled out there (no VAD run: the cheap common case
+while the robot speaks alone), the VAD scores the others with the expected
 residual echo taken out of each band, from a fresh state each time the robot starts speaking;
 `min_speech_ms` of consecutive frames above the threshold while the robot is speaking is a
 barge-in, reported with the onset's stamp. Until the canceller has learnt the echo path nothing
@@ -50,6 +52,7 @@ ECHO_AUDIBLE_DB = 6.0       # a frame of the robot's voice carries its echo this
 INAUDIBLE_SHARE = 0.2       # ...and echo is inaudible when fewer than this share of them do
 AUDIBLE_SHARE = 0.5         # ...and audible again when more than this share do
 ECHO_SHARE_STEP = 0.05      # the audible share's smoothing per frame of the robot's voice
+ECHO_DYING_DB = 6.0         # a mic this far under the echo just estimated: the echo dying away
 # The residual gate's bands: rfft bins of a 512-sample frame (31.25 Hz each) from 62 Hz to 8 kHz,
 # two bins wide at the bottom, about a quarter of an octave from 1 kHz up.
 BAND_EDGES = np.array([2, 4, 6, 8, 10, 12, 15, 18, 22, 26, 31, 37, 44, 52, 62, 74, 88, 105,
@@ -58,6 +61,11 @@ BANDS = BAND_EDGES.shape[0] - 1
 BAND_OF_BIN = np.concatenate([[BANDS, BANDS],                   # below 62 Hz: in no band
                               np.repeat(np.arange(BANDS), np.diff(BAND_EDGES))])
 GATE_BANDS = 2              # a person's voice stands over the expected residual in this many bands
+# In double talk (the echo within 10 dB of the mic), a frame standing out in this many bands needs
+# only this margin over the residual's floor, not NOISE_MARGIN_DB.
+DOUBLE_TALK_BANDS = 4
+DOUBLE_TALK_MARGIN_DB = 3.0
+DOUBLE_TALK_ECHO = 0.1
 SUPPRESSION_FLOOR = 0.1     # the least gain the residual-echo suppressor leaves a band (-20 dB)
 
 
@@ -87,11 +95,12 @@ class BargeInDetector:
 
     def __init__(self, vad: Callable[[np.ndarray], float], echo_canceller=None,
                  threshold: float = 0.3, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
-                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 6.0,
-                 vad_gain_db: float = 0.0, fresh_vad_per_turn: bool = True,
+                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 8.0,
+                 vad_gain_db: float = 12.0, fresh_vad_per_turn: bool = True,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.vad = vad
         self.canceller = echo_canceller
+        self._estimates = hasattr(echo_canceller, "echo_estimate")   # the canceller's own estimate
         self.threshold = float(threshold)
         self.sample_rate = int(sample_rate)
         self.fresh_vad_per_turn = bool(fresh_vad_per_turn)
@@ -348,12 +357,26 @@ class BargeInDetector:
             # The residual louder than the mic itself: the canceller's own echo estimate where the
             # echo has already stopped (the end of a phrase), not a person, who adds to the mic.
             return None
-        if clean_db < self._noise_db + NOISE_MARGIN_DB:
-            return None                # at the floor: nothing a person's voice would make
+        if self._estimates and mic_power * 10.0 ** (ECHO_DYING_DB / 10.0) < echo_power:
+            # The mic far under the echo estimate held from the frames before: the robot's voice
+            # has just stopped or paused and its echo is dying away. A person's voice adds to the
+            # mic; what stands out of the residual here is the canceller's error on the echo's
+            # tail (mostly in the top bands), not a person.
+            return None
         expected = self._band_echo * 10.0 ** (self._band_residual_db / 10.0)
         floor = 10.0 ** ((self._band_noise_db + NOISE_MARGIN_DB) / 10.0)
-        voiced = (residual > self._gate * expected) & (residual > floor)
-        if int(np.count_nonzero(voiced)) < GATE_BANDS:
+        voiced = int(np.count_nonzero((residual > self._gate * expected) & (residual > floor)))
+        if voiced < GATE_BANDS:
+            return None
+        # The whole frame stands above the residual's floor: a person's voice adds to it. In a
+        # noisy room the floor is the noise, and a person's first frames over the robot's echo
+        # stand out clearly in several bands but little in the whole frame, so there the margin
+        # is smaller. Where the echo is weak or absent (the robot's pauses) it is not: background
+        # talkers a little over the floor show in many bands too.
+        margin = NOISE_MARGIN_DB
+        if voiced >= DOUBLE_TALK_BANDS and echo_power >= DOUBLE_TALK_ECHO * mic_power:
+            margin = DOUBLE_TALK_MARGIN_DB
+        if clean_db < self._noise_db + margin:
             return None
         # What the VAD hears: the residual less the expected echo in each band (a Wiener-like
         # gain), so that the robot's residual under the person's voice does not score as speech.
