@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from sensor_msgs.msg import CompressedImage, Image
 
-from omni_ros.flow.audio import AudioFormatError, AudioInputStream, float_to_s16le, s16le_to_float
+from omni_ros.flow.audio import (LAG_CHUNKS, AudioFormatError, AudioInputStream, float_to_s16le,
+                                  s16le_to_float)
 from omni_ros.ros.conversions import (ImageFormatError, compressed_to_rgb, image_to_rgb,
                                       ns_to_stamp, rgb_to_compressed, rgb_to_image, stamp_to_ns)
 
@@ -219,6 +220,42 @@ def test_gap_resets_stream_and_reanchors():
     assert stream.counters.resets == 1 and stamp == t0 + 5 * 10**9
     stamp, _ = stream.push(t0 + 2 * 10**9, chunk)                       # backwards
     assert stream.counters.resets == 2
+
+
+def test_a_lone_lost_chunk_restarts_the_timeline_at_the_lag_the_later_chunks_share():
+    """A lost 20 ms chunk is within the stamps' jitter allowance, so the next chunks are snapped
+    onto the timeline a chunk early; once LAG_CHUNKS of them in a row have come late, the
+    timeline restarts at their shared lag, and the output stamps follow the capture times again
+    instead of lagging them by the lost chunk until the next restart."""
+    rng = np.random.default_rng(5)
+    stream = AudioInputStream(16000, 1, "F32LE")
+    chunk_ns, t0, lost, jitter_ns = 20_000_000, 10**9, 20, 3_000_000
+    errors = {}
+    for i in range(60):
+        if i == lost:
+            continue
+        captured = t0 + i * chunk_ns
+        data = pcm(rng.normal(0, 0.1, 320).astype(np.float32), "F32LE", 1)
+        stamp, _ = stream.push(captured + int(rng.uniform(-jitter_ns, jitter_ns)), data)
+        errors[i] = stamp - captured
+    assert stream.counters.lag_restarts == 1 and stream.counters.resets == 1
+    snapped = [errors[i] for i in range(lost + 1, lost + LAG_CHUNKS)]
+    assert all(abs(e + chunk_ns) <= jitter_ns for e in snapped), snapped   # a chunk early
+    after = [errors[i] for i in range(lost + LAG_CHUNKS, 60)]
+    assert all(abs(e) <= 2 * jitter_ns for e in after), after
+
+
+def test_stamp_jitter_of_half_a_chunk_never_restarts_the_timeline():
+    """Jitter scatters both ways: however it falls, up to half a chunk either side, the
+    timeline goes on (a run of late stamps is what a loss makes, not jitter)."""
+    rng = np.random.default_rng(6)
+    stream = AudioInputStream(16000, 1, "S16LE")
+    chunk_ns = 20_000_000
+    jitter = rng.uniform(-0.5, 0.5, 3000) * chunk_ns
+    jitter[100:110] = chunk_ns // 2                          # ten at the late extreme in a row
+    for i, j in enumerate(jitter.astype(np.int64)):
+        stream.push(10**9 + i * chunk_ns + int(j), rng.integers(-999, 999, 320).astype("<i2").tobytes())
+    assert stream.counters.resets == 0 and stream.counters.lag_restarts == 0
 
 
 def test_passthrough_16k_is_exact():

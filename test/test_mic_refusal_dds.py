@@ -58,7 +58,9 @@ class Microphone(Node):
         capture_ns, started = self.get_clock().now().nanoseconds, time.monotonic()
         for i in range(count):
             t = (np.arange(frames) + i * frames) / sample_rate
-            pcm = (0.05 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+            # 437 Hz: not a whole number of periods per chunk, so no two chunks are the same
+            # bytes (the first two, jittered to one stamp, would be dropped as a re-delivery)
+            pcm = (0.05 * np.sin(2 * np.pi * 437 * t) * 32767).astype(np.int16)
             stamp = ns_to_stamp(capture_ns + i * chunk_ns + int(offsets[i]))
             self.audio.publish(audio_flavours.mic_message(stamp, pcm, sample_rate, 1, "mic"))
             time.sleep(max(0.0, started + (i + 1) * CHUNK_MS / 1000 - time.monotonic()))

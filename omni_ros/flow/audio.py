@@ -14,6 +14,7 @@ clock: the new timeline goes on where the output stopped when the next stamp is 
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -29,6 +30,7 @@ SUPPORTED_CHANNELS = (1, 2)
 SAMPLE_DTYPES = {"S16LE": np.dtype("<i2"), "F32LE": np.dtype("<f4")}
 _FORMAT_ALIASES = {"S16": "S16LE", "INT16": "S16LE", "F32": "F32LE", "FLOAT32": "F32LE"}
 DEFAULT_MAX_GAP_NS = 50_000_000
+LAG_CHUNKS = 4   # a lag every one of this many chunks in a row shows is lost audio, not jitter
 
 
 class AudioFormatError(ValueError):
@@ -56,6 +58,7 @@ class AudioCounters(Counters):
     resets: int = 0                # stream restarted (gap, jump or format change)
     samples_dropped_on_reset: int = 0   # resampler tail discarded when the stream restarted
     duplicate_chunks: int = 0      # same stamp and bytes as the chunk before (re-delivered): dropped
+    lag_restarts: int = 0          # ...of the resets: chunks kept coming late (audio lost within a chunk)
 
 
 
@@ -67,7 +70,9 @@ class AudioInputStream:
     sample. Output stamps follow a continuous timeline anchored at the first chunk after each
     reset, so stamp jitter never makes output overlap or leave holes; a stamp that differs from
     the expected one by more than the chunk's own duration, and by more than `max_gap_ns`,
-    restarts the stream.
+    restarts the stream, and so do LAG_CHUNKS chunks in a row each stamped more than half a
+    chunk late (a lost chunk shorter than that bound: jitter scatters both ways, a loss shifts
+    every later stamp), at the lag they share.
     """
 
     def __init__(self, sample_rate: int, channels: int, sample_format: str = "S16LE",
@@ -81,6 +86,7 @@ class AudioInputStream:
         self._frames_in = 0                      # input frames since the reset
         self._samples_out = 0                    # output samples since the reset
         self._last_chunk = None                  # (stamp_ns, length, hash) of the previous chunk
+        self._offsets: deque = deque(maxlen=LAG_CHUNKS)   # the last chunks' stamp - expected
         self.set_format(sample_rate, channels, sample_format)
 
     @property
@@ -135,6 +141,7 @@ class AudioInputStream:
         self._resume_ns = None
         self._frames_in = 0
         self._samples_out = 0
+        self._offsets.clear()
         self._resampler = None
         if self._rate != INPUT_SAMPLE_RATE:
             import soxr  # noqa: PLC0415 - only needed when resampling
@@ -183,15 +190,28 @@ class AudioInputStream:
         self._last_chunk = signature
         mono = self.decode(data)
         self.counters.chunks += 1
+        anchor_ns = stamp_ns
         if self._anchor_ns is not None:   # jitter up to a chunk is snapped to the timeline
             expected_ns = self._anchor_ns + samples_to_ns(self._frames_in, self._rate)
             offset_ns = stamp_ns - expected_ns
             if abs(offset_ns) > self.max_gap_ns and not self._snaps(offset_ns, mono.shape[0]):
                 self.reset()
+            else:
+                self._offsets.append(offset_ns)
+                lag_ns = min(self._offsets)
+                if (len(self._offsets) == LAG_CHUNKS
+                        and 2 * lag_ns > samples_to_ns(mono.shape[0], self._rate)):
+                    # Each of the last few chunks came more than half a chunk later than the
+                    # timeline expects: audio was lost (a chunk dropped), which jitter, scattering
+                    # both ways, does not do. Snapped over, the mic would lag the time it was
+                    # heard at until the next restart; restart where the lag puts this chunk.
+                    self.counters.lag_restarts += 1
+                    self.reset()
+                    anchor_ns = expected_ns + lag_ns
         if self._anchor_ns is None:
             resume_ns, self._resume_ns = self._resume_ns, None
             near = resume_ns is not None and self._snaps(stamp_ns - resume_ns, mono.shape[0])
-            self._anchor_ns = resume_ns if near else stamp_ns
+            self._anchor_ns = resume_ns if near else anchor_ns
         out_stamp = self._anchor_ns + samples_to_ns(self._samples_out, INPUT_SAMPLE_RATE)
         self._frames_in += mono.shape[0]
         self.counters.input_frames += mono.shape[0]

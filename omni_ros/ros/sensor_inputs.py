@@ -184,6 +184,9 @@ class MicInput:
                          "bytes were dropped")
         self.log.counter("audio_duplicate_chunks", c.duplicate_chunks,
                          "microphone message repeated (same stamp and data): dropped")
+        self.log.counter("audio_lag_restarts", c.lag_restarts, "microphone chunks kept coming "
+                         "more than half a chunk later than the mic timeline expects (audio lost): "
+                         "the timeline restarted at their stamps")
         self.log.counter("audio_nonfinite_samples", c.nonfinite_samples,
                          "microphone samples that were NaN or inf were replaced by silence")
         if not samples.shape[0]:
