@@ -49,8 +49,6 @@ for p in (str(BENCH), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 from common import prefer_this_tree  # noqa: E402
-
-prefer_this_tree()
 import acoustics as A  # noqa: E402
 from acoustics import RATE, Condition  # noqa: E402
 
@@ -283,6 +281,7 @@ def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, t
 
 def _job(args):
     c, variant, kwargs, voice_kind, checkpoint, trials, echo_seconds, warmup = args
+    prefer_this_tree()      # the worker measures this tree's detector (main() does the same)
     import torch
     torch.set_num_threads(1)
     voice = robot_voice(voice_kind, checkpoint)
@@ -361,6 +360,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/results")
     args = ap.parse_args()
+    prefer_this_tree()     # not at import: test/test_barge_in_in_process.py imports this module
     grid = select_grid(args.grid, args.only)
     variants = [parse_variant(v) for v in args.variant] or [("default", {})]
     checkpoint = Path(args.checkpoint)

@@ -61,8 +61,9 @@ BANDS = BAND_EDGES.shape[0] - 1
 BAND_OF_BIN = np.concatenate([[BANDS, BANDS],                   # below 62 Hz: in no band
                               np.repeat(np.arange(BANDS), np.diff(BAND_EDGES))])
 GATE_BANDS = 2              # a person's voice stands over the expected residual in this many bands
-# In double talk (the echo within 10 dB of the mic), a frame standing out in this many bands needs
-# only this margin over the residual's floor, not NOISE_MARGIN_DB.
+# In double talk (the canceller's echo estimate for the frame within 10 dB of the mic), a frame
+# standing out in this many bands needs only this margin over the residual's floor, not
+# NOISE_MARGIN_DB.
 DOUBLE_TALK_BANDS = 4
 DOUBLE_TALK_MARGIN_DB = 3.0
 DOUBLE_TALK_ECHO = 0.1
@@ -329,6 +330,7 @@ class BargeInDetector:
         # like the room's reverberation, so the estimate it is measured against decays no
         # faster than RESIDUAL_DECAY_DB per frame from its recent peak (the frame's, and below
         # each band's).
+        estimate_power = echo_power                     # the canceller's estimate for this frame
         self._decaying_echo = max(echo_power, self._decaying_echo * RESIDUAL_DECAY)
         echo_power = self._decaying_echo
         self._frame_powers = (mic_power, clean_power, echo_power, far_power)
@@ -371,10 +373,11 @@ class BargeInDetector:
         # The whole frame stands above the residual's floor: a person's voice adds to it. In a
         # noisy room the floor is the noise, and a person's first frames over the robot's echo
         # stand out clearly in several bands but little in the whole frame, so there the margin
-        # is smaller. Where the echo is weak or absent (the robot's pauses) it is not: background
-        # talkers a little over the floor show in many bands too.
+        # is smaller. Where the echo is weak or absent (the robot's pauses, however much of the
+        # estimate is still held from before) it is not: background talkers a little over the
+        # floor show in many bands too.
         margin = NOISE_MARGIN_DB
-        if voiced >= DOUBLE_TALK_BANDS and echo_power >= DOUBLE_TALK_ECHO * mic_power:
+        if voiced >= DOUBLE_TALK_BANDS and estimate_power >= DOUBLE_TALK_ECHO * mic_power:
             margin = DOUBLE_TALK_MARGIN_DB
         if clean_db < self._noise_db + margin:
             return None
