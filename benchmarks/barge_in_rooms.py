@@ -30,6 +30,7 @@ Results are appended to benchmarks/results/barge_in_rooms.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import subprocess
 import sys
@@ -292,6 +293,7 @@ def make_room_driver():
             self.loudspeaker = None             # this stretch's resampler (acoustics.StreamResampler)
             self.stretch_start = 0              # grid index where the stretch began playing
             self.stretch_end: Optional[int] = None
+            self.recent = collections.deque(maxlen=16)   # the last speech chunks (stamp, 24 kHz)
 
         def _diagnostics(self, m):
             v = values_of([m], "omni_node")
@@ -312,19 +314,34 @@ def make_room_driver():
                 self.speech.append((stamp, pcm.shape[0] / OUTPUT_SAMPLE_RATE, time.monotonic()))
                 if self.calibrating:
                     self.calibration.append(soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE))
-                if self.scene is None:
-                    return
-                # The loudspeaker plays back to back what comes within its queue's continuity
-                # (flow/echo.playout_start), resampled as one stream per stretch.
-                first = sample_index(stamp, RATE)
-                if self.stretch_end is None or abs(first - self.stretch_end) > CONTINUITY:
-                    self.loudspeaker, self.stretch_start = A.StreamResampler(), first
-                for j, samples in self.loudspeaker.play(pcm):
-                    at = self.stretch_start + j
-                    self.scene.echo.overlap_add(at, samples)
-                    due = at + self.scene.echo.latency
+                self.recent.append((stamp, pcm))
+                if self.scene is not None:
+                    self._play(stamp, pcm)
+
+        def _play(self, stamp, pcm, count_late=True):
+            """The loudspeaker plays back to back what comes within its queue's continuity
+            (flow/echo.playout_start), resampled as one stream per stretch (under the lock)."""
+            first = sample_index(stamp, RATE)
+            if self.stretch_end is None or abs(first - self.stretch_end) > CONTINUITY:
+                self.loudspeaker, self.stretch_start = A.StreamResampler(), first
+            for j, samples in self.loudspeaker.play(pcm):
+                at = self.stretch_start + j
+                self.scene.echo.overlap_add(at, samples)
+                due = at + self.scene.echo.latency
+                if count_late:
                     self.late_echo += int(np.clip(self.published_until - due, 0, samples.shape[0]))
-                self.stretch_end = self.stretch_start + self.loudspeaker.samples_in * RATE // OUTPUT_SAMPLE_RATE
+            self.stretch_end = self.stretch_start + self.loudspeaker.samples_in * RATE // OUTPUT_SAMPLE_RATE
+
+        def set_scene(self, scene):
+            """A new room, the robot talking on: what the loudspeaker played in the last seconds
+            is played into the new room's echo path too, so that the mic, which catches up on
+            the time the room took to build, hears the robot throughout (left out, the mic
+            went silent for a second while the robot spoke: to the canceller a loudspeaker
+            muted and switched on again, which is not the room change being measured)."""
+            with self.lock:
+                self.scene, self.person, self.stretch_end = scene, None, None
+                for stamp, pcm in self.recent:
+                    self._play(stamp, pcm, count_late=False)
 
         def mic_chunk(self, start_ns, n):
             first = sample_index(start_ns, RATE)
@@ -456,9 +473,8 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     scene = A.Scene(c, robot_rms)
     result = ConditionResult(c, summary=scene.summary())
     rng = np.random.default_rng(c.seed())
+    driver.set_scene(scene)                # a new room, the robot talking on
     with driver.lock:
-        driver.scene, driver.person = scene, None
-        driver.stretch_end = None            # a new room: its loudspeaker starts afresh
         late0 = driver.late_echo
     driver.feed(1.5)                       # the echo path fills; the canceller adapts
     clock = driver.get_clock()
@@ -493,7 +509,7 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     driver.feed(0.8)                       # diagnostics after the last interval
     with driver.lock:
         diag, speech, onsets = list(driver.diag), list(driver.speech), list(driver.onsets)
-        driver.scene, driver.person = None, None
+        driver.person = None                 # the room stays until the next one is built
         result.late_echo_ms = (driver.late_echo - late0) * 1000 / RATE
         result.erle_db = diag[-1].erle_db if diag else float("nan")
     for k, onset_ns, end_ns, text, voice in trial_spans:
@@ -544,8 +560,7 @@ def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: in
             if not driver.feed_until(lambda: driver.robot_rms() > 1e-3, 30.0):
                 raise RuntimeError("the robot does not speak\n" + graph.log_tail())
             warm.set_robot_rms(driver.robot_rms())
-            with driver.lock:
-                driver.scene, driver.stretch_end = warm, None
+            driver.set_scene(warm)
             driver.feed(4.0)
             if not driver.feed_until(lambda: driver.speaking_for() > 1.0, 30.0):
                 raise RuntimeError("the robot does not speak\n" + graph.log_tail())
