@@ -173,11 +173,11 @@ class AudioInputStream:
             samples = samples.reshape(-1, 2).mean(axis=1, dtype=np.float32)
         return samples
 
-    def _snaps(self, offset_ns: int, frames: int) -> bool:
-        """Whether a chunk of `frames` stamped `offset_ns` away from where the timeline expects it
-        is snapped to it: within one chunk's duration, or within max_gap_ns."""
+    def _snaps(self, offset_ns: int, chunk_ns: int) -> bool:
+        """Whether a chunk lasting `chunk_ns` stamped `offset_ns` away from where the timeline
+        expects it is snapped to it: within the chunk's duration, or within max_gap_ns."""
         offset_ns = abs(offset_ns)
-        return offset_ns <= self.max_gap_ns or offset_ns <= samples_to_ns(frames, self._rate)
+        return offset_ns <= self.max_gap_ns or offset_ns <= chunk_ns
 
     def push(self, stamp_ns: int, raw_bytes) -> Tuple[int, np.ndarray]:
         stamp_ns = int(stamp_ns)
@@ -191,16 +191,16 @@ class AudioInputStream:
         mono = self.decode(data)
         self.counters.chunks += 1
         anchor_ns = stamp_ns
+        chunk_ns = samples_to_ns(mono.shape[0], self._rate)
         if self._anchor_ns is not None:   # jitter up to a chunk is snapped to the timeline
             expected_ns = self._anchor_ns + samples_to_ns(self._frames_in, self._rate)
             offset_ns = stamp_ns - expected_ns
-            if abs(offset_ns) > self.max_gap_ns and not self._snaps(offset_ns, mono.shape[0]):
+            if not self._snaps(offset_ns, chunk_ns):
                 self.reset()
             else:
                 self._offsets.append(offset_ns)
                 lag_ns = min(self._offsets)
-                if (len(self._offsets) == LAG_CHUNKS
-                        and 2 * lag_ns > samples_to_ns(mono.shape[0], self._rate)):
+                if len(self._offsets) == LAG_CHUNKS and 2 * lag_ns > chunk_ns:
                     # Each of the last few chunks came more than half a chunk later than the
                     # timeline expects: audio was lost (a chunk dropped), which jitter, scattering
                     # both ways, does not do. Snapped over, the mic would lag the time it was
@@ -210,7 +210,7 @@ class AudioInputStream:
                     anchor_ns = expected_ns + lag_ns
         if self._anchor_ns is None:
             resume_ns, self._resume_ns = self._resume_ns, None
-            near = resume_ns is not None and self._snaps(stamp_ns - resume_ns, mono.shape[0])
+            near = resume_ns is not None and self._snaps(stamp_ns - resume_ns, chunk_ns)
             self._anchor_ns = resume_ns if near else anchor_ns
         out_stamp = self._anchor_ns + samples_to_ns(self._samples_out, INPUT_SAMPLE_RATE)
         self._frames_in += mono.shape[0]

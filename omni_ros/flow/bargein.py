@@ -53,6 +53,7 @@ INAUDIBLE_SHARE = 0.2       # ...and echo is inaudible when fewer than this shar
 AUDIBLE_SHARE = 0.5         # ...and audible again when more than this share do
 ECHO_SHARE_STEP = 0.05      # the audible share's smoothing per frame of the robot's voice
 ECHO_DYING_DB = 6.0         # a mic this far under the echo just estimated: the echo dying away
+ECHO_DYING = 10.0 ** (ECHO_DYING_DB / 10.0)
 # The residual gate's bands: rfft bins of a 512-sample frame (31.25 Hz each) from 62 Hz to 8 kHz,
 # two bins wide at the bottom, about a quarter of an octave from 1 kHz up.
 BAND_EDGES = np.array([2, 4, 6, 8, 10, 12, 15, 18, 22, 26, 31, 37, 44, 52, 62, 74, 88, 105,
@@ -66,7 +67,8 @@ GATE_BANDS = 2              # a person's voice stands over the expected residual
 # NOISE_MARGIN_DB.
 DOUBLE_TALK_BANDS = 4
 DOUBLE_TALK_MARGIN_DB = 3.0
-DOUBLE_TALK_ECHO = 0.1
+DOUBLE_TALK_ECHO_DB = 10.0
+DOUBLE_TALK_ECHO = 10.0 ** (-DOUBLE_TALK_ECHO_DB / 10.0)
 SUPPRESSION_FLOOR = 0.1     # the least gain the residual-echo suppressor leaves a band (-20 dB)
 
 
@@ -359,7 +361,7 @@ class BargeInDetector:
             # The residual louder than the mic itself: the canceller's own echo estimate where the
             # echo has already stopped (the end of a phrase), not a person, who adds to the mic.
             return None
-        if self._estimates and mic_power * 10.0 ** (ECHO_DYING_DB / 10.0) < echo_power:
+        if self._estimates and mic_power * ECHO_DYING < echo_power:
             # The mic far under the echo estimate held from the frames before: the robot's voice
             # has just stopped or paused and its echo is dying away. A person's voice adds to the
             # mic; what stands out of the residual here is the canceller's error on the echo's

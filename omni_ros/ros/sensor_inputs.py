@@ -186,7 +186,7 @@ class MicInput:
                          "microphone message repeated (same stamp and data): dropped")
         self.log.counter("audio_lag_restarts", c.lag_restarts, "microphone chunks kept coming "
                          "more than half a chunk later than the mic timeline expects (audio lost): "
-                         "the timeline restarted at their stamps")
+                         "the timeline restarted at the lag they share")
         self.log.counter("audio_nonfinite_samples", c.nonfinite_samples,
                          "microphone samples that were NaN or inf were replaced by silence")
         if not samples.shape[0]:
