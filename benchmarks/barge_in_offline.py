@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/barge_in_offline.py --grid reduced --trials 8
     .venv/bin/python benchmarks/barge_in_offline.py --grid full --variant gate0:residual_gate_db=0
+    .venv/bin/python benchmarks/barge_in_offline.py --grid full --starts 10
 
 benchmarks/barge_in_rooms.py, over DDS with omni_node, is the measure of record. This script feeds
 the same detector (omni_ros.flow.bargein.BargeInDetector with silero-vad and the echo canceller
@@ -27,6 +28,10 @@ next speech chunk), the stop latency that implies (the onset to the start of the
 published, chunk boundaries at a seeded phase: what barge_in_rooms.py measures over DDS), false
 barge-ins per 10 minutes of echo-only speech (before each trial, in the restarts and the echo
 block), and the detector's CPU per second of speech.
+
+`--starts K` measures the start instead: K times per condition a detector just made (omni_node
+started) hears the robot's first 3 s of speech, each time from a point START_STEP_S further into
+its voice, with no person in the room: the starts with a false barge-in, and when it armed.
 
 The robot's voice: "model" is the tiny checkpoint's speech (its session forced to speak, cached
 under checkpoints/), "speech" is espeak-ng speech (acoustics.RobotSpeech).
@@ -201,6 +206,29 @@ class TenVoiceActivity:
         return max(self._vad.process(np.ascontiguousarray(pcm[i:i + 256]))[0] for i in (0, 256))
 
 
+def run_start(c: Condition, voice: np.ndarray, voice_at: int, seconds: float = 3.0,
+              phase: int = 0, kwargs: Optional[Dict] = None) -> Tuple[List[int], Optional[float]]:
+    """A fresh detector (omni_node just started) while the robot says its first words, from
+    `voice_at` in its voice, with no person in the room: the onsets it triggers on (grid
+    indices) and how long after the robot's first word barge-in was armed (None: not within
+    `seconds`)."""
+    from omni_ros.flow.bargein import BargeInDetector
+    from omni_ros.flow.echo import make_echo_canceller
+    from omni_ros.flow.vad import VoiceActivity
+
+    detector = BargeInDetector(VoiceActivity(), make_echo_canceller("auto"),
+                               echo_delay_ms=c.echo_delay_ms, **(kwargs or {}))
+    line = Timeline(A.Scene(c, A.active_rms(voice)), voice, detector,
+                    RATE * c.chunk_ms // 1000, phase=phase)
+    line.voice_at = int(voice_at) % voice.shape[0]
+    armed_at = None
+    while line.now < T0 + int(seconds * RATE):
+        line.run_until(line.now + MIC_CHUNK)
+        if armed_at is None and detector.armed:
+            armed_at = (line.now - T0) / RATE
+    return [o for _, o in line.events], armed_at
+
+
 def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, trials: int,
                   echo_seconds: float, warmup: float = 4.0) -> Outcome:
     from omni_ros.flow.bargein import BargeInDetector
@@ -290,6 +318,40 @@ def _job(args):
     return out, time.perf_counter() - started
 
 
+START_STEP_S = 2.3     # the robot's first word of each start: this far into its voice from the last
+
+
+def _starts_job(args):
+    c, variant, kwargs, voice_kind, checkpoint, starts = args
+    prefer_this_tree()
+    import torch
+    torch.set_num_threads(1)
+    voice = robot_voice(voice_kind, checkpoint)
+    chunk = RATE * c.chunk_ms // 1000
+    return c.name, variant, [run_start(c, voice, int(k * START_STEP_S * RATE), phase=k * 97 % chunk,
+                                       kwargs=kwargs) for k in range(starts)]
+
+
+def starts_table(results) -> str:
+    """condition | variant | starts with a false barge-in | armed after (median / max)."""
+    rows = ["| condition | variant | starts with a false barge-in | armed after median / max (s) |",
+            "| --- | --- | --- | --- |"]
+    totals: Dict[str, List[int]] = {}
+    for name, variant, runs in results:
+        armed = [a for _, a in runs if a is not None]
+        bad = sum(1 for onsets, _ in runs if onsets)
+        t = totals.setdefault(variant, [0, 0, 0])
+        t[0] += bad
+        t[1] += len(runs)
+        t[2] += len(runs) - len(armed)
+        when = f"{np.median(armed):.2f} / {max(armed):.2f}" if armed else "-"
+        rows.append(f"| {name} | {variant} | {bad}/{len(runs)} | {when}"
+                    f"{f' ({len(runs) - len(armed)} never)' if len(armed) < len(runs) else ''} |")
+    lines = [f"{v}: {b} of {n} starts with a false barge-in, {never} not armed within 3 s"
+             for v, (b, n, never) in totals.items()]
+    return "\n".join(rows) + "\n\n" + "\n".join(lines)
+
+
 def parse_variant(text: str) -> Tuple[str, Dict]:
     """'name:key=value,key=value' -> (name, {key: number or text})."""
     name, _, body = text.partition(":")
@@ -357,6 +419,10 @@ def main() -> int:
                     help="NAME:key=value,... (BargeInDetector keyword arguments); repeatable")
     ap.add_argument("--warmup", type=float, default=4.0,
                     help="seconds the robot speaks alone before the first trial")
+    ap.add_argument("--starts", type=int, default=0,
+                    help="instead of trials: this many fresh starts per condition (a detector "
+                         "just made, the robot's first 3 s of speech from another point of its "
+                         "voice each time, no person): false barge-ins and when barge-in arms")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/results")
     args = ap.parse_args()
@@ -369,9 +435,23 @@ def main() -> int:
             from omni_ros.model.checkpoint import write_checkpoint
             write_checkpoint(checkpoint)
         model_speech(checkpoint)
+    started = time.perf_counter()
+    if args.starts:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            results = pool.map(_starts_job, [(c, name, kw, c.robot_voice, checkpoint, args.starts)
+                                             for c in grid for name, kw in variants])
+        text = starts_table(results)
+        print(text)
+        print(f"({time.perf_counter() - started:.0f} s)")
+        if args.write:
+            from common import append_result
+            append_result("barge_in_offline", f"Barge-in in process, the robot's first words after "
+                          f"a start, {args.grid} grid, {args.starts} starts per condition",
+                          f"Command: `benchmarks/barge_in_offline.py {' '.join(sys.argv[1:])}`"
+                          f"\n\n{text}")
+        return 0
     jobs = [(c, name, kw, c.robot_voice, checkpoint, args.trials, args.echo_seconds, args.warmup)
             for c in grid for name, kw in variants]
-    started = time.perf_counter()
     outcomes = []
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         for out, seconds in pool.imap(_job, jobs):

@@ -16,8 +16,9 @@ voice stopping, its echo dying away) is ruled out there (no VAD run: the cheap c
 while the robot speaks alone), the VAD scores the others with the expected
 residual echo taken out of each band, from a fresh state each time the robot starts speaking;
 `min_speech_ms` of consecutive frames above the threshold while the robot is speaking is a
-barge-in, reported with the onset's stamp. Until the canceller has learnt the echo path nothing
-triggers (barge-in is not armed), nor without a reference in the frame (the robot silent). Where
+barge-in, reported with the onset's stamp. Until the canceller has learnt the echo path (over at
+least a second of the robot's echo) nothing triggers (barge-in is not armed), nor without a
+reference in the frame (the robot silent). Where
 the robot's voice does not reach the mic at all (a headset, a far loudspeaker, an array that
 cancels its own echo), the mic itself is judged against its floor and goes to the VAD, not the
 canceller's output.
@@ -40,7 +41,8 @@ from .units import samples_to_ns
 
 FRAME = 512                 # silero-vad's frame at 16 kHz (32 ms)
 ECHO_TAIL_FRAMES = 4        # how far back (128 ms) a frame's echo can come from in the reference
-CONVERGED_ERLE_DB = 6.0     # the canceller has learnt the echo path: barge-in is armed
+CONVERGED_ERLE_DB = 6.0     # the canceller has learnt the echo path: barge-in is armed...
+CONVERGED_FRAMES = 31       # ...measured over at least this many frames of audible echo (1 s)
 RESIDUAL_QUANTILE = 0.9     # the share of echo frames whose residual the expected one covers
 RESIDUAL_STEP_DB = 1.0      # the quantile tracker's step per frame
 RESIDUAL_DECAY_DB = 3.84    # per 32 ms frame: 60 dB in 0.5 s, a reverberant room's decay
@@ -130,6 +132,7 @@ class BargeInDetector:
         self._onset: Optional[int] = None
         self._run_began = 0.0                         # time.monotonic() of the run's first frame
         self._erle_db = 0.0                           # what the canceller removes of the echo
+        self._erle_frames = 0                         # ...measured on so many frames
         self._frame_powers = (0.0, 0.0, 0.0, 0.0)     # mic, residual, echo estimate, reference
         self._far_peak_db = -120.0                    # the reference's recent peak
         self._decaying_echo = 0.0                     # the echo estimate, held and decaying
@@ -157,7 +160,10 @@ class BargeInDetector:
     @property
     def armed(self) -> bool:
         """Whether a person's voice can trigger: the canceller has learnt the echo path (its
-        ERLE, measured on frames that carry the robot's echo, passed CONVERGED_ERLE_DB), or the
+        ERLE, measured on frames that carry the robot's echo, passed CONVERGED_ERLE_DB, and over
+        at least CONVERGED_FRAMES of them: ERLE passes 6 dB a few hundred ms after a start,
+        before the canceller has heard every band of the robot's voice, and a sound in a band
+        new to it is not cancelled), or the
         robot's voice is not audible in the mic at all (a loudspeaker far away, a headset, a
         microphone array that cancels echo itself: under INAUDIBLE_SHARE of the robot's frames
         stand ECHO_AUDIBLE_DB above the mic's floor while it is silent; the mic itself then goes
@@ -399,7 +405,7 @@ class BargeInDetector:
         restarts = getattr(self.canceller, "restarts", 0)
         if restarts != self._restarts_seen:            # the canceller starts afresh: so does ERLE
             self._restarts_seen = restarts
-            self._converged, self._erle_db = False, 0.0
+            self._converged, self._erle_db, self._erle_frames = False, 0.0, 0
         if clean_power > mic_power:
             # The residual louder than the mic: the canceller's estimate where the echo is not
             # (a gap in the loudspeaker's playing, the end of a phrase). It says nothing of how
@@ -417,7 +423,7 @@ class BargeInDetector:
             self._audible_share += ECHO_SHARE_STEP * (float(audible) - self._audible_share)
             if audible:
                 self._measure_erle(mic_power, clean_power)
-            if self._erle_db >= CONVERGED_ERLE_DB:
+            if self._erle_db >= CONVERGED_ERLE_DB and self._erle_frames >= CONVERGED_FRAMES:
                 self._converged = True
             if self._audible_share < INAUDIBLE_SHARE:
                 self._inaudible = True
@@ -437,6 +443,7 @@ class BargeInDetector:
     def _measure_erle(self, mic_power: float, clean_power: float) -> None:
         """One frame's echo return loss enhancement into its running mean."""
         self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
+        self._erle_frames += 1
 
     def _echo_heard_again(self) -> None:
         """Where the robot's voice was inaudible, the mic goes to the VAD as it is; once that
@@ -455,7 +462,7 @@ class BargeInDetector:
         self._measure_erle(mic_power, clean_power)
         if self._erle_db >= CONVERGED_ERLE_DB:
             self._inaudible, self._audible_share = False, 1.0
-            self._converged, self._erle_db = False, 0.0
+            self._converged, self._erle_db, self._erle_frames = False, 0.0, 0
             self._band_residual_db[:] = 0.0   # what was learnt of a silent mic says nothing
 
     def _frame(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
