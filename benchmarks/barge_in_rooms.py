@@ -405,11 +405,24 @@ def make_room_driver():
 
 
 def spin(node):
+    """The node spun in a thread of its own: (executor, thread)."""
     from rclpy.executors import SingleThreadedExecutor
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    return executor
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return executor, thread
+
+
+def stop_spinning(executor, thread, node) -> None:
+    """Stop the executor, wait for its thread to leave spin, then destroy the node: destroying it
+    while the thread still waits on its entities once left Fast DDS spinning for minutes."""
+    executor.shutdown(timeout_sec=5.0)
+    thread.join(timeout=10.0)
+    if thread.is_alive():
+        print("warning: the room driver's executor did not stop within 10 s", file=sys.stderr)
+    executor.remove_node(node)
+    node.destroy_node()
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -543,10 +556,10 @@ def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: in
         if own_init:
             rclpy.init()
         graph = NodeGraph(checkpoint, key)
-        driver = executor = None
+        driver = spinner = None
         try:
             driver = make_room_driver()
-            executor = spin(driver)
+            spinner = spin(driver)
             log(f"omni_node: echo_delay_ms {key[0]:g}, speech_chunk_ms {key[1]}, robot voice "
                 f"{key[2]} (logs {graph.logs})")
             warm = A.Scene(group[0], robot_rms=1.0)    # its level set once the robot speaks
@@ -578,9 +591,9 @@ def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: in
                 if not graph.alive():
                     raise RuntimeError("omni_node exited\n" + graph.log_tail())
         finally:
-            if executor is not None:
-                executor.shutdown()
-            if driver is not None:
+            if spinner is not None:
+                stop_spinning(*spinner, driver)
+            elif driver is not None:
                 driver.destroy_node()
             graph.stop()
             if own_init:
