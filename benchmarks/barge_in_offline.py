@@ -307,12 +307,18 @@ def run_condition(c: Condition, variant: str, kwargs: Dict, voice: np.ndarray, t
     return out
 
 
-def _job(args):
-    c, variant, kwargs, voice_kind, checkpoint, trials, echo_seconds, warmup = args
-    prefer_this_tree()      # the worker measures this tree's detector (main() does the same)
+def _worker_voice(voice_kind: str, checkpoint: Path) -> np.ndarray:
+    """A pool worker's set-up: this tree's detector (main() does the same), one torch thread,
+    the robot's voice."""
+    prefer_this_tree()
     import torch
     torch.set_num_threads(1)
-    voice = robot_voice(voice_kind, checkpoint)
+    return robot_voice(voice_kind, checkpoint)
+
+
+def _job(args):
+    c, variant, kwargs, voice_kind, checkpoint, trials, echo_seconds, warmup = args
+    voice = _worker_voice(voice_kind, checkpoint)
     started = time.perf_counter()
     out = run_condition(c, variant, kwargs, voice, trials, echo_seconds, warmup)
     return out, time.perf_counter() - started
@@ -321,15 +327,18 @@ def _job(args):
 START_STEP_S = 2.3     # the robot's first word of each start: this far into its voice from the last
 
 
+def run_starts(c: Condition, voice: np.ndarray, starts: int,
+               kwargs: Optional[Dict] = None) -> List[Tuple[List[int], Optional[float]]]:
+    """`starts` runs of run_start, each from START_STEP_S further into the voice and at another
+    chunk phase."""
+    chunk = RATE * c.chunk_ms // 1000
+    return [run_start(c, voice, int(k * START_STEP_S * RATE), phase=k * 97 % chunk, kwargs=kwargs)
+            for k in range(starts)]
+
+
 def _starts_job(args):
     c, variant, kwargs, voice_kind, checkpoint, starts = args
-    prefer_this_tree()
-    import torch
-    torch.set_num_threads(1)
-    voice = robot_voice(voice_kind, checkpoint)
-    chunk = RATE * c.chunk_ms // 1000
-    return c.name, variant, [run_start(c, voice, int(k * START_STEP_S * RATE), phase=k * 97 % chunk,
-                                       kwargs=kwargs) for k in range(starts)]
+    return c.name, variant, run_starts(c, _worker_voice(voice_kind, checkpoint), starts, kwargs)
 
 
 def starts_table(results) -> str:

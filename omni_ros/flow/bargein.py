@@ -405,7 +405,7 @@ class BargeInDetector:
         restarts = getattr(self.canceller, "restarts", 0)
         if restarts != self._restarts_seen:            # the canceller starts afresh: so does ERLE
             self._restarts_seen = restarts
-            self._converged, self._erle_db, self._erle_frames = False, 0.0, 0
+            self._restart_erle()
         if clean_power > mic_power:
             # The residual louder than the mic: the canceller's estimate where the echo is not
             # (a gap in the loudspeaker's playing, the end of a phrase). It says nothing of how
@@ -440,6 +440,10 @@ class BargeInDetector:
         self._band_residual_db[live] += RESIDUAL_STEP_DB * np.where(
             ratio_db > self._band_residual_db[live], q, q - 1.0)
 
+    def _restart_erle(self) -> None:
+        """Learning the echo path starts afresh: ERLE is measured anew and barge-in disarmed."""
+        self._converged, self._erle_db, self._erle_frames = False, 0.0, 0
+
     def _measure_erle(self, mic_power: float, clean_power: float) -> None:
         """One frame's echo return loss enhancement into its running mean."""
         self._erle_db += 0.1 * (10.0 * np.log10(mic_power / clean_power) - self._erle_db)
@@ -462,7 +466,7 @@ class BargeInDetector:
         self._measure_erle(mic_power, clean_power)
         if self._erle_db >= CONVERGED_ERLE_DB:
             self._inaudible, self._audible_share = False, 1.0
-            self._converged, self._erle_db, self._erle_frames = False, 0.0, 0
+            self._restart_erle()
             self._band_residual_db[:] = 0.0   # what was learnt of a silent mic says nothing
 
     def _frame(self, mic: np.ndarray, clean: np.ndarray, echo: np.ndarray,
