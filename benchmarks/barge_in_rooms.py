@@ -58,6 +58,10 @@ MIC_CHUNK_MS = 20
 # (a residual the real room never makes). Speech that still comes too late is counted
 # (`late_echo_ms`), so a run says whether its mic was physical. A real mic delivers late too.
 MIC_LAG_MS = 10
+# Each condition's room is a new one: its trials begin once the robot has spoken this long in it
+# (the warm-up barge_in_offline gives its detector), so that they measure the room, not how soon
+# after the robot was carried into it from the last condition's room.
+WARMUP_SPEECH_S = 4.0
 RESULTS_NAME = "barge_in_rooms"
 
 # omni_node, with the model's speech replaced by real speech when asked ("speech"); the model
@@ -293,7 +297,9 @@ def make_room_driver():
             self.loudspeaker = None             # this stretch's resampler (acoustics.StreamResampler)
             self.stretch_start = 0              # grid index where the stretch began playing
             self.stretch_end: Optional[int] = None
-            self.recent = collections.deque(maxlen=16)   # the last speech chunks (stamp, 24 kHz)
+            # What the loudspeaker played last (grid index, 16 kHz samples; corrections too):
+            # a new room hears it where it was played. 64 pieces: 3.2 s of 100 ms chunks or more.
+            self.played = collections.deque(maxlen=64)
 
         def _diagnostics(self, m):
             v = values_of([m], "omni_node")
@@ -314,34 +320,37 @@ def make_room_driver():
                 self.speech.append((stamp, pcm.shape[0] / OUTPUT_SAMPLE_RATE, time.monotonic()))
                 if self.calibrating:
                     self.calibration.append(soxr.resample(pcm, OUTPUT_SAMPLE_RATE, RATE))
-                self.recent.append((stamp, pcm))
-                if self.scene is not None:
-                    self._play(stamp, pcm)
+                self._play(stamp, pcm)
 
-        def _play(self, stamp, pcm, count_late=True):
+        def _play(self, stamp, pcm):
             """The loudspeaker plays back to back what comes within its queue's continuity
-            (flow/echo.playout_start), resampled as one stream per stretch (under the lock)."""
+            (flow/echo.playout_start), resampled as one stream per stretch, into the room if one
+            is set (under the lock)."""
             first = sample_index(stamp, RATE)
             if self.stretch_end is None or abs(first - self.stretch_end) > CONTINUITY:
                 self.loudspeaker, self.stretch_start = A.StreamResampler(), first
             for j, samples in self.loudspeaker.play(pcm):
                 at = self.stretch_start + j
-                self.scene.echo.overlap_add(at, samples)
-                due = at + self.scene.echo.latency
-                if count_late:
+                self.played.append((at, samples))
+                if self.scene is not None:
+                    self.scene.echo.overlap_add(at, samples)
+                    due = at + self.scene.echo.latency
                     self.late_echo += int(np.clip(self.published_until - due, 0, samples.shape[0]))
             self.stretch_end = self.stretch_start + self.loudspeaker.samples_in * RATE // OUTPUT_SAMPLE_RATE
 
         def set_scene(self, scene):
             """A new room, the robot talking on: what the loudspeaker played in the last seconds
-            is played into the new room's echo path too, so that the mic, which catches up on
-            the time the room took to build, hears the robot throughout (left out, the mic
-            went silent for a second while the robot spoke: to the canceller a loudspeaker
-            muted and switched on again, which is not the room change being measured)."""
+            is played into the new room's echo path too, at the samples it was played at, so
+            that the mic, which catches up on the time the room took to build, hears the robot
+            throughout, in step with what omni_node's reference holds. (Left out, the mic went
+            silent for a second while the robot spoke: to the canceller a loudspeaker muted and
+            switched on again. Played afresh from its chunks' stamps, the robot's voice came
+            shifted by the publishing jitter the loudspeaker's queue had absorbed, up to 30 ms:
+            to the canceller an echo path that jumped. Neither is the room being measured.)"""
             with self.lock:
-                self.scene, self.person, self.stretch_end = scene, None, None
-                for stamp, pcm in self.recent:
-                    self._play(stamp, pcm, count_late=False)
+                self.scene, self.person = scene, None
+                for at, samples in self.played:
+                    scene.echo.overlap_add(at, samples)
 
         def mic_chunk(self, start_ns, n):
             first = sample_index(start_ns, RATE)
@@ -382,6 +391,11 @@ def make_room_driver():
 
         def feed(self, seconds: float) -> None:
             self.feed_until(lambda: False, seconds)
+
+        def spoken_since(self, since: float) -> float:
+            """Seconds of speech the robot published since time.monotonic() was `since`."""
+            with self.lock:
+                return sum(d for _, d, received in self.speech[-400:] if received >= since)
 
         def speaking_for(self) -> float:
             """How long the robot has been speaking without a break (0 if it is not now)."""
@@ -489,7 +503,11 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     driver.set_scene(scene)                # a new room, the robot talking on
     with driver.lock:
         late0 = driver.late_echo
-    driver.feed(1.5)                       # the echo path fills; the canceller adapts
+    # The canceller learns the new room from the robot's voice, as barge_in_offline's warm-up
+    # gives it WARMUP_SPEECH_S of speech: the robot does not move between rooms mid-sentence.
+    switched = time.monotonic()
+    driver.feed(1.5)
+    driver.feed_until(lambda: driver.spoken_since(switched) >= WARMUP_SPEECH_S, 30.0)
     clock = driver.get_clock()
     cond_start = clock.now().nanoseconds
     echo_spans = []           # echo only: before each trial, its tail, the block at the end
@@ -581,6 +599,7 @@ def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: in
             rms = driver.robot_rms()
             with driver.lock:
                 driver.calibrating = False
+            warm.set_robot_rms(rms)        # the level every condition's room plays it at
             log(f"  robot speech active RMS {20 * np.log10(max(rms, 1e-9)):.1f} dBFS")
             for c in group:
                 t0 = time.monotonic()
