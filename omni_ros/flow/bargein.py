@@ -275,6 +275,11 @@ class BargeInDetector:
                 self._resume_canceller(self._far_index(first))
         else:
             self._pending = np.concatenate([self._pending, samples])
+        if self._clean.shape[0] + self._pending.shape[0] < FRAME:
+            # Nothing is scored before a whole frame is in: the canceller waits for it too, and
+            # runs once per frame instead of once per mic chunk (a 20 ms chunk woken for on its
+            # own costs about as much again in cold caches as the work itself).
+            return None
         # The canceller takes the mic as one gap-free stream in its own block size...
         step = self.canceller.block if self.canceller is not None else self._pending.shape[0]
         whole = self._pending.shape[0] - self._pending.shape[0] % step
