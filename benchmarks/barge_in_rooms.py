@@ -10,7 +10,9 @@ loudspeaker-to-mic RIR, `latency_ms` after it was published, plus background noi
 in 20 ms chunks stamped on the ROS clock. omni_node is told `echo_delay_ms`, which may be wrong.
 One omni_node serves every condition with the same node parameters (echo_delay_ms,
 speech_chunk_ms, robot voice), hearing the robot from its first words on in the first
-condition's room while the robot's level is measured; the robot's voice is the tiny model's
+condition's room while the robot's level is measured; each condition's room then hears the
+robot's last seconds where the loudspeaker played them, and its trials begin after
+WARMUP_SPEECH_S of the robot's speech in it. The robot's voice is the tiny model's
 speech ("model"), or real speech ("speech": the model still decides when to speak, its samples
 are replaced by espeak-ng speech in the node process: a test double for the model's speech
 only).
