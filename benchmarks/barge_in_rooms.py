@@ -396,8 +396,13 @@ def make_room_driver():
 
         def spoken_since(self, since: float) -> float:
             """Seconds of speech the robot published since time.monotonic() was `since`."""
+            total = 0.0
             with self.lock:
-                return sum(d for _, d, received in self.speech[-400:] if received >= since)
+                for _, d, received in reversed(self.speech):   # in the order received
+                    if received < since:
+                        break
+                    total += d
+            return total
 
         def speaking_for(self) -> float:
             """How long the robot has been speaking without a break (0 if it is not now)."""
