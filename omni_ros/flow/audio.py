@@ -227,11 +227,16 @@ class AudioInputStream:
         return out_stamp, out
 
 
-def float_to_s16le(samples: np.ndarray) -> bytes:
-    """float audio in [-1, 1] (clipped; NaN -> 0) -> little-endian 16-bit PCM bytes."""
+def as_published(samples: np.ndarray) -> np.ndarray:
+    """float audio as 16-bit PCM carries it: NaN -> 0, clipped to [-1, 1] (a new float32 array)."""
     x = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0)
     np.clip(x, -1.0, 1.0, out=x)
-    return (x * 32767.0).round().astype("<i2").tobytes()
+    return x
+
+
+def float_to_s16le(samples: np.ndarray) -> bytes:
+    """float audio in [-1, 1] (clipped; NaN -> 0) -> little-endian 16-bit PCM bytes."""
+    return (as_published(samples) * 32767.0).round().astype("<i2").tobytes()
 
 
 def s16_to_float(pcm: np.ndarray) -> np.ndarray:

@@ -16,9 +16,7 @@ voice stopping, its echo dying away) is ruled out there (no VAD run: the cheap c
 while the robot speaks alone), the VAD scores the others with the expected
 residual echo taken out of each band, from a fresh state each time the robot starts speaking;
 `min_speech_ms` of consecutive frames above the threshold while the robot is speaking is a
-barge-in, reported with the onset's stamp (a frame more where the run takes in the robot's voice
-returning loud after a pause or a dip: an echo estimate jumping over the one before and covering
-all of the mic, whose first frame or two the canceller leaves partly uncancelled). Until the canceller has learnt the echo path (over at
+barge-in, reported with the onset's stamp. Until the canceller has learnt the echo path (over at
 least a second of the robot's echo) nothing triggers (barge-in is not armed), nor without a
 reference in the frame (the robot silent). Where
 the robot's voice does not reach the mic at all (a headset, a far loudspeaker, an array that
@@ -73,9 +71,6 @@ DOUBLE_TALK_BANDS = 4
 DOUBLE_TALK_MARGIN_DB = 3.0
 DOUBLE_TALK_ECHO_DB = 10.0
 DOUBLE_TALK_ECHO = 10.0 ** (-DOUBLE_TALK_ECHO_DB / 10.0)
-ONSET_RISE_DB = 3.0         # the echo estimate this far over the one held from before and over
-ONSET_RISE = 10.0 ** (ONSET_RISE_DB / 10.0)  # the mic: the robot's voice returning loud...
-ONSET_EXTRA_FRAMES = 1      # ...and a run of speech frames that takes it in needs this many more
 SUPPRESSION_FLOOR = 0.1     # the least gain the residual-echo suppressor leaves a band (-20 dB)
 
 
@@ -134,8 +129,6 @@ class BargeInDetector:
         self._echo = np.zeros(0, dtype=np.float32)    # ...and its echo estimate (zeros: none)
         self._frame_first = 0                         # grid index of _mic[0] and _clean[0]
         self._run = 0                                 # consecutive speech frames
-        self._need = self.min_speech_frames           # ...that make this run a barge-in
-        self._rising = False                          # this frame's echo estimate jumped up
         self._onset: Optional[int] = None
         self._run_began = 0.0                         # time.monotonic() of the run's first frame
         self._erle_db = 0.0                           # what the canceller removes of the echo
@@ -235,10 +228,10 @@ class BargeInDetector:
         long enough to be a barge-in (`min_speech_ms`). Holding the next chunk until the run is
         decided means a barge-in stops the robot's voice from its first speech frame on, not
         from the last one it needs; a run that ends without triggering only delays a chunk.
-        Bounded in time (two frames beyond those the run needs) in case the mic stops mid-run."""
-        if not 0 < self._run < self._need:
+        Bounded in time (two frames beyond `min_speech_ms`) in case the mic stops mid-run."""
+        if not 0 < self._run < self.min_speech_frames:
             return False
-        limit = (self._need + 2) * FRAME / self.sample_rate
+        limit = (self.min_speech_frames + 2) * FRAME / self.sample_rate
         return now - self._run_began < limit
 
     def reset(self) -> None:
@@ -351,12 +344,6 @@ class BargeInDetector:
         # faster than RESIDUAL_DECAY_DB per frame from its recent peak (the frame's, and below
         # each band's).
         estimate_power = echo_power                     # the canceller's estimate for this frame
-        # The robot's voice returning loud after a pause or a dip: the canceller's estimate jumps
-        # over the one held from before and accounts for all of the mic's power (a person adds
-        # to the mic). For a frame or two the canceller's error on that onset can stand out of
-        # the residual like a voice (see `_frame`).
-        self._rising = (self._estimates and estimate_power > self._decaying_echo * ONSET_RISE
-                        and mic_power < estimate_power)
         self._decaying_echo = max(echo_power, self._decaying_echo * RESIDUAL_DECAY)
         echo_power = self._decaying_echo
         self._frame_powers = (mic_power, clean_power, echo_power, far_power)
@@ -505,7 +492,6 @@ class BargeInDetector:
             self._vad_reset()
         self._watching = True
         self.counters.frames_scored += 1
-        self._rising = False
         tail = ECHO_TAIL_FRAMES * FRAME
         far = self.reference.get(start - self.echo_delay - tail, tail + FRAME)
         heard = clean if self.canceller is None else self._vad_frame(mic, clean, echo, far)
@@ -529,16 +515,10 @@ class BargeInDetector:
         self.counters.speech_frames += 1
         if self._run == 0:
             self._onset = start
-            self._need = self.min_speech_frames
             self._run_began = time.monotonic()
             self.counters.onsets += 1
         self._run += 1
-        if self._rising and self._run <= self._need:
-            # A run not yet decided that takes in the robot's voice returning loud needs
-            # ONSET_EXTRA_FRAMES more: the canceller's error on an onset lasts a frame or two,
-            # a person goes on speaking.
-            self._need = max(self._need, self.min_speech_frames + ONSET_EXTRA_FRAMES)
-        if self._run == self._need:
+        if self._run == self.min_speech_frames:
             self.counters.triggers += 1
             return samples_to_ns(self._onset, self.sample_rate)
         return None

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Tuple
 
 import numpy as np
 
+from .audio import as_published
 from .bargein import BargeInDetector
 from .buffers import WindowBuffer
 from .counters import Counters
@@ -64,6 +65,7 @@ class EngineCounters(Counters):
     barge_ins: int = 0
     speech_chunks_dropped_barge_in: int = 0
     speech_chunks_dropped_turn_end: int = 0
+    speech_samples_clipped: int = 0     # the model's speech over full scale, clipped when published
     session_resets_after_failures: int = 0
     worker_errors: int = 0
 
@@ -278,11 +280,17 @@ class FlowEngine:
             self.outputs.log_error(f"model session reset after "
                                    f"{self.runner.params.max_consecutive_failures} failed units in a row")
         if report.speech.shape[0]:
+            # The speech as published (16-bit PCM: clipped at full scale) is what the loudspeaker
+            # plays, so it is what the echo canceller's reference must be: a voice over full scale,
+            # clipped in the loudspeaker but not in the reference, leaves an echo the canceller
+            # cannot model, and the barge-in detector hears it as a person.
+            self.counters.speech_samples_clipped += int(np.count_nonzero(np.abs(report.speech) > 1.0))
+            speech = as_published(report.speech)
             reference = None
             if self._resample is not None:   # the echo canceller's reference, at the mic's rate
-                reference = self._resample(report.speech, OUTPUT_SAMPLE_RATE, INPUT_SAMPLE_RATE)
+                reference = self._resample(speech, OUTPUT_SAMPLE_RATE, INPUT_SAMPLE_RATE)
             with self.pacer_lock:
-                self.pacer.enqueue(report.window_index, report.speech, time.monotonic_ns(),
+                self.pacer.enqueue(report.window_index, speech, time.monotonic_ns(),
                                    reference=reference)
             self.speech_wakeup.set()
         elif report.state != SPEAKING:

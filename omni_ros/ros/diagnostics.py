@@ -85,6 +85,7 @@ class NodeHealth:
         self.frame_stamps = StampRate()         # fed by the camera input
         self.rates = {"camera": PeriodRate(), "microphone": PeriodRate()}
         self._last_refused: Dict[str, int] = {}    # concern -> refused messages at the last report
+        self._last_clipped = 0                     # speech samples clipped at the last report
 
     def assess(self, camera, mic, engine, node_counters: Dict[str, int],
                silence_limit: float, now: Optional[float] = None) -> List[Concern]:
@@ -122,6 +123,11 @@ class NodeHealth:
                            f"large frames are being lost; {LARGE_FRAME_FIX}")
         for key, value in engine.diagnostic_values().items():
             (speech if key.startswith(("speech_", "barge_in")) else model).values[key] = value
+        clipped = speech.values.get("speech_samples_clipped", 0)
+        if clipped > self._last_clipped:
+            speech.flag(WARN, f"{clipped - self._last_clipped} samples of the robot's speech over full "
+                              f"scale this period, clipped ({clipped} in all)")
+        self._last_clipped = clipped
         model.values.update(node_counters)
         for warning in engine.warnings():
             model.flag(WARN, warning)
