@@ -1,5 +1,6 @@
 """omni_node holds its speech back while the barge-in detector hears what may be a person
-starting to talk, and lets it out once the detector has decided (in process, real node)."""
+starting to talk, and lets it out once the detector has decided; speech over full scale is
+clipped in the echo canceller's reference as it is when published (in process, real node)."""
 import time
 
 import numpy as np
@@ -48,48 +49,42 @@ def test_due_speech_waits_while_a_possible_barge_in_is_decided(ros_context, tiny
         detector.reset()      # decided: not a barge-in (or the hold timed out)
         assert engine.release_speech() is True
         assert engine.counters.speech_chunks_published == pending
+        speech_over_full_scale_is_cancelled_as_the_loudspeaker_plays_it(node)
     finally:
         node.destroy_node()
 
 
-def test_speech_over_full_scale_is_cancelled_as_the_loudspeaker_plays_it(ros_context, tiny_checkpoint):
+def speech_over_full_scale_is_cancelled_as_the_loudspeaker_plays_it(node):
     """The model's speech goes out as 16-bit PCM, so a voice over full scale is clipped there:
     the echo canceller's reference is that clipped voice, not the model's float samples (whose
     echo the canceller could not model, and the barge-in detector would hear as a person), and
-    the speech diagnostics count the clipped samples and warn of them."""
+    the speech diagnostics count the clipped samples and warn of them. (Run on the node of the
+    test above, its speaker thread stopped: one omni_node in this process.)"""
     import dataclasses
-
-    from rclpy.parameter import Parameter
 
     from omni_ros.flow.unit_runner import SPEAKING, UnitReport
     from omni_ros.ros.diagnostics import WARN
-    from omni_ros.ros.omni_node import OmniNode
-    node = OmniNode(context=ros_context, parameter_overrides=[
-        Parameter("model_path", value=str(tiny_checkpoint))])
-    try:
-        engine = node.engine
-        node.close()          # the engine's speaker thread stops: release_speech by hand
-        t = np.arange(OUTPUT_SAMPLE_RATE) / OUTPUT_SAMPLE_RATE
-        loud = (1.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)   # 3.5 dB over full scale
-        fields = {f.name: None for f in dataclasses.fields(UnitReport)
-                  if f.default is dataclasses.MISSING}
-        fields.update(window_index=0, epoch=0, state=SPEAKING, end_of_turn=False, proactive=False,
-                      speak_probability=1.0, compute_ms=0.0, text="", speech=loud,
-                      user_speech=False)
-        engine._take_report(UnitReport(**fields))
-        assert engine.release_speech() and engine.counters.speech_chunks_published >= 1
+    engine, detector = node.engine, node.engine.barge_in
+    detector.reset()
+    published, pushed = engine.counters.speech_chunks_published, detector.counters.reference_samples
+    t = np.arange(OUTPUT_SAMPLE_RATE) / OUTPUT_SAMPLE_RATE
+    loud = (1.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)   # 3.5 dB over full scale
+    fields = {f.name: None for f in dataclasses.fields(UnitReport)
+              if f.default is dataclasses.MISSING}
+    fields.update(window_index=1, epoch=0, state=SPEAKING, end_of_turn=False, proactive=False,
+                  speak_probability=1.0, compute_ms=0.0, text="", speech=loud, user_speech=False)
+    engine._take_report(UnitReport(**fields))
+    assert engine.release_speech() and engine.counters.speech_chunks_published > published
 
-        detector = engine.barge_in
-        n = detector.counters.reference_samples
-        played = detector.reference.get(detector.reference.newest_end - n, n)
-        as_played = engine._resample(np.clip(loud, -1.0, 1.0), OUTPUT_SAMPLE_RATE, RATE)
-        as_modelled = engine._resample(loud, OUTPUT_SAMPLE_RATE, RATE)
-        assert n > 0 and np.array_equal(played, as_played[:n])
-        assert np.abs(played).max() < 1.1 < np.abs(as_modelled[:n]).max()
+    n = detector.counters.reference_samples - pushed
+    played = detector.reference.get(detector.reference.newest_end - n, n)
+    as_played = engine._resample(np.clip(loud, -1.0, 1.0), OUTPUT_SAMPLE_RATE, RATE)
+    as_modelled = engine._resample(loud, OUTPUT_SAMPLE_RATE, RATE)
+    assert n > 0 and np.array_equal(played, as_played[:n])
+    assert np.abs(played).max() < 1.1 < np.abs(as_modelled[:n]).max()
 
-        clipped = int(np.count_nonzero(np.abs(loud) > 1.0))
-        assert engine.diagnostic_values()["speech_samples_clipped"] == clipped > 0
-        speech = {c.name: c for c in node.health.assess(node.camera, node.mic, engine, {}, 1e9)}
-        assert speech["speech"].level == WARN
-    finally:
-        node.destroy_node()
+    clipped = int(np.count_nonzero(np.abs(loud) > 1.0))
+    assert engine.diagnostic_values()["speech_samples_clipped"] == clipped > 0
+    concerns = {c.name: c for c in node.health.assess(node.camera, node.mic, engine, {}, 1e9)}
+    assert concerns["speech"].level == WARN
+
