@@ -84,8 +84,7 @@ class NodeHealth:
     def __init__(self) -> None:
         self.frame_stamps = StampRate()         # fed by the camera input
         self.rates = {"camera": PeriodRate(), "microphone": PeriodRate()}
-        self._last_refused: Dict[str, int] = {}    # concern -> refused messages at the last report
-        self._last_clipped = 0                     # speech samples clipped at the last report
+        self._last_counts: Dict[str, int] = {}     # counter -> its value at the last report
 
     def assess(self, camera, mic, engine, node_counters: Dict[str, int],
                silence_limit: float, now: Optional[float] = None) -> List[Concern]:
@@ -105,10 +104,9 @@ class NodeHealth:
             if silent > silence_limit:
                 concern.flag(WARN, f"no input for {silent:.1f} s")
             refused = counters.get("frames_refused", 0) + counters.get("audio_messages_refused", 0)
-            new = refused - self._last_refused.get(concern.name, 0)
+            new = self._grown(f"{concern.name}_refused", refused)
             if new > 0:
                 concern.flag(WARN, f"{new} messages refused this period ({refused} in all): see the log")
-            self._last_refused[concern.name] = refused
         if mic.refusing:
             mic_c.flag(WARN, f"audio refused: {mic.refusing}")
         if camera.refusing:
@@ -124,16 +122,22 @@ class NodeHealth:
         for key, value in engine.diagnostic_values().items():
             (speech if key.startswith(("speech_", "barge_in")) else model).values[key] = value
         clipped = speech.values.get("speech_samples_clipped", 0)
-        if clipped > self._last_clipped:
-            speech.flag(WARN, f"{clipped - self._last_clipped} samples of the robot's speech over full "
-                              f"scale this period, clipped ({clipped} in all)")
-        self._last_clipped = clipped
+        new = self._grown("speech_samples_clipped", clipped)
+        if new > 0:
+            speech.flag(WARN, f"{new} samples of the robot's speech over full scale this period, "
+                              f"clipped ({clipped} in all)")
         model.values.update(node_counters)
         for warning in engine.warnings():
             model.flag(WARN, warning)
         if report is not None and report.error:
             model.flag(ERROR, f"unit failed: {report.error}")
         return list(concerns.values())
+
+    def _grown(self, name: str, count: int) -> int:
+        """How much the counter `name` grew since the last report."""
+        grown = count - self._last_counts.get(name, 0)
+        self._last_counts[name] = count
+        return grown
 
 
 def values_of(arrays: Union[DiagnosticArray, Iterable[DiagnosticArray]], node: str) -> Dict[str, str]:
