@@ -27,7 +27,9 @@ else did, per the speech published then), and the barge-in detector's CPU (`barg
 canceller + gate + VAD) as a share of the mic audio it heard (issue #16's "under 3 % of the
 window"; the canceller runs on every chunk, the gate and the VAD while the robot speaks) and per
 second of the robot's speech.
-Results are appended to benchmarks/results/barge_in_rooms.md.
+Results are appended to benchmarks/results/barge_in_rooms.md. `--record-inputs DIR`: each
+omni_node records what its barge-in detector is given (`barge_in_record_path`), so that a run's
+misses and false barge-ins can be replayed exactly with omni_ros_barge_in_replay.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -174,6 +176,8 @@ class ConditionResult:
     erle_db: float = float("nan")  # the node's echo canceller at the end (barge_in_erle_db)
     block_false: int = 0          # ...of the false barge-ins, those in the continuous echo block
     block_speech_s: float = 0.0   # (the rest: before each trial and in its tail, as the robot restarts)
+    onsets_ns: List[int] = field(default_factory=list)   # barge-ins omni_node published...
+    span_ns: Tuple[int, int] = (0, 0)                   # ...from the room's switch to its end
 
     @property
     def detected(self) -> int:
@@ -507,6 +511,7 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
     scene = A.Scene(c, robot_rms)
     result = ConditionResult(c, summary=scene.summary())
     rng = np.random.default_rng(c.seed())
+    switch_ns = driver.get_clock().now().nanoseconds
     driver.set_scene(scene)                # a new room, the robot talking on
     with driver.lock:
         late0 = driver.late_echo
@@ -556,6 +561,8 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
         result.trials.append(TrialResult(detected, stop if detected else None, text, voice))
         log(f"  trial {k}: {'stopped' if detected else 'TALKED ON'}"
             + (f" {stop:.3f} s" if detected and stop is not None else "") + f"  {voice}: {text}")
+    result.span_ns = (switch_ns, cond_end)
+    result.onsets_ns = [o for o in onsets if switch_ns <= o < cond_end]
     result.false_barge_ins = sum(_onsets_in(onsets, s, e) for s, e in echo_spans)
     result.echo_speech_s = sum(_speech_seconds(speech, s, e) for s, e in echo_spans)
     result.block_false = _onsets_in(onsets, *echo_spans[-1])
@@ -569,8 +576,11 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
 
 
 def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: int,
-                   echo_seconds: float, log=print) -> List[ConditionResult]:
-    """Every condition, one omni_node per node key (conditions grouped, order kept within)."""
+                   echo_seconds: float, log=print,
+                   record_dir: Optional[Path] = None) -> List[ConditionResult]:
+    """Every condition, one omni_node per node key (conditions grouped, order kept within);
+    with `record_dir`, each omni_node records its barge-in detector's inputs there
+    (`barge_in_record_path`, one file a node: omni_ros_barge_in_replay replays them)."""
     import rclpy
     groups: Dict[tuple, List[Condition]] = {}
     for c in conditions:
@@ -580,7 +590,8 @@ def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: in
         own_init = not rclpy.ok()          # a test's fixture may have initialised rclpy
         if own_init:
             rclpy.init()
-        graph = NodeGraph(checkpoint, key)
+        extra = () if record_dir is None else ("-p", f"barge_in_record_path:={record_dir}/")
+        graph = NodeGraph(checkpoint, key, extra=extra)
         driver = spinner = None
         try:
             driver = make_room_driver()
@@ -635,7 +646,11 @@ def main() -> int:
                         help="echo-only speech per condition beyond the trials' tails")
     parser.add_argument("--only", default="", help="condition names, comma-separated")
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--no-record", action="store_true",
+                        help="do not append the table to benchmarks/results")
+    parser.add_argument("--record-inputs", type=Path, default=None, metavar="DIR",
+                        help="each omni_node records its barge-in detector's inputs in DIR "
+                        "(barge_in_record_path), for omni_ros_barge_in_replay")
     args = parser.parse_args()
     os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)   # a private DDS domain
     grid = {"full": full_grid, "reduced": reduced_grid, "ci": lambda: list(CI_GRID)}[args.grid]()
@@ -646,7 +661,8 @@ def main() -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else \
         tiny_checkpoint(Path(tempfile.gettempdir()) / "omni_ros_bench_tiny")
     started = time.monotonic()
-    results = run_conditions(grid, checkpoint, args.trials, args.echo_seconds)
+    results = run_conditions(grid, checkpoint, args.trials, args.echo_seconds,
+                             record_dir=args.record_inputs)
     command = "benchmarks/barge_in_rooms.py " + " ".join(sys.argv[1:])
     body = (f"Command: `nice -n 10 .venv/bin/python {command}` ({time.monotonic() - started:.0f} s)"
             f"\n\nConditions (defaults: {BASE.describe()}):\n\n"

@@ -56,17 +56,20 @@ def test_the_room_is_physical_and_seeded():
 
 
 @pytest.fixture(scope="module")
-def ci_room(tiny_checkpoint, ros_env):
-    """The CI room played to omni_node over DDS, once for the tests below."""
-    results = rooms.run_conditions(rooms.CI_GRID, tiny_checkpoint, TRIALS, ECHO_SECONDS)
-    return results, rooms.table(results)
+def ci_room(tiny_checkpoint, ros_env, tmp_path_factory):
+    """The CI room played to omni_node over DDS, once for the tests below; omni_node records its
+    barge-in detector's inputs (barge_in_record_path, a folder)."""
+    record_dir = tmp_path_factory.mktemp("barge_in_recording")
+    results = rooms.run_conditions(rooms.CI_GRID, tiny_checkpoint, TRIALS, ECHO_SECONDS,
+                                   record_dir=record_dir)
+    return results, rooms.table(results), record_dir
 
 
 def test_the_ci_room_is_what_the_node_expects(ci_room):
     """The harness itself: every condition ran, the mic always had the echo the node expects
     (the robot's speech reached the room before the loudspeaker was due to play it), the
     canceller learnt it, and there was at least 60 s of the robot's echo alone."""
-    results, table = ci_room
+    results, table, _ = ci_room
     assert len(results) == len(rooms.CI_GRID), table
     for r in results:
         assert r.late_echo_ms < 100, table
@@ -89,8 +92,27 @@ def test_most_interruptions_stop_the_robot_and_its_echo_does_not(ci_room):
     under the threshold; issue #16 asks for every one and at most one false barge-in in 10
     minutes). Before the linear two-filter canceller and the residual gate measured against
     the canceller's own residual, 0-1 of these 8 did."""
-    results, table = ci_room
+    results, table, _ = ci_room
     missed, false = missed_and_false(results)
     trials = sum(len(r.trials) for r in results)
     assert len(missed) <= 1, f"{trials - len(missed)} of {trials} stopped the robot\n{table}"
     assert false <= 1, f"{false} false barge-ins\n{table}"
+
+
+def test_the_node_s_recording_replays_to_the_barge_ins_it_published(ci_room):
+    """barge_in_record_path over DDS: omni_node's recording of what its detector was given,
+    replayed offline through a fresh detector (omni_ros_barge_in_replay), gives the barge-ins the
+    node published on omni/barge_in, at the same stamps."""
+    from omni_ros.flow.bargein_record import read_recording
+    from omni_ros.tools.barge_in_replay import replay
+    results, table, record_dir = ci_room
+    files = sorted(record_dir.glob("barge_in_*.obr"))
+    assert len(files) == 1, files                     # one omni_node serves the CI room
+    recording = read_recording(files[0])
+    assert recording.header["detector"]["echo_delay_ms"] == rooms.CI_ROOM["echo_delay_ms"]
+    published = [o for r in results for o in r.onsets_ns]
+    assert published, table
+    spans = [r.span_ns for r in results]
+    assert [o for o in recording.decisions if any(a <= o < b for a, b in spans)] == published
+    result = replay(recording)
+    assert result.same, (result.recorded, result.replayed)

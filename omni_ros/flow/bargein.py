@@ -146,15 +146,24 @@ class BargeInDetector:
         reset = getattr(vad, "reset", None)
         self._vad_reset = reset if callable(reset) else (lambda: None)
         self.last_probability = 0.0
+        # flow/bargein_record.BargeInRecorder, when what the detector is given is recorded
+        self.recorder = None
 
     def diagnostic_values(self) -> dict:
         """The counters, and how far the canceller has learnt the echo path: its echo return
         loss enhancement (`erle_db`), the residual it leaves against its echo estimate
-        (`residual_db`, the median over its bands), and whether barge-in is `armed`."""
+        (`residual_db`, the median over its bands), and whether barge-in is `armed`; with a
+        recorder, how much it has written (`recorded_mb`), whether it still records, and why it
+        ended (`record_ended`)."""
         values = self.counters.snapshot()
         values.update(erle_db=round(float(self._erle_db), 1),
                       residual_db=round(float(np.median(self._band_residual_db)), 1),
                       armed=self.armed)
+        if self.recorder is not None:
+            values.update(recorded_mb=round(self.recorder.bytes / 1e6, 1),
+                          recording=self.recorder.recording)
+            if self.recorder.ended:
+                values["record_ended"] = self.recorder.ended
         return values
 
     @property
@@ -190,6 +199,8 @@ class BargeInDetector:
 
     def push_reference(self, stamp_ns: int, samples_16k: np.ndarray) -> None:
         """The robot's speech as it is played (published), stamped on the mic's clock."""
+        if self.recorder is not None:
+            self.recorder.reference(stamp_ns, samples_16k)
         first = self.reference.add(stamp_ns, samples_16k)
         self.counters.reference_samples += int(np.asarray(samples_16k).size)
         if first is None or self.canceller is None or self._pending_first is None:
@@ -238,6 +249,8 @@ class BargeInDetector:
         """Forget the robot's speech and the run being decided (omni/reset). What the canceller
         has learnt is kept: the echo path is the room's, not the conversation's, and barge-in
         stays armed."""
+        if self.recorder is not None:
+            self.recorder.reset()
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_first = None
         self._mic = self._clean = self._echo = np.zeros(0, dtype=np.float32)
@@ -251,9 +264,17 @@ class BargeInDetector:
     def push_mic(self, stamp_ns: int, samples_16k: np.ndarray) -> Optional[int]:
         started = time.thread_time_ns()
         try:
-            return self._push_mic(stamp_ns, samples_16k)
+            onset = self._push_mic(stamp_ns, samples_16k)
         finally:
             self.counters.cpu_us += (time.thread_time_ns() - started) // 1000
+        if self.recorder is not None:
+            self.recorder.mic(stamp_ns, samples_16k, onset, self.settings())
+        return onset
+
+    def settings(self) -> tuple:
+        """What can change while it runs: (threshold, min_speech_ms, vad_gain_db)."""
+        return (self.threshold, self.min_speech_frames * FRAME * 1000.0 / self.sample_rate,
+                self.vad_gain_db)
 
     def _push_mic(self, stamp_ns: int, samples_16k: np.ndarray) -> Optional[int]:
         samples = np.asarray(samples_16k, dtype=np.float32).reshape(-1)

@@ -126,6 +126,10 @@ class NodeHealth:
         if new > 0:
             speech.flag(WARN, f"{new} samples of the robot's speech over full scale this period, "
                               f"clipped ({clipped} in all)")
+        ended = speech.values.get("barge_in_record_ended")
+        if ended and ended != "closed":
+            speech.flag(WARN, f"barge-in recording stopped ({ended}): barge_in_record_max_mb, "
+                              f"or the disk; barge-in itself runs on")
         model.values.update(node_counters)
         for warning in engine.warnings():
             model.flag(WARN, warning)

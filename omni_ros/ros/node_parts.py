@@ -2,11 +2,15 @@
 the barge-in detector."""
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Mapping, Optional
 
 from omni_ros.flow.bargein import BargeInDetector
+from omni_ros.flow.bargein_record import BargeInRecorder
 from omni_ros.flow.echo import make_echo_canceller
-from omni_ros.flow.types import DuplexSession
+from omni_ros.flow.types import INPUT_SAMPLE_RATE, DuplexSession
 from omni_ros.flow.vad import VoiceActivity
 from omni_ros.ros.runner import StartupError
 from omni_ros.runtime.registry import BackendError, BackendSettings, create_session
@@ -32,14 +36,37 @@ def session_from(s: Mapping) -> DuplexSession:
                            f"`omni_ros_tiny_checkpoint DIR`)") from error
 
 
-def barge_in_from(s: Mapping, logger) -> Optional[BargeInDetector]:
-    """The barge-in detector the parameters ask for, or None with barge_in off."""
+def barge_in_from(s: Mapping, logger, node_name: str = "omni_node") -> Optional[BargeInDetector]:
+    """The barge-in detector the parameters ask for, or None with barge_in off; recording what
+    it is given when `barge_in_record_path` is set (StartupError when that cannot be written)."""
     if not s["barge_in"]:
         return None
     canceller = make_echo_canceller(s["echo_canceller"])
     logger.info(f"barge-in on: echo canceller {type(canceller).__name__}")
-    return BargeInDetector(VoiceActivity(), canceller, threshold=s["barge_in_threshold"],
-                           min_speech_ms=s["barge_in_min_speech_ms"],
-                           vad_gain_db=s["barge_in_vad_gain_db"],
-                           echo_delay_ms=s["echo_delay_ms"],
-                           residual_gate_db=s["residual_echo_gate_db"])
+    kwargs = dict(threshold=s["barge_in_threshold"], min_speech_ms=s["barge_in_min_speech_ms"],
+                  vad_gain_db=s["barge_in_vad_gain_db"], echo_delay_ms=s["echo_delay_ms"],
+                  residual_gate_db=s["residual_echo_gate_db"])
+    detector = BargeInDetector(VoiceActivity(), canceller, **kwargs)
+    if s["barge_in_record_path"]:
+        path = recording_path(s["barge_in_record_path"])
+        header = dict(detector=kwargs, echo_canceller=s["echo_canceller"], node=node_name,
+                      sample_rate=INPUT_SAMPLE_RATE)
+        try:
+            detector.recorder = BargeInRecorder(path, header, int(s["barge_in_record_max_mb"] * 1e6))
+        except OSError as error:
+            raise StartupError(f"barge_in_record_path: cannot write the barge-in recording "
+                               f"{str(path)!r}: {error}") from error
+        logger.info(f"barge-in recording to {path} (at most {s['barge_in_record_max_mb']:g} MB); "
+                    f"replay it with `omni_ros_barge_in_replay {path}`")
+    return detector
+
+
+def recording_path(given: str) -> Path:
+    """`given` itself, or a new file named by the time and process in it when it is a directory
+    (an existing one, or a path ending in /): a node restarted after a fault does not overwrite
+    the recording of the fault."""
+    path = Path(given).expanduser()
+    if path.is_dir() or given.endswith("/"):
+        path.mkdir(parents=True, exist_ok=True)
+        return path / f"barge_in_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}.obr"
+    return path

@@ -74,7 +74,9 @@ class OmniNode(LifecycleNode):
     # -- lifecycle -------------------------------------------------------------------------------
     def on_configure(self, state) -> TransitionCallbackReturn:
         s = self.settings
+        barge_in = None
         try:
+            barge_in = barge_in_from(self.settings, self.get_logger(), self.get_fully_qualified_name())
             self.session = session_from(self.settings)
             started = time.perf_counter()
             self.session.warmup()   # lazy initialisation must not land on a real window
@@ -83,6 +85,8 @@ class OmniNode(LifecycleNode):
             self._failure = str(error)
             if not self._autostarting:
                 self.get_logger().error(f"configure failed: {error}")
+            if barge_in is not None and barge_in.recorder is not None:
+                barge_in.recorder.close()
             self.session = None
             return TransitionCallbackReturn.FAILURE
         self.engine = FlowEngine(
@@ -92,7 +96,7 @@ class OmniNode(LifecycleNode):
                 max_future_windows=s["max_future_windows"], speech_chunk_ms=s["speech_chunk_ms"],
                 input_grace_ms=s["input_grace_ms"], standing_instruction=s["standing_instruction"]),
             decode_frame=lambda frame: self.camera.decode_frame(frame),
-            speech_detector=VoiceActivity(), barge_in=barge_in_from(self.settings, self.get_logger()))
+            speech_detector=VoiceActivity(), barge_in=barge_in)
         self.camera = CameraInput(self.engine, self.log, lambda: self.settings["max_image_side"],
                                   self.health.frame_stamps)
         self.mic = MicInput(self.engine, self.log, AudioInputStream(
@@ -161,6 +165,7 @@ class OmniNode(LifecycleNode):
         for publisher in self._pubs.values():
             self.destroy_publisher(publisher)
         self._configured, self._pubs, self.setters = [], {}, {}
+        self._end_recording()
         if self.session is not None:
             self.session.close()
         self.session = self.engine = self.camera = self.mic = None
@@ -173,6 +178,7 @@ class OmniNode(LifecycleNode):
             self.on_deactivate(state)
         if self.engine is not None:
             self.engine.stop()
+        self._end_recording()
         return TransitionCallbackReturn.SUCCESS
 
     # -- ROS inputs ------------------------------------------------------------------------------
@@ -303,8 +309,16 @@ class OmniNode(LifecycleNode):
         """Stop the engine's threads before the node is destroyed, and close the session."""
         if self.engine is not None:
             self.engine.stop()
+        self._end_recording()
         if self.session is not None:
             self.session.close()
+
+    def _end_recording(self) -> None:
+        """The barge-in recording, if one is made, closed: all of it on disk."""
+        recorder = getattr(self.engine.barge_in, "recorder", None) if self.engine else None
+        if recorder is not None:
+            with self.engine.barge_lock:
+                recorder.close()
 
 
 def main(args=None) -> int:

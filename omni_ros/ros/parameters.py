@@ -233,6 +233,16 @@ OMNI_NODE_PARAMETERS = (
                   "speech later than a loud one; higher stops the robot sooner for quiet "
                   "persons at more risk of the robot's own residual scoring as speech.",
                   (-20.0, 40.0), dynamic=True),
+    ParameterSpec("barge_in_record_path", "",
+                  "Record everything the barge-in detector is given (mic, the robot's speech as "
+                  "played, resets, settings) and its decisions to this file, or to a new "
+                  "barge_in_<date>_<time>_<pid>.obr in this directory, for "
+                  "omni_ros_barge_in_replay to replay offline decision for decision, with these "
+                  "or other settings; empty: off. 65 KB per second of mic audio, as much again while "
+                  "the robot speaks (256 MB: about an hour)."),
+    ParameterSpec("barge_in_record_max_mb", 256.0,
+                  "The barge-in recording stops (a WARN diagnostic says so) once it holds this "
+                  "many MB; the node runs on.", (0.1, 1.0e6)),
     ParameterSpec("echo_canceller", code_default(make_echo_canceller, "kind"),
                   "Echo canceller removing the robot's own speech "
                   "from the mic before barge-in detection: fdaf (built in: a linear two-filter "
