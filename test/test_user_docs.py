@@ -10,7 +10,8 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "multi_machine.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "multi_machine.md",
+        ROOT / "docs" / "barge_in_evaluation.md"]
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
@@ -27,7 +28,8 @@ def test_every_console_script_resolves_and_the_readme_names_the_user_ones():
         module, _, attribute = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attribute)), name
     readme = (ROOT / "README.md").read_text()
-    for name in ("omni_ros_console", "omni_ros_alert_log", "omni_ros_bringup", "omni_ros_recorder"):
+    for name in ("omni_ros_console", "omni_ros_alert_log", "omni_ros_bringup", "omni_ros_recorder",
+                 "omni_ros_barge_in_replay"):
         assert name in scripts and name in readme, name
 
 
