@@ -489,8 +489,11 @@ def _speech_seconds(speech, a_ns: int, b_ns: int) -> float:
 
 def _stop_after(speech, onset_ns: int, end_ns: int, chunk_s: float) -> Optional[float]:
     """Onset -> the last chunk before the first break in the robot's chunks after the onset
-    (a barge-in's stop; a restart after it is not counted); None if it talked on until end_ns."""
-    chunks = sorted((s, d) for s, d, _ in speech if onset_ns - 3 * NS < s <= end_ns + 2 * NS)
+    (a barge-in's stop; a restart after it is not counted); None if it talked on until end_ns.
+    A voice that stops and stays silent to the end of the chunks looked at (2 s after the
+    phrase) stopped too: the break is the silence after its last chunk."""
+    horizon = end_ns + 2 * NS
+    chunks = sorted((s, d) for s, d, _ in speech if onset_ns - 3 * NS < s <= horizon)
     before = [c for c in chunks if c[0] <= onset_ns]
     if not before:
         return None
@@ -500,7 +503,8 @@ def _stop_after(speech, onset_ns: int, end_ns: int, chunk_s: float) -> Optional[
             break
         last = (s, d)
     else:
-        return None
+        if horizon - (last[0] + last[1] * NS) <= 0.15 * NS:
+            return None                                 # still speaking at the horizon
     if last[0] > end_ns:
         return None
     return max(0.0, (last[0] - onset_ns) / NS)
@@ -560,7 +564,8 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
         stop = _stop_after(speech, onset_ns, end_ns, c.chunk_ms / 1000)
         result.trials.append(TrialResult(detected, stop if detected else None, text, voice))
         log(f"  trial {k}: {'stopped' if detected else 'TALKED ON'}"
-            + (f" {stop:.3f} s" if detected and stop is not None else "") + f"  {voice}: {text}")
+            + (f" {stop:.3f} s" if detected and stop is not None else "") + f"  {voice}: {text}"
+            + f"  (onset stamp {onset_ns} ns)")
     result.span_ns = (switch_ns, cond_end)
     result.onsets_ns = [o for o in onsets if switch_ns <= o < cond_end]
     result.false_barge_ins = sum(_onsets_in(onsets, s, e) for s, e in echo_spans)

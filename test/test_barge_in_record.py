@@ -14,8 +14,6 @@ from omni_ros.flow.vad import VoiceActivity
 from omni_ros.tools import barge_in_replay
 from omni_ros.tools.scene_player import synthesize_float
 
-pytestmark = pytest.mark.unit
-
 NS = 1_000_000_000
 RATE = 16000
 CHUNK = 320
@@ -64,6 +62,7 @@ def recorded(tmp_path_factory):
     return path, detector, onsets
 
 
+@pytest.mark.unit
 def test_a_recording_replays_to_the_same_barge_ins(recorded):
     path, live, onsets = recorded
     recording = read_recording(path)
@@ -78,6 +77,7 @@ def test_a_recording_replays_to_the_same_barge_ins(recorded):
         {k: v for k, v in live.diagnostic_values().items() if k not in skip}
 
 
+@pytest.mark.unit
 def test_a_replay_with_other_settings_decides_anew(recorded):
     """--set: the detector built with other arguments, the recorded run-time threshold no longer
     applied: at a threshold no frame reaches, no barge-in."""
@@ -86,6 +86,7 @@ def test_a_replay_with_other_settings_decides_anew(recorded):
     assert barge_in_replay.main([str(recorded[0]), "--set", "threshold=1.01"]) == 0
 
 
+@pytest.mark.unit
 def test_the_replay_tool_says_whether_the_decisions_match(recorded, capsys):
     assert barge_in_replay.main([str(recorded[0])]) == 0
     out = capsys.readouterr().out
@@ -93,6 +94,7 @@ def test_the_replay_tool_says_whether_the_decisions_match(recorded, capsys):
     assert f"node's barge-ins ({len(recorded[2])})" in out
 
 
+@pytest.mark.unit
 def test_the_recording_stops_at_its_bound_and_the_detector_runs_on(tmp_path):
     path = tmp_path / "small.obr"
     detector = BargeInDetector(VoiceActivity(), make_echo_canceller("auto"), **KWARGS)
@@ -108,6 +110,7 @@ def test_the_recording_stops_at_its_bound_and_the_detector_runs_on(tmp_path):
     assert not recording.truncated and 0.6 < recording.seconds(MIC) < 0.9
 
 
+@pytest.mark.unit
 def test_a_recording_cut_short_reads_to_its_last_whole_record(recorded, tmp_path):
     data = recorded[0].read_bytes()
     whole = read_recording(recorded[0])
@@ -120,6 +123,7 @@ def test_a_recording_cut_short_reads_to_its_last_whole_record(recorded, tmp_path
         partial, barge_in_replay.replay(partial), False))
 
 
+@pytest.mark.unit
 def test_what_is_not_a_recording_is_refused_in_one_line(tmp_path, capsys):
     wav = tmp_path / "speech.wav"
     wav.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")

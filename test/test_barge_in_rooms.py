@@ -116,3 +116,23 @@ def test_the_node_s_recording_replays_to_the_barge_ins_it_published(ci_room):
     assert [o for o in recording.decisions if any(a <= o < b for a, b in spans)] == published
     result = replay(recording)
     assert result.same, (result.recorded, result.replayed)
+
+
+@pytest.mark.unit
+def test_a_stop_is_measured_whether_or_not_the_robot_speaks_again():
+    """The stop latency the grid reports: the last chunk before the robot's voice breaks off, also
+    when it then stays silent (once counted as talking on, which left that trial's stop out of
+    the figures), and None only while it still speaks at the end of what is looked at."""
+    ns = rooms.NS
+    chunk = 0.2
+    onset, end = 10 * ns, 12 * ns
+
+    def chunks(first_s, last_s):      # back-to-back 200 ms chunks stamped first_s..last_s
+        n = int(round((last_s - first_s) / chunk)) + 1
+        return [(int((first_s + k * chunk) * ns), chunk, 0.0) for k in range(n)]
+
+    stop = rooms._stop_after(chunks(8.0, 10.2) + chunks(11.0, 13.0), onset, end, chunk)
+    assert stop == pytest.approx(0.2)                    # stopped, then spoke again
+    assert rooms._stop_after(chunks(8.0, 10.2), onset, end, chunk) == pytest.approx(0.2)
+    assert rooms._stop_after(chunks(8.0, 14.0), onset, end, chunk) is None   # talked on
+    assert rooms._stop_after(chunks(8.0, 12.4), onset, end, chunk) is None   # stopped after the phrase

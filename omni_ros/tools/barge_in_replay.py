@@ -96,7 +96,8 @@ def describe(recording: Recording, result: Replay, overridden: bool) -> List[str
              f"{recording.seconds(MIC):.1f} s of mic, {recording.seconds(REFERENCE):.1f} s of "
              f"the robot's speech; detector {h.get('detector', {})}, echo canceller "
              f"{h.get('echo_canceller', 'auto')}"
-             + (" (cut short: the node stopped mid-record)" if recording.truncated else "")]
+             + (" (cut short: the node stopped mid-record)" if recording.truncated else ""),
+             f"times below in seconds from the first mic chunk, stamped {t0} ns"]
     lines.append(f"node's barge-ins ({len(result.recorded)}): "
                  + (", ".join(at(o) for o in result.recorded) or "none"))
     lines.append(f"replayed ({len(result.replayed)}): "
