@@ -29,7 +29,8 @@ window"; the canceller runs on every chunk, the gate and the VAD while the robot
 second of the robot's speech.
 Results are appended to benchmarks/results/barge_in_rooms.md. `--record-inputs DIR`: each
 omni_node records what its barge-in detector is given (`barge_in_record_path`), so that a run's
-misses and false barge-ins can be replayed exactly with omni_ros_barge_in_replay.
+misses and false barge-ins can be replayed exactly with omni_ros_barge_in_replay; `--param
+NAME:=VALUE` gives every omni_node a parameter of the run (barge_in_threshold:=0.25).
 """
 from __future__ import annotations
 
@@ -581,11 +582,12 @@ def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_
 
 
 def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: int,
-                   echo_seconds: float, log=print,
-                   record_dir: Optional[Path] = None) -> List[ConditionResult]:
+                   echo_seconds: float, log=print, record_dir: Optional[Path] = None,
+                   params: Sequence[str] = ()) -> List[ConditionResult]:
     """Every condition, one omni_node per node key (conditions grouped, order kept within);
     with `record_dir`, each omni_node records its barge-in detector's inputs there
-    (`barge_in_record_path`, one file a node: omni_ros_barge_in_replay replays them)."""
+    (`barge_in_record_path`, one file a node: omni_ros_barge_in_replay replays them); `params`:
+    omni_node parameters (NAME:=VALUE) beyond the harness's own."""
     import rclpy
     groups: Dict[tuple, List[Condition]] = {}
     for c in conditions:
@@ -595,7 +597,9 @@ def run_conditions(conditions: Sequence[Condition], checkpoint: Path, trials: in
         own_init = not rclpy.ok()          # a test's fixture may have initialised rclpy
         if own_init:
             rclpy.init()
-        extra = () if record_dir is None else ("-p", f"barge_in_record_path:={record_dir}/")
+        extra = [arg for p in params for arg in ("-p", p)]
+        if record_dir is not None:
+            extra += ["-p", f"barge_in_record_path:={record_dir}/"]
         graph = NodeGraph(checkpoint, key, extra=extra)
         driver = spinner = None
         try:
@@ -656,7 +660,13 @@ def main() -> int:
     parser.add_argument("--record-inputs", type=Path, default=None, metavar="DIR",
                         help="each omni_node records its barge-in detector's inputs in DIR "
                         "(barge_in_record_path), for omni_ros_barge_in_replay")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="an omni_node parameter for the run (repeatable), e.g. "
+                        "barge_in_threshold:=0.25")
     args = parser.parse_args()
+    bad = [p for p in args.param if ":=" not in p]
+    if bad:
+        parser.error(f"--param takes NAME:=VALUE, got {bad[0]!r}")
     os.environ["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)   # a private DDS domain
     grid = {"full": full_grid, "reduced": reduced_grid, "ci": lambda: list(CI_GRID)}[args.grid]()
     if args.only:
@@ -667,7 +677,7 @@ def main() -> int:
         tiny_checkpoint(Path(tempfile.gettempdir()) / "omni_ros_bench_tiny")
     started = time.monotonic()
     results = run_conditions(grid, checkpoint, args.trials, args.echo_seconds,
-                             record_dir=args.record_inputs)
+                             record_dir=args.record_inputs, params=args.param)
     command = "benchmarks/barge_in_rooms.py " + " ".join(sys.argv[1:])
     body = (f"Command: `nice -n 10 .venv/bin/python {command}` ({time.monotonic() - started:.0f} s)"
             f"\n\nConditions (defaults: {BASE.describe()}):\n\n"

@@ -181,7 +181,11 @@ def _records(data: bytes, at: int, recording: Recording) -> Iterator[Tuple[bytes
         if kind in (MIC, REFERENCE):
             payload: object = np.frombuffer(data, dtype="<f4", count=count, offset=at).astype(np.float32)
         elif kind == SETTINGS:
-            payload = json.loads(data[at:at + size])
+            try:
+                payload = json.loads(data[at:at + size])
+            except ValueError as error:
+                raise RecordingError(f"the settings record at byte {at - RECORD.size} is not "
+                                     f"JSON: {error}") from error
         else:
             payload = None
         at += size

@@ -235,8 +235,9 @@ OMNI_NODE_PARAMETERS = (
                   (-20.0, 40.0), dynamic=True),
     ParameterSpec("barge_in_record_path", "",
                   "Record everything the barge-in detector is given (mic, the robot's speech as "
-                  "played, resets, settings) and its decisions to this file, or to a new "
-                  "barge_in_<date>_<time>_<pid>.obr in this directory, for "
+                  "played, resets, settings) and its decisions to this file (written anew at each "
+                  "configure), or to a new barge_in_<date>_<time>_<pid>.obr in this folder (an "
+                  "existing one, or a path ending in /), for "
                   "omni_ros_barge_in_replay to replay offline decision for decision, with these "
                   "or other settings; empty: off. 65 KB per second of mic audio, as much again while "
                   "the robot speaks (256 MB: about an hour)."),
