@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -271,10 +271,19 @@ class BargeInDetector:
             self.recorder.mic(stamp_ns, samples_16k, onset, self.settings())
         return onset
 
-    def settings(self) -> tuple:
-        """What can change while it runs: (threshold, min_speech_ms, vad_gain_db)."""
-        return (self.threshold, self.min_speech_frames * FRAME * 1000.0 / self.sample_rate,
-                self.vad_gain_db)
+    def settings(self) -> dict:
+        """What can change while it runs, by the names `apply_settings` takes."""
+        return {"threshold": self.threshold, "vad_gain_db": self.vad_gain_db,
+                "min_speech_ms": self.min_speech_frames * FRAME * 1000.0 / self.sample_rate}
+
+    def apply_settings(self, settings: Mapping[str, float]) -> None:
+        """Set what `settings` names of threshold, min_speech_ms and vad_gain_db."""
+        if "threshold" in settings:
+            self.threshold = float(settings["threshold"])
+        if "min_speech_ms" in settings:
+            self.set_min_speech_ms(settings["min_speech_ms"])
+        if "vad_gain_db" in settings:
+            self.set_vad_gain_db(settings["vad_gain_db"])
 
     def _push_mic(self, stamp_ns: int, samples_16k: np.ndarray) -> Optional[int]:
         samples = np.asarray(samples_16k, dtype=np.float32).reshape(-1)

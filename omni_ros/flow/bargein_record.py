@@ -16,7 +16,7 @@ File layout (little-endian):
 * records, each a header ``<cqI`` (kind, stamp in ns, count) and its payload:
   ``m`` mic chunk, ``r`` reference (count float32 samples each); ``b`` the barge-in the mic chunk
   just before gave (stamp: its onset; no payload); ``x`` reset; ``s`` run-time settings (count
-  bytes of JSON: threshold, min_speech_ms, vad_gain_db).
+  bytes of JSON: BargeInDetector.settings, written when they change).
 
 The file is bounded (`max_bytes`): once full, recording stops and the detector runs on. A
 recording cut short (the node killed) reads up to its last whole record.
@@ -55,7 +55,7 @@ class BargeInRecorder:
         self.full = False
         self.error: Optional[str] = None
         self.ended: Optional[str] = None      # why it stopped: full, a write failed, closed
-        self._settings: Optional[Tuple] = None
+        self._settings: Optional[Mapping[str, float]] = None
         self._unflushed = 0
         self._file: Optional[IO[bytes]] = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         head = dict(header, started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -66,15 +66,14 @@ class BargeInRecorder:
         return self._file is not None
 
     def mic(self, stamp_ns: int, samples: np.ndarray, onset_ns: Optional[int],
-            settings: Tuple[float, float, float]) -> None:
-        """A mic chunk as the detector was given it, the settings it was judged with, and the
-        barge-in onset it gave (None: none)."""
+            settings: Mapping[str, float]) -> None:
+        """A mic chunk as the detector was given it, the run-time settings it was judged with
+        (BargeInDetector.settings), and the barge-in onset it gave (None: none)."""
         if self._file is None:
             return
         if settings != self._settings:
             self._settings = settings
-            text = json.dumps(dict(zip(("threshold", "min_speech_ms", "vad_gain_db"),
-                                       settings))).encode()
+            text = json.dumps(settings).encode()
             self._record(SETTINGS, 0, len(text), text)
         self._samples(MIC, stamp_ns, samples)
         if onset_ns is not None:

@@ -25,11 +25,6 @@ from omni_ros.flow.bargein_record import (BARGE_IN, MIC, REFERENCE, RESET, SETTI
 from omni_ros.flow.echo import make_echo_canceller
 from omni_ros.flow.vad import VoiceActivity
 
-SETTERS = {"threshold": lambda d, v: setattr(d, "threshold", float(v)),
-           "min_speech_ms": lambda d, v: d.set_min_speech_ms(v),
-           "vad_gain_db": lambda d, v: d.set_vad_gain_db(v)}
-
-
 @dataclass
 class Replay:
     recorded: List[int]                     # barge-in onsets (ns) the node's detector gave
@@ -63,9 +58,7 @@ def replay(recording: Recording, overrides: Optional[Mapping[str, float]] = None
         elif kind == RESET:
             detector.reset()
         elif kind == SETTINGS:
-            for name, value in payload.items():
-                if name not in overrides and name in SETTERS:
-                    SETTERS[name](detector, value)
+            detector.apply_settings({k: v for k, v in payload.items() if k not in overrides})
     out.counters = detector.diagnostic_values()
     return out
 
