@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -348,8 +349,8 @@ def make_room_driver():
         def set_scene(self, scene):
             """A new room, the robot talking on: what the loudspeaker played in the last seconds
             is played into the new room's echo path too, at the samples it was played at, so
-            that the mic, which catches up on the time the room took to build, hears the robot
-            throughout, in step with what omni_node's reference holds. (Left out, the mic went
+            that the mic hears the robot throughout, in step with what omni_node's reference
+            holds. (Left out, the mic went
             silent for a second while the robot spoke: to the canceller a loudspeaker muted and
             switched on again. Played afresh from its chunks' stamps, the robot's voice came
             shifted by the publishing jitter the loudspeaker's queue had absorbed, up to 30 ms:
@@ -398,6 +399,16 @@ def make_room_driver():
 
         def feed(self, seconds: float) -> None:
             self.feed_until(lambda: False, seconds)
+
+        def build_while_feeding(self, build):
+            """build() on another thread while the mic goes on in real time in the room as it
+            is: a room takes seconds to simulate, and a mic that stopped for them would meet
+            omni_node's canceller with a gap in the mic at the very moment the echo path
+            changes, which a robot moving from one room to another does not do."""
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                built = pool.submit(build)
+                self.feed_until(built.done, 600.0)
+                return built.result()
 
         def spoken_since(self, since: float) -> float:
             """Seconds of speech the robot published since time.monotonic() was `since`."""
@@ -513,7 +524,7 @@ def _stop_after(speech, onset_ns: int, end_ns: int, chunk_s: float) -> Optional[
 
 def run_condition(driver, c: Condition, trials: int, echo_seconds: float, robot_rms: float,
                   log=print) -> ConditionResult:
-    scene = A.Scene(c, robot_rms)
+    scene = driver.build_while_feeding(lambda: A.Scene(c, robot_rms))
     result = ConditionResult(c, summary=scene.summary())
     rng = np.random.default_rng(c.seed())
     switch_ns = driver.get_clock().now().nanoseconds

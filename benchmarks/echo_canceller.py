@@ -9,7 +9,7 @@ and everything the detector decides rests on what it leaves. This script feeds e
 mic (the robot's echo through the room and the room's noise, no person) and the reference, aligned
 as omni_node aligns them (`echo_delay_ms` from the condition, the canceller's `lead` ahead), in
 20 ms chunks to flow/echo.FdafEchoCanceller, once per variant (`--variant NAME:key=value,...`,
-its keyword arguments: block, step, tail_ms, lead_ms, proportionate), the variants taking turns
+its keyword arguments: block, step, tail_ms, lead_ms, proportionate, regularization), the variants taking turns
 over `--repeats` passes so that a busy machine slows them alike; the CPU figure is the least of
 the passes.
 

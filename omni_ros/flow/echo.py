@@ -92,6 +92,13 @@ class ReferenceBuffer:
         self.newest_end = None
 
 
+# The NLMS step in each frequency bin is normalised by the reference's energy there plus this
+# share of its mean over the bins. Bins the robot's voice barely excites then take small steps,
+# so room noise in the error does not drive their weights: with 1e-3 the background filter
+# wandered there in noisy rooms, was taken over by the cancelling filter on the strength of the
+# bins the voice did excite, and cancelled worse, until the canceller diverged and restarted
+# (barge-in disarmed for a second or more; docs/barge_in_evaluation.md).
+REGULARIZATION = 3e-3
 CONSTRAINED_PER_BLOCK = 4   # partitions of the FDAF kept causal per block, in turn
 
 
@@ -108,13 +115,16 @@ class FdafEchoCanceller:
 
     `process(near, far)` takes blocks of `block` samples, the reference given `lead` samples
     ahead of the mic (so an `echo_delay_ms` up to `lead_ms` too long is still causal), and models
-    an echo path `tail_ms` long beyond the lead. `echo_estimate` holds the foreground's echo
-    estimate for the samples of the last call (the residual gate of flow/bargein.py uses it)."""
+    an echo path `tail_ms` long beyond the lead; `regularization` (REGULARIZATION) keeps the
+    steps small in the bins the reference barely excites. `echo_estimate` holds the foreground's
+    echo estimate for the samples of the last call (the residual gate of flow/bargein.py uses it)."""
 
     def __init__(self, block: int = 256, tail_ms: float = 256.0, lead_ms: float = 32.0,
                  step: float = 0.3, proportionate: bool = True,
+                 regularization: float = REGULARIZATION,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.block = int(block)
+        self.regularization = float(regularization)
         self.proportionate = bool(proportionate)
         self.lead = int(round(lead_ms * sample_rate / 1000.0))
         span = self.lead + tail_ms * sample_rate / 1000.0
@@ -223,7 +233,7 @@ class FdafEchoCanceller:
         self._floor = 0.99 * self._floor + 0.01 * float(energy.sum()) / energy.shape[0]
         self._error_frame[B:] = error_bg
         E = np.fft.rfft(self._error_frame)
-        E *= self.step / (energy + np.float32(1e-3 * self._floor + 1e-10))
+        E *= self.step / (energy + np.float32(self.regularization * self._floor + 1e-10))
         update = np.conjugate(spectra, out=self._update)
         update *= E
         if self.proportionate and self._error_fg > 0.03 * self._near:
