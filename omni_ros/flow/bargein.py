@@ -10,10 +10,11 @@ reference buffer lays chunks back to back as the loudspeaker plays them); the ca
 the linear echo, taking the mic as one gap-free stream; each 32 ms frame whose residual does not
 stand above what the canceller leaves of the robot's voice in at least two of its frequency
 bands (its echo estimate there times the residual ratio of the robot's own frames, an upper
-quantile learnt band by band as it speaks, and above the floor), whose residual as a whole lies
-near its floor, or whose mic has fallen well under the echo estimated just before (the robot's
-voice stopping, its echo dying away) is ruled out there (no VAD run: the cheap common case
-while the robot speaks alone), the VAD scores the others with the expected
+quantile learnt band by band as it speaks, from the frames in which its voice plays and the
+bands in which its echo stands above the room's noise, and above the floor), whose residual
+as a whole lies near its floor, or whose mic has fallen well under the echo estimated just
+before (the robot's voice stopping, its echo dying away) is ruled out there (no VAD run: the
+cheap common case while the robot speaks alone), the VAD scores the others with the expected
 residual echo taken out of each band, from a fresh state each time the robot starts speaking;
 `min_speech_ms` of consecutive frames above the threshold while the robot is speaking is a
 barge-in, reported with the onset's stamp. Until the canceller has learnt the echo path (over at
@@ -45,6 +46,7 @@ CONVERGED_ERLE_DB = 6.0     # the canceller has learnt the echo path: barge-in i
 CONVERGED_FRAMES = 31       # ...measured over at least this many frames of audible echo (1 s)
 RESIDUAL_QUANTILE = 0.9     # the share of echo frames whose residual the expected one covers
 RESIDUAL_STEP_DB = 1.0      # the quantile tracker's step per frame
+FAR_PAUSE_DB = 20.0         # a reference frame this far under its recent peak: a pause
 RESIDUAL_DECAY_DB = 3.84    # per 32 ms frame: 60 dB in 0.5 s, a reverberant room's decay
 RESIDUAL_DECAY = 10.0 ** (-RESIDUAL_DECAY_DB / 10.0)
 NOISE_RISE_DB = 0.3         # per frame (9 dB/s): how fast the residual floor follows a rise
@@ -100,7 +102,7 @@ class BargeInDetector:
 
     def __init__(self, vad: Callable[[np.ndarray], float], echo_canceller=None,
                  threshold: float = 0.3, min_speech_ms: float = 64, echo_delay_ms: float = 0.0,
-                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 8.0,
+                 reference_hangover_ms: float = 300.0, residual_gate_db: float = 10.0,
                  vad_gain_db: float = 12.0, fresh_vad_per_turn: bool = True,
                  sample_rate: int = INPUT_SAMPLE_RATE) -> None:
         self.vad = vad
@@ -447,29 +449,40 @@ class BargeInDetector:
             # well the echo is cancelled.
             return
         # The reference's recent peak, held and decaying slowly: frames of the robot's voice far
-        # under it (its pauses) say nothing of how much echo the canceller removes.
+        # under it say nothing of the canceller. They are its pauses, the hangover after its
+        # phrase and the moments before its next chunk plays: frames the detector counts as the
+        # robot's, in which the residual is the room's noise over an echo estimate held from
+        # before and dying away. Learnt as the canceller's residual, each would lift the
+        # expected residual by up to RESIDUAL_STEP_DB (ten times what an echo frame lowers it
+        # by), and a robot that stops and starts often, as it does at each barge-in, would
+        # ratchet its gate up until a person's first frames no longer pass it.
         far_db = 10.0 * np.log10(far_power + 1e-12)
         self._far_peak_db = max(far_db, self._far_peak_db - 0.02)
-        if far_db > self._far_peak_db - 20.0:
-            # Only frames in which the echo stands above the mic's floor measure ERLE: a tone or
-            # a hum the canceller partly follows is not the robot's echo.
-            mic_db = 10.0 * np.log10(mic_power)
-            audible = self._mic_floor_db is None or mic_db > self._mic_floor_db + ECHO_AUDIBLE_DB
-            self._audible_share += ECHO_SHARE_STEP * (float(audible) - self._audible_share)
-            if audible:
-                self._measure_erle(mic_power, clean_power)
-            if self._erle_db >= CONVERGED_ERLE_DB and self._erle_frames >= CONVERGED_FRAMES:
-                self._converged = True
-            if self._audible_share < INAUDIBLE_SHARE:
-                self._inaudible = True
-            elif self._audible_share > AUDIBLE_SHARE:
-                self._inaudible = False
+        if far_db <= self._far_peak_db - FAR_PAUSE_DB:
+            return
+        # Only frames in which the echo stands above the mic's floor measure ERLE: a tone or a
+        # hum the canceller partly follows is not the robot's echo.
+        mic_db = 10.0 * np.log10(mic_power)
+        audible = self._mic_floor_db is None or mic_db > self._mic_floor_db + ECHO_AUDIBLE_DB
+        self._audible_share += ECHO_SHARE_STEP * (float(audible) - self._audible_share)
+        if audible:
+            self._measure_erle(mic_power, clean_power)
+        if self._erle_db >= CONVERGED_ERLE_DB and self._erle_frames >= CONVERGED_FRAMES:
+            self._converged = True
+        if self._audible_share < INAUDIBLE_SHARE:
+            self._inaudible = True
+        elif self._audible_share > AUDIBLE_SHARE:
+            self._inaudible = False
         # Stochastic quantile tracking, band by band: up by q steps, down by (1 - q) steps, so
         # that a fraction q of the echo frames lies under the estimate; bounded steps, so that an
-        # outlier frame moves it by at most RESIDUAL_STEP_DB. Bands without the robot's voice
-        # (no echo estimate, not even decaying) say nothing of it.
+        # outlier frame moves it by at most RESIDUAL_STEP_DB. Bands whose echo estimate lies
+        # under the residual's floor say nothing of it either: their residual is the room's
+        # noise, and in a noisy room those bands (where the robot's voice is weak) would set the
+        # expected residual to the noise over the estimate, so that in frames where the robot's
+        # voice is loud there the person's first frames would have to stand over noise raised
+        # by the whole echo.
         residual, estimate = self._band_powers
-        live = estimate > 1e-12
+        live = estimate > np.maximum(10.0 ** (self._band_noise_db / 10.0), 1e-12)
         ratio_db = 10.0 * np.log10(residual[live] / estimate[live])
         q = RESIDUAL_QUANTILE
         self._band_residual_db[live] += RESIDUAL_STEP_DB * np.where(
