@@ -2,7 +2,7 @@
 through a fresh barge-in detector and compare its decisions with the node's.
 
     omni_ros_barge_in_replay /tmp/robot.obr
-    omni_ros_barge_in_replay /tmp/robot.obr --set residual_gate_db=10 --set threshold=0.4
+    omni_ros_barge_in_replay /tmp/robot.obr --set residual_gate_db=12 --set threshold=0.4
 
 Without `--set` the replay is the node's detector again and gives the same barge-ins at the same
 stamps (the tool says so, or where they differ). With `--set` the detector is built with those
