@@ -350,11 +350,11 @@ def make_room_driver():
             """A new room, the robot talking on: what the loudspeaker played in the last seconds
             is played into the new room's echo path too, at the samples it was played at, so
             that the mic hears the robot throughout, in step with what omni_node's reference
-            holds. (Left out, the mic went
-            silent for a second while the robot spoke: to the canceller a loudspeaker muted and
-            switched on again. Played afresh from its chunks' stamps, the robot's voice came
-            shifted by the publishing jitter the loudspeaker's queue had absorbed, up to 30 ms:
-            to the canceller an echo path that jumped. Neither is the room being measured.)"""
+            holds. (Left out, the mic went silent for a second while the robot spoke: to the
+            canceller a loudspeaker muted and switched on again. Played afresh from its chunks'
+            stamps, the robot's voice came shifted by the publishing jitter the loudspeaker's
+            queue had absorbed, up to 30 ms: to the canceller an echo path that jumped. Neither
+            is the room being measured.)"""
             with self.lock:
                 self.scene, self.person = scene, None
                 for at, samples in self.played:

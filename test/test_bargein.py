@@ -343,18 +343,26 @@ def test_reference_chunks_play_back_to_back_whatever_their_stamp_jitter():
     assert np.array_equal(ref.get(ref.index(later), chunk), parts[0])
 
 
-def run_live(detector, mic, robot, start_ns=5 * NS, chunk=3200):
-    """As omni_node does: the robot's speech pushed chunk by chunk as it is played (a chunk
-    ahead of the mic), the mic in 20 ms chunks; the stamps of triggered onsets, in s."""
+def run_published(detector, mic, chunks, start_ns=5 * NS, ahead=3200):
+    """As omni_node does: the robot's speech chunks, (first sample, samples) in the order they
+    play, each pushed `ahead` samples before it plays, the mic in 20 ms chunks; the stamps of
+    triggered onsets, in s."""
     hits, pushed = [], 0
     for i in range(0, mic.shape[0], 320):
-        while pushed < min(i + chunk, robot.shape[0]):
-            detector.push_reference(start_ns + pushed * NS // RATE, robot[pushed:pushed + chunk])
-            pushed += chunk
+        while pushed < len(chunks) and chunks[pushed][0] < i + ahead:
+            first, samples = chunks[pushed]
+            detector.push_reference(start_ns + first * NS // RATE, samples)
+            pushed += 1
         onset = detector.push_mic(start_ns + i * NS // RATE, mic[i:i + 320])
         if onset is not None:
             hits.append((onset - start_ns) / NS)
     return hits
+
+
+def run_live(detector, mic, robot, start_ns=5 * NS, chunk=3200):
+    """The robot speaking without a pause, published chunk by chunk a chunk ahead of the mic."""
+    chunks = [(i, robot[i:i + chunk]) for i in range(0, robot.shape[0], chunk)]
+    return run_published(detector, mic, chunks, start_ns, ahead=chunk)
 
 
 @pytest.mark.parametrize("under_db", [15, 20])
@@ -535,15 +543,7 @@ def test_a_robot_that_stops_and_starts_often_still_hears_a_person(long_robot, vo
         mic[at:] += level * person[:mic.shape[0] - at]
         vad.reset()
         detector = BargeInDetector(vad, make_echo_canceller("fdaf"))
-        hits, published = [], 0
-        for i in range(0, mic.shape[0], 320):
-            while published < len(chunks) and chunks[published][0] < i + 3200:
-                first, samples = chunks[published]
-                detector.push_reference(5 * NS + first * NS // RATE, samples)
-                published += 1
-            onset = detector.push_mic(5 * NS + i * NS // RATE, mic[i:i + 320])
-            if onset is not None:
-                hits.append((onset - 5 * NS) / NS)
+        hits = run_published(detector, mic, chunks)
         voiced = (at + np.argmax(np.abs(person) > 0.02)) / RATE
         assert hits and hits[0] >= voiced - 0.1, (k, hits, voiced)
         delays.append(round(hits[0] - voiced, 3))

@@ -50,7 +50,9 @@ FAR_PAUSE_DB = 20.0         # a reference frame this far under its recent peak: 
 RESIDUAL_DECAY_DB = 3.84    # per 32 ms frame: 60 dB in 0.5 s, a reverberant room's decay
 RESIDUAL_DECAY = 10.0 ** (-RESIDUAL_DECAY_DB / 10.0)
 NOISE_RISE_DB = 0.3         # per frame (9 dB/s): how fast the residual floor follows a rise
+NOISE_RISE = 10.0 ** (NOISE_RISE_DB / 10.0)
 NOISE_MARGIN_DB = 6.0       # a person's frame stands this far above the floor
+NOISE_MARGIN = 10.0 ** (NOISE_MARGIN_DB / 10.0)
 MIC_FLOOR_RISE_DB = 0.1     # per frame (3 dB/s): how fast the mic's floor follows a rise
 ECHO_AUDIBLE_DB = 6.0       # a frame of the robot's voice carries its echo this far above it
 INAUDIBLE_SHARE = 0.2       # ...and echo is inaudible when fewer than this share of them do
@@ -120,7 +122,7 @@ class BargeInDetector:
         self._window = np.hanning(FRAME).astype(np.float32)
         self._band_residual_db = np.zeros(BANDS)      # per band: residual / estimate, quantile
         self._band_echo = np.zeros(BANDS)             # ...the echo estimate, held and decaying
-        self._band_noise_db = np.zeros(BANDS)         # ...the residual's floor
+        self._band_floor = np.ones(BANDS)             # ...the residual's floor (power)
         self._band_powers = (np.zeros(BANDS), np.zeros(BANDS))  # ...this frame's residual, echo
         self.reference = ReferenceBuffer(sample_rate=sample_rate)
         self.counters = BargeInCounters()
@@ -390,8 +392,7 @@ class BargeInDetector:
         estimate = np.bincount(BAND_OF_BIN, estimate.real ** 2 + estimate.imag ** 2)[:BANDS]
         self._band_echo = np.maximum(estimate, self._band_echo * RESIDUAL_DECAY)
         self._band_powers = (residual, self._band_echo)
-        self._band_noise_db = np.minimum(10.0 * np.log10(residual),
-                                         self._band_noise_db + NOISE_RISE_DB)
+        self._band_floor = np.minimum(residual, self._band_floor * NOISE_RISE)
         if max(echo_power, far_power) < 1e-10:
             # nothing of the robot in this frame to mistake
             return mic if self._inaudible else clean
@@ -411,7 +412,7 @@ class BargeInDetector:
             # tail (mostly in the top bands), not a person.
             return None
         expected = self._band_echo * 10.0 ** (self._band_residual_db / 10.0)
-        floor = 10.0 ** ((self._band_noise_db + NOISE_MARGIN_DB) / 10.0)
+        floor = self._band_floor * NOISE_MARGIN
         voiced = int(np.count_nonzero((residual > self._gate * expected) & (residual > floor)))
         if voiced < GATE_BANDS:
             return None
@@ -482,7 +483,7 @@ class BargeInDetector:
         # voice is loud there the person's first frames would have to stand over noise raised
         # by the whole echo.
         residual, estimate = self._band_powers
-        live = estimate > np.maximum(10.0 ** (self._band_noise_db / 10.0), 1e-12)
+        live = estimate > self._band_floor            # never under the residual's 1e-12
         ratio_db = 10.0 * np.log10(residual[live] / estimate[live])
         q = RESIDUAL_QUANTILE
         self._band_residual_db[live] += RESIDUAL_STEP_DB * np.where(
